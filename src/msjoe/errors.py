@@ -1,0 +1,44 @@
+"""Exceptions raised by msjoe. Every bad input maps to one specific class with a message that names the file."""
+
+
+class MsjoeError(Exception):
+    """Base class of all msjoe errors."""
+
+
+# --- video input -------------------------------------------------------------------------------------------
+class VideoError(MsjoeError):
+    """A video file cannot be used."""
+
+
+class VideoNotFoundError(VideoError, FileNotFoundError):
+    """The path does not exist or is not a file."""
+
+
+class NotAVideoError(VideoError):
+    """The file is not a media container FFmpeg can open."""
+
+
+class NoVideoStreamError(VideoError):
+    """The container opens but holds no video stream (e.g. audio only)."""
+
+
+class EmptyVideoError(VideoError):
+    """The video stream holds no decodable frame (zero length)."""
+
+
+class CorruptVideoError(VideoError):
+    """Decoding failed part-way: truncated or damaged data."""
+
+
+class UnsupportedCodecError(VideoError):
+    """The video stream's codec has no decoder in this FFmpeg build."""
+
+
+# --- feature cache -----------------------------------------------------------------------------------------
+class CacheError(MsjoeError):
+    """The feature cache cannot be read or written (the entry itself is rebuilt, not reported)."""
+
+
+# --- models ------------------------------------------------------------------------------------------------
+class ModelLoadError(MsjoeError):
+    """A model or processor could not be loaded from a Hugging Face id or a local folder."""

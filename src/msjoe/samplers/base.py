@@ -1,0 +1,66 @@
+"""The sampler interface: a similarity matrix S [Nq, T] and a budget K in, K sorted frame indices out.
+
+Every key-frame selector (the baselines and the U-Sampler) implements :class:`Sampler`. Selection is over
+candidate *indices*; the caller maps them to timestamps.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+MAX_QUERIES = 4
+
+
+class Sampler(ABC):
+    """Chooses ``k`` of ``T`` candidate frames from query-frame similarities.
+
+    Subclasses set ``name`` and implement :meth:`select`. ``needs_queries = False`` marks samplers that ignore
+    the values of S (uniform) so the pipeline can skip query generation for them.
+    """
+
+    name: ClassVar[str]
+    needs_queries: ClassVar[bool] = True
+
+    @abstractmethod
+    def select(self, sim: torch.Tensor, k: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Return ``min(k, T)`` distinct candidate indices, sorted by time, as a 1-D ``torch.long`` tensor.
+
+        ``sim`` is validated with :func:`check_similarity`. ``generator`` seeds stochastic samplers;
+        deterministic samplers ignore it.
+        """
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def check_similarity(sim: torch.Tensor, k: int) -> torch.Tensor:
+    """Validate a similarity matrix and budget; return S as a float32 ``[Nq, T]`` tensor on its device.
+
+    Raises ``ValueError`` with a specific message for: wrong rank, no candidates, more than
+    :data:`MAX_QUERIES` or zero query rows, NaN or infinite entries, and a non-positive budget.
+    """
+    if not isinstance(sim, torch.Tensor):
+        sim = torch.as_tensor(sim)
+    if sim.ndim == 1:
+        sim = sim.unsqueeze(0)
+    if sim.ndim != 2:
+        raise ValueError(f"similarity matrix must have shape [num_queries, num_frames], got {tuple(sim.shape)}")
+    num_queries, num_frames = sim.shape
+    if num_frames == 0:
+        raise ValueError("similarity matrix has no candidate frames (T = 0)")
+    if not 1 <= num_queries <= MAX_QUERIES:
+        raise ValueError(f"similarity matrix must have 1 to {MAX_QUERIES} query rows, got {num_queries}")
+    if not torch.isfinite(sim).all():
+        bad = (~torch.isfinite(sim)).nonzero()[0].tolist()
+        raise ValueError(f"similarity matrix holds NaN or infinite values (first at query {bad[0]}, frame {bad[1]})")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"frame budget k must be a positive integer, got {k!r}")
+    return sim.float()
+
+
+def all_frames(num_frames: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The answer when the budget covers every candidate: all indices in time order."""
+    return torch.arange(num_frames, dtype=torch.long, device=device)
