@@ -43,3 +43,9 @@ __all__ = ["MAX_QUERIES", "Sampler", "available_samplers", "check_similarity", "
 
 # Registrations: one line per sampler module.
 # (filled in as sampler modules land)
+from msjoe.samplers import aks as aks  # noqa: E402
+from msjoe.samplers import binmax as binmax  # noqa: E402
+from msjoe.samplers import bolt as bolt  # noqa: E402
+from msjoe.samplers import qframe as qframe  # noqa: E402
+from msjoe.samplers import topk as topk  # noqa: E402
+from msjoe.samplers import uniform as uniform  # noqa: E402
