@@ -1,0 +1,236 @@
+"""The ``msjoe`` command line: index videos, choose key frames, answer questions, write smoke-test models."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from msjoe import video as video_io
+
+app = typer.Typer(
+    help="Question answering over long videos with query-driven key-frame selection (MSJoE).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+ClipOption = Annotated[
+    str, typer.Option("--clip", help="Frozen CLIP/SigLIP dual encoder: Hugging Face id or local folder.")
+]
+FpsOption = Annotated[float, typer.Option("--fps", help="Candidate frames per second.", min=1e-6)]
+MaxFramesOption = Annotated[
+    int, typer.Option("--max-frames", help="Cap on candidates; longer videos are subsampled uniformly.", min=1)
+]
+CacheOption = Annotated[
+    Path | None, typer.Option("--cache-dir", help="Feature cache folder [default: $MSJOE_CACHE or ~/.cache/msjoe].")
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="Torch device for the encoder, e.g. cpu, cuda, cuda:1.")]
+
+
+def format_time(seconds: float) -> str:
+    """``h:mm:ss.s`` (or ``m:ss.s`` under an hour): how video players show positions."""
+    minutes, sec = divmod(seconds, 60.0)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{sec:04.1f}" if hours else f"{minutes}:{sec:04.1f}"
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=1)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def index(
+    videos: Annotated[list[Path], typer.Argument(help="Video files to index.", show_default=False)],
+    clip: ClipOption = "openai/clip-vit-large-patch14",
+    fps: FpsOption = video_io.DEFAULT_FPS,
+    max_frames: MaxFramesOption = video_io.DEFAULT_MAX_FRAMES,
+    cache_dir: CacheOption = None,
+    device: DeviceOption = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Frames per encoder batch.", min=1)] = 64,
+) -> None:
+    """Decode candidate frames and cache their CLIP embeddings. Resumable: cached videos are skipped.
+
+    A video that cannot be read is reported at the end; the others are still indexed.
+    """
+    from msjoe.cache import FeatureCache
+    from msjoe.features import DualEncoder
+    from msjoe.index import index_videos
+
+    encoder = DualEncoder.from_pretrained(clip, device=device)
+    report = index_videos(
+        videos, encoder, FeatureCache(cache_dir), fps=fps, max_frames=max_frames, batch_size=batch_size, progress=True
+    )
+    console.print(f"indexed {len(report.indexed)}, already cached {len(report.cached)}, failed {len(report.failed)}")
+    if report.failed:
+        table = Table("video", "error", title="Failed videos", title_style="bold red")
+        for failure in report.failed:
+            table.add_row(str(failure.path), f"{failure.error_type}: {failure.message}")
+        console.print(table)
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def select(
+    video: Annotated[Path, typer.Argument(help="Video file.", show_default=False)],
+    query: Annotated[
+        list[str], typer.Option("--query", "-q", help="A visual query (1 to 4; repeat the option).", show_default=False)
+    ],
+    k: Annotated[int, typer.Option("-k", help="Frame budget K.", min=1)] = 32,
+    sampler: Annotated[str, typer.Option(help="Sampler name (see `msjoe samplers`).")] = "bolt",
+    sampler_checkpoint: Annotated[
+        Path | None, typer.Option(help="U-Sampler weights folder (required for --sampler usampler).")
+    ] = None,
+    clip: ClipOption = "openai/clip-vit-large-patch14",
+    fps: FpsOption = video_io.DEFAULT_FPS,
+    max_frames: MaxFramesOption = video_io.DEFAULT_MAX_FRAMES,
+    cache_dir: CacheOption = None,
+    device: DeviceOption = "cpu",
+    seed: Annotated[int, typer.Option(help="Seed for stochastic samplers.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Choose K key frames of VIDEO for the given queries and print their timestamps."""
+    from msjoe.cache import FeatureCache
+    from msjoe.errors import MsjoeError
+    from msjoe.features import DualEncoder
+    from msjoe.index import index_video
+    from msjoe.pipeline import build_sampler, query_similarity, select_frames
+
+    try:
+        chosen_sampler = build_sampler(sampler, checkpoint=sampler_checkpoint)
+        if not 1 <= len(query) <= 4:
+            raise ValueError(f"give 1 to 4 --query options, got {len(query)}")
+        encoder = DualEncoder.from_pretrained(clip, device=device)
+        if sampler == "qframe":
+            chosen_sampler = build_sampler(sampler, logit_scale=encoder.logit_scale)
+        features = index_video(video, encoder, FeatureCache(cache_dir), fps=fps, max_frames=max_frames)
+        sim = query_similarity(encoder, query, features)
+        chosen = select_frames(chosen_sampler, sim, k, seed=seed)
+    except (MsjoeError, ValueError) as error:
+        raise _fail(str(error)) from error
+    timestamps = [float(features.timestamps[i]) for i in chosen]
+    best = sim[:, chosen].max(dim=0)
+    if as_json:
+        result = {
+            "video": str(video),
+            "sampler": sampler,
+            "k": k,
+            "queries": list(query),
+            "num_candidates": len(features.timestamps),
+            "indices": chosen,
+            "timestamps": timestamps,
+            "similarity": [round(float(v), 4) for v in best.values],
+            "best_query": [int(q) for q in best.indices],
+        }
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table("#", "time", "seconds", "similarity", "best query", title=f"{len(chosen)} key frames ({sampler})")
+    for rank, (ts, value, q) in enumerate(zip(timestamps, best.values, best.indices, strict=True), start=1):
+        table.add_row(str(rank), format_time(ts), f"{ts:.2f}", f"{float(value):.4f}", query[int(q)])
+    Console().print(table)
+
+
+@app.command()
+def samplers() -> None:
+    """List the registered samplers."""
+    from msjoe.samplers import available_samplers
+
+    for name in available_samplers():
+        typer.echo(name)
+
+
+@app.command()
+def ask(
+    video: Annotated[Path, typer.Argument(help="Video file.", show_default=False)],
+    question: Annotated[str, typer.Argument(help="The question.", show_default=False)],
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option", "-o", help="An answer option (repeat; lettered A, B, ... in order).", show_default=False
+        ),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="Key frames shown to the MLLM.", min=1)] = 32,
+    sampler: Annotated[str, typer.Option(help="Sampler name (see `msjoe samplers`).")] = "bolt",
+    sampler_checkpoint: Annotated[
+        Path | None, typer.Option(help="U-Sampler weights folder (required for --sampler usampler).")
+    ] = None,
+    mllm: Annotated[
+        str, typer.Option(help="MLLM: Hugging Face id, local folder, or an OpenAI-compatible http(s) URL.")
+    ] = "Qwen/Qwen2.5-VL-7B-Instruct",
+    model: Annotated[str | None, typer.Option(help="Model name to request from an HTTP server.")] = None,
+    clip: ClipOption = "openai/clip-vit-large-patch14",
+    fps: FpsOption = video_io.DEFAULT_FPS,
+    max_frames: MaxFramesOption = video_io.DEFAULT_MAX_FRAMES,
+    cache_dir: CacheOption = None,
+    device: DeviceOption = "cpu",
+    dtype: Annotated[str, typer.Option(help="MLLM dtype: auto, bfloat16, float16, float32.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for stochastic samplers.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+) -> None:
+    """Answer QUESTION about VIDEO from K key frames chosen for queries the MLLM writes."""
+    from msjoe.errors import MsjoeError
+    from msjoe.pipeline import PipelineConfig, VideoQA
+
+    config = PipelineConfig(
+        k=k,
+        sampler=sampler,
+        sampler_checkpoint=str(sampler_checkpoint) if sampler_checkpoint else None,
+        fps=fps,
+        max_frames=max_frames,
+        seed=seed,
+    )
+    try:
+        mllm_options = {"model": model} if model else None
+        qa = VideoQA.from_pretrained(
+            mllm, clip, device=device, dtype=dtype, cache_dir=cache_dir, config=config, mllm_options=mllm_options
+        )
+        with console.status("answering..."):
+            answer = qa.ask(video, question, option or None)
+    except (MsjoeError, ValueError) as error:
+        raise _fail(str(error)) from error
+    if as_json:
+        typer.echo(json.dumps({"video": str(video), "question": question, "options": option or [], **answer.to_dict()}))
+        return
+    out = Console()
+    source = " (from the question: no query could be parsed)" if answer.queries_from_question else ""
+    out.print(f"[bold]queries[/]{source}: " + "; ".join(answer.queries) if answer.queries else "[bold]queries[/]: none")
+    out.print(
+        f"[bold]key frames[/] ({len(answer.chosen_timestamps)}): "
+        + ", ".join(map(format_time, answer.chosen_timestamps))
+    )
+    out.print(f"[bold]reply[/]: {answer.reply.strip()}")
+    if option:
+        verdict = answer.letter if answer.letter else f"<{answer.status}>"
+        out.print(f"[bold]answer[/]: {verdict}")
+    out.print(
+        "[dim]" + "  ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in answer.timings.items()) + "[/]"
+    )
+
+
+@app.command("smoke-models")
+def smoke_models(
+    folder: Annotated[Path, typer.Argument(help="Where to write the models and a demo video.")] = Path("smoke-models"),
+) -> None:
+    """Write tiny RANDOM models (CLIP, Qwen2.5-VL) and a demo video, to smoke-test msjoe without a model hub.
+
+    The models are untrained and answer at random: they exercise every code path, nothing more.
+    """
+    from msjoe.tiny_models import write_smoke_models
+
+    paths = write_smoke_models(folder)
+    for name, path in paths.items():
+        typer.echo(f"{name}: {path}")

@@ -1,0 +1,326 @@
+"""The MSJoE inference flow (DESIGN.md §1), one function per arrow, and :class:`VideoQA` that chains them.
+
+```
+video ─index─▶ candidate timestamps + frame embeddings (cached)
+question + K/2 low-res preview frames ─MLLM─▶ up to 4 queries      (write_queries)
+queries ─text tower─▶ [Nq, D];  S = cos(queries, frames)            (query_similarity)
+S ─sampler─▶ K key frames, sorted by time                           (select_frames)
+key frames + question + options ─MLLM─▶ reply ─parse─▶ letter       (answer_question)
+```
+Preview frames help the MLLM write grounded queries and are not shown again at answer time (paper).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from msjoe import video as video_io
+from msjoe.cache import FeatureCache, FrameFeatures
+from msjoe.features import DEFAULT_CLIP, DualEncoder, similarity
+from msjoe.index import index_video
+from msjoe.mllm import MLLM, GenerationConfig, load_mllm
+from msjoe.mllm.parsing import AnswerParse, parse_answer, parse_queries
+from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS, answer_prompt, query_prompt
+from msjoe.samplers import Sampler, get_sampler
+
+DEFAULT_MLLM = "Qwen/Qwen2.5-VL-7B-Instruct"
+DEFAULT_SAMPLER = "bolt"
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of :class:`VideoQA`; every field has the paper's value or ours, documented.
+
+    Attributes:
+        k: key frames shown to the MLLM at answer time (paper's main table: 32 and 64).
+        sampler: registered sampler name. ``usampler`` needs ``sampler_checkpoint``; without trained weights
+            the default is BOLT, the strongest training-free rule.
+        sampler_checkpoint: folder written by ``USampler.save_pretrained``.
+        fps: candidate frames per second (paper: 1).
+        max_frames: cap on candidates, uniform subsampling beyond (ours: 4096).
+        max_queries: queries the MLLM may write (paper: 4).
+        preview_max_pixels: pixel budget of a preview frame (paper: ~32 visual tokens).
+        answer_max_pixels: pixel budget of a key frame at answer time (448² = 256 Qwen2.5-VL tokens).
+        query_generation / answer_generation: sampling settings of the two MLLM turns (greedy by default).
+        seed: seeds stochastic samplers so answers are reproducible.
+    """
+
+    k: int = 32
+    sampler: str = DEFAULT_SAMPLER
+    sampler_checkpoint: str | None = None
+    fps: float = video_io.DEFAULT_FPS
+    max_frames: int = video_io.DEFAULT_MAX_FRAMES
+    max_queries: int = 4
+    preview_max_pixels: int = PREVIEW_MAX_PIXELS
+    answer_max_pixels: int = 448 * 448
+    query_generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=128))
+    answer_generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=32))
+    seed: int = 0
+
+
+@dataclass
+class Answer:
+    """Everything one question produced: the answer, and which frames were used and why."""
+
+    letter: str | None
+    status: str
+    reply: str
+    queries: list[str]
+    query_reply: str | None
+    queries_from_question: bool
+    candidate_timestamps: np.ndarray
+    similarity: torch.Tensor | None
+    preview_timestamps: list[float]
+    chosen_indices: list[int]
+    chosen_timestamps: list[float]
+    timings: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view (the similarity matrix as nested lists, rounded)."""
+        return {
+            "letter": self.letter,
+            "status": self.status,
+            "reply": self.reply,
+            "queries": self.queries,
+            "query_reply": self.query_reply,
+            "queries_from_question": self.queries_from_question,
+            "preview_timestamps": self.preview_timestamps,
+            "chosen_indices": self.chosen_indices,
+            "chosen_timestamps": self.chosen_timestamps,
+            "num_candidates": len(self.candidate_timestamps),
+            "similarity": None if self.similarity is None else np.round(self.similarity.numpy(), 4).tolist(),
+            "timings": self.timings,
+        }
+
+
+# --- one function per arrow ---------------------------------------------------------------------------------
+
+
+def build_sampler(name: str, *, logit_scale: float | None = None, checkpoint: str | Path | None = None) -> Sampler:
+    """Instantiate a registered sampler with what the pipeline knows (the encoder's logit scale, weights)."""
+    if name == "usampler":
+        if checkpoint is None:
+            raise ValueError("the U-Sampler needs trained weights: pass a sampler checkpoint folder")
+        return get_sampler(name, checkpoint=checkpoint)
+    if checkpoint is not None:
+        raise ValueError(f"sampler {name!r} takes no checkpoint")
+    if name == "qframe" and logit_scale is not None:
+        return get_sampler(name, logit_scale=logit_scale)
+    return get_sampler(name)
+
+
+def preview_indices(num_candidates: int, k: int) -> list[int]:
+    """K/2 (at least one) evenly spaced candidates: the low-resolution frames the MLLM sees when writing queries."""
+    n = min(max(k // 2, 1), num_candidates)
+    return [int((i + 0.5) * num_candidates / n) for i in range(n)]
+
+
+def write_queries(
+    mllm: MLLM,
+    question: str,
+    options: Sequence[str] | None,
+    frames: Sequence[np.ndarray],
+    timestamps: Sequence[float],
+    *,
+    max_queries: int = 4,
+    preview_max_pixels: int = PREVIEW_MAX_PIXELS,
+    generation: GenerationConfig | None = None,
+) -> tuple[list[str], str]:
+    """Ask the MLLM for up to ``max_queries`` visual queries; returns (parsed queries, raw reply)."""
+    messages = query_prompt(
+        question,
+        list(options) if options else None,
+        list(frames),
+        list(timestamps),
+        max_queries=max_queries,
+        preview_max_pixels=preview_max_pixels,
+    )
+    reply = mllm.chat(messages, generation)
+    return parse_queries(reply, max_queries=max_queries), reply
+
+
+def query_similarity(encoder: DualEncoder, queries: Sequence[str], features: FrameFeatures) -> torch.Tensor:
+    """S [Nq, T]: cosine similarity of each query to each cached candidate frame."""
+    return similarity(encoder.encode_texts(list(queries)), features.embeddings)
+
+
+def select_frames(sampler: Sampler, sim: torch.Tensor, k: int, *, seed: int = 0) -> list[int]:
+    """K candidate indices in time order (seeded, so stochastic samplers are reproducible)."""
+    generator = torch.Generator().manual_seed(seed)
+    return sampler.select(sim, k, generator=generator).tolist()
+
+
+def answer_question(
+    mllm: MLLM,
+    question: str,
+    options: Sequence[str] | None,
+    frames: Sequence[np.ndarray],
+    timestamps: Sequence[float],
+    *,
+    frame_max_pixels: int | None = None,
+    generation: GenerationConfig | None = None,
+) -> tuple[AnswerParse, str]:
+    """Show the key frames (time-ordered, timestamped) with the question; returns (parsed answer, raw reply)."""
+    opts = list(options) if options else None
+    messages = answer_prompt(question, opts, list(frames), list(timestamps), frame_max_pixels=frame_max_pixels)
+    reply = mllm.chat(messages, generation)
+    return parse_answer(reply, opts or []), reply
+
+
+def frame_size(width: int, height: int, max_pixels: int) -> tuple[int, int] | None:
+    """(height, width) that fits ``max_pixels`` with the aspect kept, or None when the frame already fits.
+
+    Decoding straight to this size saves converting full-HD frames the MLLM would shrink anyway.
+    """
+    if width * height <= max_pixels:
+        return None
+    scale = (max_pixels / (width * height)) ** 0.5
+    return max(2, int(height * scale) // 2 * 2), max(2, int(width * scale) // 2 * 2)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+# --- the chain ----------------------------------------------------------------------------------------------
+
+
+class VideoQA:
+    """Answer questions about long videos with K query-selected key frames.
+
+    >>> qa = VideoQA.from_pretrained(mllm="Qwen/Qwen2.5-VL-7B-Instruct", clip="openai/clip-vit-large-patch14")
+    >>> answer = qa.ask("talk.mp4", "What does the speaker hold?", ["A pen", "A cup", "A phone", "Nothing"])
+    >>> answer.letter, answer.chosen_timestamps
+    """
+
+    def __init__(
+        self,
+        encoder: DualEncoder,
+        mllm: MLLM,
+        cache: FeatureCache | None = None,
+        config: PipelineConfig | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.mllm = mllm
+        self.cache = cache if cache is not None else FeatureCache()
+        self.config = config or PipelineConfig()
+        self._samplers: dict[tuple[str, str | None], Sampler] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        mllm: str = DEFAULT_MLLM,
+        clip: str = DEFAULT_CLIP,
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        cache_dir: str | Path | None = None,
+        config: PipelineConfig | None = None,
+        mllm_options: dict[str, Any] | None = None,
+    ) -> VideoQA:
+        """Load the encoder and the MLLM (Hugging Face ids, local folders, or an http(s) URL for the MLLM)."""
+        encoder = DualEncoder.from_pretrained(clip, device=device)
+        options = {"device": device, "dtype": dtype} if not mllm.startswith(("http://", "https://")) else {}
+        backend = load_mllm(mllm, **{**options, **(mllm_options or {})})
+        return cls(encoder, backend, FeatureCache(cache_dir), config)
+
+    def sampler(self, name: str, checkpoint: str | None = None) -> Sampler:
+        key = (name, checkpoint)
+        if key not in self._samplers:
+            self._samplers[key] = build_sampler(name, logit_scale=self.encoder.logit_scale, checkpoint=checkpoint)
+        return self._samplers[key]
+
+    def ask(
+        self,
+        video: str | Path,
+        question: str,
+        options: Sequence[str] | None = None,
+        *,
+        k: int | None = None,
+        sampler: str | None = None,
+        sampler_checkpoint: str | None = None,
+    ) -> Answer:
+        """Answer ``question`` about ``video`` (multiple choice when ``options`` are given, free-form otherwise)."""
+        cfg = self.config
+        k = k or cfg.k
+        sampler_name = sampler or cfg.sampler
+        chosen_sampler = self.sampler(sampler_name, sampler_checkpoint or cfg.sampler_checkpoint)
+        timings: dict[str, float] = {}
+        path = Path(video)
+
+        with _timed(timings, "index"):
+            features = index_video(path, self.encoder, self.cache, fps=cfg.fps, max_frames=cfg.max_frames)
+        candidates = np.asarray(features.timestamps, dtype=np.float64)
+        info = video_io.probe(path)
+
+        queries: list[str] = []
+        query_reply: str | None = None
+        preview_ts: list[float] = []
+        sim: torch.Tensor | None = None
+        if chosen_sampler.needs_queries:
+            preview_ts = [float(candidates[i]) for i in preview_indices(len(candidates), k)]
+            with _timed(timings, "decode_preview"):
+                size = frame_size(info.width, info.height, cfg.preview_max_pixels)
+                preview = video_io.decode_frames(path, preview_ts, size)
+            with _timed(timings, "query_reasoning"):
+                queries, query_reply = write_queries(
+                    self.mllm,
+                    question,
+                    options,
+                    list(preview),
+                    preview_ts,
+                    max_queries=cfg.max_queries,
+                    preview_max_pixels=cfg.preview_max_pixels,
+                    generation=cfg.query_generation,
+                )
+            queries_from_question = not queries
+            if queries_from_question:  # ours: no parseable query → the question itself is the single query
+                queries = [question]
+            with _timed(timings, "similarity"):
+                sim = query_similarity(self.encoder, queries, features)
+            scores = sim
+        else:
+            queries_from_question = False
+            scores = torch.zeros(1, len(candidates))
+        with _timed(timings, "selection"):
+            chosen = select_frames(chosen_sampler, scores, k, seed=cfg.seed)
+        chosen_ts = [float(candidates[i]) for i in chosen]
+        with _timed(timings, "decode_keyframes"):
+            frames = video_io.decode_frames(path, chosen_ts, frame_size(info.width, info.height, cfg.answer_max_pixels))
+        with _timed(timings, "answer"):
+            parsed, reply = answer_question(
+                self.mllm,
+                question,
+                options,
+                list(frames),
+                chosen_ts,
+                frame_max_pixels=cfg.answer_max_pixels,
+                generation=cfg.answer_generation,
+            )
+        return Answer(
+            letter=parsed.letter,
+            status=parsed.status,
+            reply=reply,
+            queries=queries,
+            query_reply=query_reply,
+            queries_from_question=queries_from_question,
+            candidate_timestamps=candidates,
+            similarity=sim,
+            preview_timestamps=preview_ts,
+            chosen_indices=chosen,
+            chosen_timestamps=chosen_ts,
+            timings=timings,
+        )
