@@ -6,11 +6,14 @@ A chat is a list of :class:`Message`; each message's ``content`` is a list of pa
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
+from PIL import Image
 
 Role = Literal["system", "user", "assistant"]
 
@@ -25,6 +28,49 @@ class ImagePart:
 
     pixels: np.ndarray
     max_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        shape, dtype = getattr(self.pixels, "shape", None), getattr(self.pixels, "dtype", None)
+        if not isinstance(self.pixels, np.ndarray) or self.pixels.ndim != 3 or shape[2] != 3 or dtype != np.uint8:
+            raise ValueError(f"ImagePart.pixels must be a uint8 numpy array [H, W, 3], got {dtype} {shape}")
+        if self.max_pixels is not None and self.max_pixels <= 0:
+            raise ValueError(f"ImagePart.max_pixels must be positive or None, got {self.max_pixels}")
+
+    def resized(self, multiple: int = 1) -> np.ndarray:
+        """The pixels resized to fit ``max_pixels`` (see :func:`fit_to_pixel_budget`), aspect ratio kept.
+
+        ``multiple`` is the model's resize granularity (28 for Qwen2-VL/2.5-VL: 14-pixel patches merged 2x2);
+        snapping to it here means the model's processor keeps the size as is instead of rounding it up.
+        Returns ``pixels`` itself when ``max_pixels`` is ``None`` or nothing needs to change.
+        """
+        if self.max_pixels is None:
+            return self.pixels
+        height, width = self.pixels.shape[:2]
+        new_height, new_width = fit_to_pixel_budget(height, width, self.max_pixels, multiple)
+        if (new_height, new_width) == (height, width):
+            return self.pixels
+        image = Image.fromarray(self.pixels).resize((new_width, new_height), Image.Resampling.BICUBIC)
+        return np.array(image)  # a writable copy: torch warns on read-only arrays
+
+
+def fit_to_pixel_budget(height: int, width: int, max_pixels: int, multiple: int = 1) -> tuple[int, int]:
+    """Size ``(h, w)`` close to ``height x width`` in aspect ratio, with both sides multiples of ``multiple``
+    and ``h * w <= max_pixels`` (never below ``multiple x multiple``). Images within budget are not enlarged
+    beyond rounding to the nearest multiple."""
+    if height <= 0 or width <= 0 or max_pixels <= 0 or multiple <= 0:
+        raise ValueError(f"fit_to_pixel_budget needs positive sizes, got {height=} {width=} {max_pixels=} {multiple=}")
+    scale = min(1.0, math.sqrt(max_pixels / (height * width)))
+    new_height = max(multiple, round(height * scale / multiple) * multiple)
+    new_width = max(multiple, round(width * scale / multiple) * multiple)
+    if new_height * new_width > max_pixels:  # rounding went over budget: round down instead
+        new_height = max(multiple, math.floor(height * scale / multiple) * multiple)
+        new_width = max(multiple, math.floor(width * scale / multiple) * multiple)
+    if new_height * new_width > max_pixels:  # one side was raised to `multiple` (extreme aspect): cut the other
+        if new_height == multiple:
+            new_width = max(multiple, max_pixels // new_height // multiple * multiple)
+        else:
+            new_height = max(multiple, max_pixels // new_width // multiple * multiple)
+    return new_height, new_width
 
 
 Part = str | ImagePart
@@ -54,10 +100,28 @@ class GenerationConfig:
 
 
 class MLLM(ABC):
-    """A multimodal chat model."""
+    """A multimodal chat model. Usable as a context manager (``close`` on exit)."""
 
     name: ClassVar[str]
 
     @abstractmethod
     def chat(self, messages: list[Message], generation: GenerationConfig | None = None) -> str:
         """Return the assistant's reply text to ``messages``."""
+
+    def chat_many(self, chats: Sequence[list[Message]], generation: GenerationConfig | None = None) -> list[str]:
+        """Replies to several independent chats, in input order.
+
+        This default answers them one after another; backends override it to batch or to run requests
+        concurrently. With a ``seed``, every chat is sampled as if it were sent alone with that seed.
+        """
+        return [self.chat(messages, generation) for messages in chats]
+
+    def close(self) -> None:
+        """Release held resources (e.g. HTTP connections). The default holds none."""
+        return None
+
+    def __enter__(self) -> MLLM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,68 @@
+"""Multimodal LLM backends behind one interface (:class:`MLLM`), chosen by name or by a model spec.
+
+>>> mllm = load_mllm("Qwen/Qwen2.5-VL-7B-Instruct", device="cuda", dtype="bfloat16")       # in-process
+>>> mllm = load_mllm("http://127.0.0.1:8000/v1", model="Qwen/Qwen2.5-VL-7B-Instruct")     # vLLM / SGLang / ...
+>>> mllm.chat([Message("user", [ImagePart(frame), "What happens here?"])])
+
+Built-in backends are imported on first use, so ``import msjoe.mllm`` does not pull in torch/transformers.
+Third-party backends register with ``@register_backend("name")`` on an :class:`MLLM` subclass.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message
+from msjoe.mllm.errors import UnknownBackendError
+
+__all__ = [
+    "MLLM",
+    "GenerationConfig",
+    "ImagePart",
+    "Message",
+    "available_backends",
+    "get_backend",
+    "load_mllm",
+    "register_backend",
+]
+
+_REGISTRY: dict[str, type[MLLM]] = {}
+# name -> module whose import registers it (lazy: torch and transformers load only when needed).
+_BUILTIN_MODULES = {"transformers": "msjoe.mllm.transformers_backend", "openai": "msjoe.mllm.http_backend"}
+
+
+def register_backend(name: str) -> Callable[[type[MLLM]], type[MLLM]]:
+    """Class decorator registering an :class:`MLLM` subclass under ``name`` for :func:`get_backend`."""
+
+    def decorate(cls: type[MLLM]) -> type[MLLM]:
+        registered = _REGISTRY.get(name)
+        if registered is not None and registered.__qualname__ != cls.__qualname__:
+            raise ValueError(f"MLLM backend name {name!r} is already taken by {registered.__qualname__}")
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def available_backends() -> list[str]:
+    """Names :func:`get_backend` accepts."""
+    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
+
+
+def get_backend(name: str, **options: Any) -> MLLM:
+    """Instantiate the backend registered as ``name`` with ``options`` (its constructor's keyword arguments)."""
+    if name not in _REGISTRY and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
+    if name not in _REGISTRY:
+        raise UnknownBackendError(f"unknown MLLM backend {name!r}; available: {', '.join(available_backends())}")
+    return _REGISTRY[name](**options)
+
+
+def load_mllm(spec: str, **options: Any) -> MLLM:
+    """Open a model from a spec: an ``http(s)://`` URL of an OpenAI-compatible server (backend ``"openai"``;
+    pass ``model=``), else a Hugging Face id or local folder (backend ``"transformers"``)."""
+    if spec.startswith(("http://", "https://")):
+        return get_backend("openai", base_url=spec, **options)
+    return get_backend("transformers", model=spec, **options)

@@ -1,0 +1,216 @@
+"""Local image-text-to-text chat models through Hugging Face ``transformers``.
+
+Any checkpoint that ``AutoProcessor`` + ``AutoModelForImageTextToText`` load and whose processor has a chat
+template works; Qwen2.5-VL (the paper's base model, e.g. ``Qwen/Qwen2.5-VL-7B-Instruct``) is the reference.
+Besides chatting, the backend scores completions (:meth:`TransformersMLLM.token_logprobs`) with gradients, which
+is what GRPO training needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
+from transformers import GenerationConfig as HFGenerationConfig
+
+from msjoe.errors import ModelLoadError
+from msjoe.mllm import register_backend
+from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A generated reply: its text and the exact token ids the model produced (end token included if reached).
+
+    Pass ``token_ids`` back to :meth:`TransformersMLLM.token_logprobs` to score exactly what was sampled;
+    re-tokenising ``text`` can give different ids.
+    """
+
+    text: str
+    token_ids: list[int]
+
+
+def _looks_like_local_path(model: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else (absolute, relative with ./, ~, deeper) is a path."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+
+
+@register_backend("transformers")
+class TransformersMLLM(MLLM):
+    """A chat model run in-process with ``transformers``.
+
+    Args:
+        model: a Hugging Face id (``"Qwen/Qwen2.5-VL-7B-Instruct"``) or a local folder written by
+            ``save_pretrained``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... or ``"auto"`` (``device_map="auto"``: spread over the
+            visible GPUs, else CPU).
+        dtype: ``"auto"`` (the checkpoint's dtype), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        revision: the hub branch, tag or commit to load.
+        attn_implementation: passed to ``from_pretrained`` (``"sdpa"``, ``"flash_attention_2"``, ...).
+
+    Decoding uses only the :class:`GenerationConfig` given to :meth:`chat`: the checkpoint's own sampling
+    defaults (Qwen2.5-VL ships ``top_k=1``, which would silently turn sampling into greedy decoding, and
+    ``repetition_penalty=1.05``) are ignored so that runs are defined by msjoe's settings alone.
+
+    ``ImagePart.max_pixels`` is applied before the processor, snapped to the processor's resize granularity
+    (patch size x merge size, 28 for Qwen2.5-VL), so it sets the number of visual tokens: about
+    ``max_pixels / 28**2``. The processor's own limits still apply (Qwen: at least 4 tokens an image).
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        revision: str | None = None,
+        attn_implementation: str | None = None,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.model_id = model
+        location: str | Path = model
+        if Path(model).expanduser().exists():
+            location = Path(model).expanduser()
+            if not location.is_dir():
+                raise ModelLoadError(f"model path {model!r} is a file; expected a folder written by save_pretrained")
+        elif _looks_like_local_path(model):
+            raise ModelLoadError(f"model folder {model!r} does not exist")
+
+        load_options = {"revision": revision}
+        model_options = {"dtype": DTYPES[dtype], "attn_implementation": attn_implementation}
+        if device == "auto":
+            model_options["device_map"] = "auto"
+        try:
+            self.processor = AutoProcessor.from_pretrained(location, **load_options)
+            self.model = AutoModelForImageTextToText.from_pretrained(location, **load_options, **model_options)
+        except Exception as error:  # the loaders raise OSError, ValueError, KeyError, ...: all mean "cannot load"
+            raise ModelLoadError(
+                f"cannot load an image-text-to-text model from {model!r}: {type(error).__name__}: {error}"
+            ) from error
+        if getattr(self.processor, "chat_template", None) is None or not hasattr(self.processor, "image_processor"):
+            raise ModelLoadError(
+                f"{model!r} has no multimodal processor with a chat template (use an instruction-tuned checkpoint)"
+            )
+        if device != "auto":
+            self.model.to(device)
+        self.model.eval()
+        self.tokenizer = self.processor.tokenizer
+        image_processor = self.processor.image_processor
+        patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
+        self.image_multiple: int = patch * merge if isinstance(patch, int) and isinstance(merge, int) else 1
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go (the first device when the model is spread with ``device="auto"``)."""
+        return self.model.device
+
+    # --- inputs ---------------------------------------------------------------------------------------------
+    def encode(self, messages: list[Message]) -> BatchFeature:
+        """Model inputs for ``messages`` followed by the assistant-turn opener (the generation prompt)."""
+        chat, images = [], []
+        for message in messages:
+            parts = []
+            for part in message.content:
+                if isinstance(part, str):
+                    parts.append({"type": "text", "text": part})
+                elif isinstance(part, ImagePart):
+                    parts.append({"type": "image"})  # the template writes the image placeholder here
+                    images.append(part.resized(self.image_multiple))
+                else:
+                    raise TypeError(f"message parts must be str or ImagePart, got {type(part).__name__}")
+            chat.append({"role": message.role, "content": parts})
+        prompt = self.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(text=[prompt], images=images or None, return_tensors="pt")
+        return inputs.to(self.device)
+
+    def num_image_tokens(self, messages: list[Message]) -> int:
+        """How many positions the images of ``messages`` occupy in the model's input."""
+        image_token_id = getattr(self.processor, "image_token_id", None)
+        if image_token_id is None:
+            image_token_id = self.tokenizer.convert_tokens_to_ids(self.processor.image_token)
+        return int((self.encode(messages)["input_ids"] == image_token_id).sum())
+
+    def completion_token_ids(self, completion: str, add_end_token: bool = False) -> list[int]:
+        """Token ids of an assistant reply as :meth:`token_logprobs` scores them.
+
+        ``add_end_token`` appends the end-of-turn token (``<|im_end|>`` for Qwen), so that stopping is scored too.
+        """
+        ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if add_end_token:
+            ids = [*ids, self.tokenizer.eos_token_id]
+        return ids
+
+    # --- generation -----------------------------------------------------------------------------------------
+    def complete(self, messages: list[Message], generation: GenerationConfig | None = None) -> Completion:
+        """Generate a reply and return its text and token ids."""
+        generation = generation or GenerationConfig()
+        inputs = self.encode(messages)
+        sampling = generation.temperature > 0
+        hf_config = HFGenerationConfig(
+            max_new_tokens=generation.max_new_tokens,
+            do_sample=sampling,
+            temperature=generation.temperature if sampling else None,
+            top_p=generation.top_p if sampling else None,
+            top_k=None,
+            eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,
+            pad_token_id=self.model.generation_config.pad_token_id or self.tokenizer.pad_token_id,
+        )
+        with torch.inference_mode(), self._rng(generation.seed if sampling else None):
+            output = self.model.generate(**inputs, generation_config=hf_config)
+        new_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
+        return Completion(text=self.tokenizer.decode(new_ids, skip_special_tokens=True), token_ids=new_ids)
+
+    def chat(self, messages: list[Message], generation: GenerationConfig | None = None) -> str:
+        return self.complete(messages, generation).text
+
+    @contextmanager
+    def _rng(self, seed: int | None) -> Iterator[None]:
+        """Seed torch for one call without disturbing the caller's random state."""
+        if seed is None:
+            yield
+            return
+        cuda_devices = sorted({p.device.index or 0 for p in self.model.parameters() if p.device.type == "cuda"})
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            yield
+
+    # --- scoring --------------------------------------------------------------------------------------------
+    def token_logprobs(
+        self, messages: list[Message], completion: str | Sequence[int], temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Log-probabilities ``[N]`` (float32) of the completion's tokens given the chat, in one forward pass.
+
+        ``completion`` is reply text (scored as :meth:`completion_token_ids` tokenises it) or the exact token
+        ids, e.g. ``Completion.token_ids`` from :meth:`complete`. ``temperature`` divides the logits first, as
+        the sampler did (GRPO ratios must use the sampling distribution). The result carries gradients when
+        autograd is on (the default outside ``torch.no_grad()``); wrap calls in ``torch.no_grad()`` when only
+        the values are needed.
+        """
+        ids = self.completion_token_ids(completion) if isinstance(completion, str) else list(completion)
+        if not ids:
+            raise ValueError("token_logprobs needs a non-empty completion")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive to define probabilities, got {temperature}")
+        inputs = self.encode(messages)
+        prompt_length = inputs["input_ids"].shape[1]
+        completion_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        # Extend every per-token input: the attention mask with ones, token-type ids with 0 (= text).
+        for key, value in list(inputs.items()):
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == prompt_length:
+                extension = (
+                    completion_ids if key == "input_ids" else torch.full_like(completion_ids, key == "attention_mask")
+                )
+                inputs[key] = torch.cat([value, extension.to(value.dtype)], dim=1)
+        # Only the last N+1 positions' logits are needed: avoids a [sequence, vocabulary] tensor for long prompts.
+        logits = self.model(**inputs, use_cache=False, logits_to_keep=len(ids) + 1).logits[0, :-1]
+        logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+        return logprobs.gather(-1, completion_ids[0, :, None]).squeeze(-1)

@@ -1,0 +1,217 @@
+"""The transformers backend on a tiny random Qwen2.5-VL loaded through ``load_mllm`` like a real checkpoint."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import GPT2Config
+
+from _tiny_qwen_fixture import tiny_qwen_dir  # noqa: F401  (session fixture)
+from msjoe.errors import ModelLoadError
+from msjoe.mllm import GenerationConfig, ImagePart, Message, load_mllm
+from msjoe.mllm.base import fit_to_pixel_budget
+from msjoe.mllm.transformers_backend import TransformersMLLM
+from msjoe.tiny_models.qwen import write_tiny_qwen2_5_vl
+
+GREEDY = GenerationConfig(max_new_tokens=12)
+
+
+def frame(height: int = 224, width: int = 336, seed: int = 0, max_pixels: int | None = None) -> ImagePart:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return ImagePart(pixels, max_pixels=max_pixels)
+
+
+@pytest.fixture(scope="module")
+def mllm(tiny_qwen_dir: Path) -> TransformersMLLM:  # noqa: F811
+    model = load_mllm(str(tiny_qwen_dir), device="cpu", dtype="float32")
+    assert isinstance(model, TransformersMLLM)
+    return model
+
+
+def ask(*parts: str | ImagePart) -> list[Message]:
+    return [Message("user", list(parts))]
+
+
+# --- pixel budget (pure) ---------------------------------------------------------------------------------------
+def test_fit_to_pixel_budget_hand_computed_cases() -> None:
+    assert fit_to_pixel_budget(224, 336, 28 * 28 * 4, 28) == (56, 56)  # scale 0.204: 45.7 x 68.6 → 2x2 patches
+    assert fit_to_pixel_budget(224, 336, 28 * 28 * 16, 28) == (84, 140)  # 91.4 x 137.2 → 3x5 patches
+    assert fit_to_pixel_budget(224, 336, 10**7, 28) == (224, 336)  # within budget and already multiples
+    assert fit_to_pixel_budget(100, 150, 10**7, 28) == (112, 140)  # within budget: rounded to the nearest
+    assert fit_to_pixel_budget(20, 20, 100, 1) == (10, 10)
+    assert fit_to_pixel_budget(10, 5000, 100, 28) == (28, 28)  # never below one multiple per side
+    assert fit_to_pixel_budget(10, 5000, 28 * 28 * 3, 28) == (28, 84)  # a side held at 28: the other shrinks
+
+
+def test_fit_to_pixel_budget_properties_on_a_grid() -> None:
+    for height in (1, 27, 50, 240, 719, 1080):
+        for width in (3, 28, 333, 640, 1920):
+            for budget in (784, 3136, 25_088, 200_704, 1_003_520):
+                h, w = fit_to_pixel_budget(height, width, budget, 28)
+                assert h % 28 == 0 and w % 28 == 0 and h >= 28 and w >= 28
+                assert h * w <= max(budget, 28 * 28)
+                assert h <= max(28, round(height / 28) * 28) and w <= max(28, round(width / 28) * 28)
+                # aspect ratio kept up to one patch of rounding per side
+                if min(h, w) >= 56 and min(height, width) >= 56:
+                    assert abs(math.log((h / w) / (height / width))) < math.log(2)
+
+
+# --- loading ---------------------------------------------------------------------------------------------------
+def test_tiny_model_is_deterministic_given_seed(tmp_path: Path, tiny_qwen_dir: Path) -> None:  # noqa: F811
+    again = write_tiny_qwen2_5_vl(tmp_path / "again", seed=0)
+    other = write_tiny_qwen2_5_vl(tmp_path / "other", seed=1)
+    reference = load_file(tiny_qwen_dir / "model.safetensors")
+    same, different = load_file(again / "model.safetensors"), load_file(other / "model.safetensors")
+    assert all(torch.equal(reference[name], same[name]) for name in reference)
+    assert not all(torch.equal(reference[name], different[name]) for name in reference)
+    assert (again / "tokenizer.json").read_text() == (tiny_qwen_dir / "tokenizer.json").read_text()
+
+
+def test_missing_folder_raises_model_load_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelLoadError, match="no-such-model"):
+        load_mllm(str(missing))
+
+
+def test_folder_without_a_model_raises_model_load_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ModelLoadError, match=str(tmp_path)):
+        load_mllm(str(tmp_path))
+
+
+def test_text_only_architecture_raises_model_load_error(tmp_path: Path) -> None:
+    GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10).save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match=str(tmp_path)):
+        load_mllm(str(tmp_path))
+
+
+def test_file_instead_of_folder_raises_model_load_error(tiny_qwen_dir: Path) -> None:  # noqa: F811
+    with pytest.raises(ModelLoadError, match=r"config\.json"):
+        load_mllm(str(tiny_qwen_dir / "config.json"))
+
+
+def test_unknown_dtype_is_rejected(tiny_qwen_dir: Path) -> None:  # noqa: F811
+    with pytest.raises(ValueError, match="dtype"):
+        load_mllm(str(tiny_qwen_dir), dtype="float8")
+
+
+# --- chat ------------------------------------------------------------------------------------------------------
+def test_chat_with_one_and_several_images_returns_text(mllm: TransformersMLLM) -> None:
+    one = mllm.complete(ask(frame(), "What happens?"), GREEDY)
+    several = mllm.complete(ask("Frames:", frame(seed=1), frame(seed=2), frame(seed=3), "What happens?"), GREEDY)
+    for completion in (one, several):
+        assert isinstance(completion.text, str) and completion.text
+        assert 1 <= len(completion.token_ids) <= GREEDY.max_new_tokens
+    assert isinstance(mllm.chat(ask("no image at all"), GREEDY), str)
+
+
+def test_images_are_placed_where_they_appear_in_the_message(mllm: TransformersMLLM) -> None:
+    ids = mllm.encode(ask("before", frame(max_pixels=3136), "after"))["input_ids"][0].tolist()
+    text = mllm.tokenizer.decode(ids)
+    assert text.index("before") < text.index("<|vision_start|>") < text.index("<|vision_end|>") < text.index("after")
+
+
+def test_greedy_decoding_is_deterministic_and_follows_the_argmax(mllm: TransformersMLLM) -> None:
+    messages = ask(frame(), "Describe.")
+    first, second = mllm.complete(messages, GREEDY), mllm.complete(messages, GREEDY)
+    assert first == second
+    with torch.no_grad():
+        logits = mllm.model(**mllm.encode(messages)).logits[0, -1]
+    assert first.token_ids[0] == int(logits.argmax())
+
+
+def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(mllm: TransformersMLLM) -> None:
+    messages = ask(frame(), "Describe.")
+    seeded = GenerationConfig(max_new_tokens=12, temperature=1.0, seed=7)
+    rng_state = torch.get_rng_state()
+    first, second = mllm.chat(messages, seeded), mllm.chat(messages, seeded)
+    assert torch.equal(rng_state, torch.get_rng_state())
+    assert first == second
+    other_seed = mllm.chat(messages, GenerationConfig(max_new_tokens=12, temperature=1.0, seed=8))
+    assert other_seed != first  # near-uniform random model over 400 tokens: a collision is ~impossible
+
+
+def test_max_pixels_sets_the_number_of_image_tokens(mllm: TransformersMLLM) -> None:
+    full = mllm.num_image_tokens(ask(frame(224, 336)))
+    small = mllm.num_image_tokens(ask(frame(224, 336, max_pixels=28 * 28 * 16)))
+    tiny = mllm.num_image_tokens(ask(frame(224, 336, max_pixels=28 * 28 * 4)))
+    assert full == (224 // 28) * (336 // 28)  # one token per 28x28 merged patch
+    assert small == 3 * 5 and tiny == 2 * 2  # the sizes of test_fit_to_pixel_budget_hand_computed_cases
+    both = mllm.num_image_tokens(ask(frame(224, 336, max_pixels=28 * 28 * 4), frame(224, 336)))
+    assert both == tiny + full  # the budget is per image
+
+
+# --- scoring ---------------------------------------------------------------------------------------------------
+def test_token_logprobs_match_the_scores_of_generate(mllm: TransformersMLLM) -> None:
+    messages = ask(frame(), "Describe.", frame(seed=5, max_pixels=3136))
+    inputs = mllm.encode(messages)
+    with torch.no_grad():
+        output = mllm.model.generate(
+            **inputs, max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+        generated = output.sequences[0, inputs["input_ids"].shape[1] :]
+        expected = torch.stack(
+            [
+                torch.log_softmax(step[0].float(), -1)[token]
+                for step, token in zip(output.logits, generated, strict=True)
+            ]
+        )
+        scored = mllm.token_logprobs(messages, generated.tolist())
+    assert scored.shape == (len(generated),)
+    assert torch.isfinite(scored).all() and (scored <= 0).all()
+    torch.testing.assert_close(scored, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_token_logprobs_of_text_match_a_manual_forward_at_temperature(mllm: TransformersMLLM) -> None:
+    messages = ask(frame(max_pixels=3136), "Which option?")
+    completion = "The answer is A."
+    ids = mllm.completion_token_ids(completion, add_end_token=True)
+    assert ids[-1] == mllm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    inputs = mllm.encode(messages)
+    prompt_length = inputs["input_ids"].shape[1]
+    full = mllm.encode([*messages, Message("assistant", [completion])])["input_ids"][0]
+    # the chat template renders a reply as the prompt, then exactly the ids we score (end of turn included)
+    assert full[:prompt_length].tolist() == inputs["input_ids"][0].tolist()
+    assert full[prompt_length : prompt_length + len(ids)].tolist() == ids
+    with torch.no_grad():
+        all_ids = torch.cat([inputs["input_ids"][0], torch.tensor(ids)])[None]
+        logits = mllm.model(
+            input_ids=all_ids,
+            attention_mask=torch.ones_like(all_ids),
+            pixel_values=inputs["pixel_values"],
+            image_grid_thw=inputs["image_grid_thw"],
+            mm_token_type_ids=torch.cat([inputs["mm_token_type_ids"][0], torch.zeros(len(ids), dtype=torch.long)])[
+                None
+            ],
+        ).logits[0]
+        manual = torch.log_softmax(logits[prompt_length - 1 : -1].float() / 0.7, -1)
+        expected = manual[torch.arange(len(ids)), torch.tensor(ids)]
+        scored = mllm.token_logprobs(messages, ids, temperature=0.7)
+        from_text = mllm.token_logprobs(messages, completion, temperature=0.7)
+    torch.testing.assert_close(scored, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(from_text, scored[:-1])  # text is scored without the end token
+
+
+def test_token_logprobs_carry_gradients_only_when_autograd_is_on(mllm: TransformersMLLM) -> None:
+    messages = ask(frame(max_pixels=3136), "Which option?")
+    with torch.no_grad():
+        assert not mllm.token_logprobs(messages, "A").requires_grad
+    mllm.model.zero_grad()
+    with torch.enable_grad():
+        logprobs = mllm.token_logprobs(messages, "The answer is A")
+        logprobs.sum().backward()
+    lm_head_grad = mllm.model.lm_head.weight.grad
+    vision_grad = next(mllm.model.model.visual.parameters()).grad
+    assert lm_head_grad is not None and lm_head_grad.abs().sum() > 0
+    assert vision_grad is not None and vision_grad.abs().sum() > 0  # gradients reach the image tower
+    mllm.model.zero_grad(set_to_none=True)
+
+
+def test_token_logprobs_rejects_empty_completion(mllm: TransformersMLLM) -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        mllm.token_logprobs(ask("hi"), [])
