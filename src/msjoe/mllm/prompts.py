@@ -141,7 +141,8 @@ def query_prompt(
     if preview_frames:
         content.append(
             f"Here are {len(preview_frames)} low-resolution frames sampled uniformly from a video, in time order, "
-            "each labelled with its timestamp."
+            "each labelled with its timestamp. They are only a coarse overview: the moments that answer the "
+            "question may lie between them."
         )
         content += _labelled_images(preview_frames, preview_timestamps, preview_max_pixels)
         content.append("\n")
