@@ -86,22 +86,20 @@ class TransformersMLLM(MLLM):
             raise ModelLoadError(f"model folder {model!r} does not exist")
 
         load_options = {"revision": revision}
-        model_options = {"dtype": DTYPES[dtype], "attn_implementation": attn_implementation}
-        if device == "auto":
-            model_options["device_map"] = "auto"
+        # device_map loads the weights straight onto the device (no full copy in CPU memory first).
+        model_options = {"dtype": DTYPES[dtype], "attn_implementation": attn_implementation, "device_map": device}
         try:
             self.processor = AutoProcessor.from_pretrained(location, **load_options)
             self.model = AutoModelForImageTextToText.from_pretrained(location, **load_options, **model_options)
         except Exception as error:  # the loaders raise OSError, ValueError, KeyError, ...: all mean "cannot load"
             raise ModelLoadError(
-                f"cannot load an image-text-to-text model from {model!r}: {type(error).__name__}: {error}"
+                f"cannot load an image-text-to-text model from {model!r} on device {device!r}: "
+                f"{type(error).__name__}: {error}"
             ) from error
         if getattr(self.processor, "chat_template", None) is None or not hasattr(self.processor, "image_processor"):
             raise ModelLoadError(
                 f"{model!r} has no multimodal processor with a chat template (use an instruction-tuned checkpoint)"
             )
-        if device != "auto":
-            self.model.to(device)
         self.model.eval()
         self.tokenizer = self.processor.tokenizer
         image_processor = self.processor.image_processor
