@@ -236,11 +236,11 @@ def test_retry_after_parsing() -> None:
 
 
 def test_slow_reply_times_out_on_every_attempt(server: ScriptedServer) -> None:
-    server.default = slow(1.0)
+    server.default = slow(2.0)
     started = time.monotonic()
     with pytest.raises(BackendTimeoutError, match="timed out after 2 attempts"):
         client(server, timeout=0.2, max_retries=1).chat([Message("user", ["hi"])])
-    assert time.monotonic() - started < 1.0  # gave up on the client side, did not wait for the server
+    assert time.monotonic() - started < 1.5  # gave up on the client side, did not wait for the server
     assert len(server.requests) == 2
 
 
@@ -303,10 +303,10 @@ def test_chat_many_keeps_order_and_never_exceeds_max_concurrency(server: Scripte
 
 
 def test_concurrency_limit_holds_across_threads_and_waiting_is_not_a_timeout(server: ScriptedServer) -> None:
-    server.default = slow(0.15)
-    # 12 requests, 2 at a time: the last waits ~0.75 s for its turn, longer than the 0.5 s timeout, which must
+    server.default = slow(0.1)
+    # 24 requests, 2 at a time: the last waits ~1.2 s for its turn, longer than the 1 s timeout, which must
     # only apply to the request itself (no retries allowed, so any spurious timeout would fail a thread).
-    mllm = client(server, max_concurrency=2, timeout=0.5, max_retries=0)
+    mllm = client(server, max_concurrency=2, timeout=1.0, max_retries=0)
     outcomes: list[str | Exception] = []
 
     def ask(i: int) -> None:
@@ -315,12 +315,12 @@ def test_concurrency_limit_holds_across_threads_and_waiting_is_not_a_timeout(ser
         except Exception as error:
             outcomes.append(error)
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(24)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(map(str, outcomes)) == sorted(f"echo: {i}" for i in range(12))
+    assert sorted(map(str, outcomes)) == sorted(f"echo: {i}" for i in range(24))
     assert server.max_in_flight == 2
 
 
