@@ -71,7 +71,7 @@ class Answer:
     """Everything one question produced: the answer, and which frames were used and why."""
 
     letter: str | None
-    status: str
+    status: str  # "ok", "ambiguous", "unparsed" (see msjoe.mllm.parsing) or "free-form" without options
     reply: str
     queries: list[str]
     query_reply: str | None
@@ -167,12 +167,15 @@ def answer_question(
     *,
     frame_max_pixels: int | None = None,
     generation: GenerationConfig | None = None,
-) -> tuple[AnswerParse, str]:
-    """Show the key frames (time-ordered, timestamped) with the question; returns (parsed answer, raw reply)."""
+) -> tuple[AnswerParse | None, str]:
+    """Show the key frames (time-ordered, timestamped) with the question; returns (parsed answer, raw reply).
+
+    A free-form question (no options) has no letter to parse: the parse is None and the reply is the answer.
+    """
     opts = list(options) if options else None
     messages = answer_prompt(question, opts, list(frames), list(timestamps), frame_max_pixels=frame_max_pixels)
     reply = mllm.chat(messages, generation)
-    return parse_answer(reply, opts or []), reply
+    return (parse_answer(reply, opts) if opts else None), reply
 
 
 def frame_size(width: int, height: int, max_pixels: int) -> tuple[int, int] | None:
@@ -311,8 +314,8 @@ class VideoQA:
                 generation=cfg.answer_generation,
             )
         return Answer(
-            letter=parsed.letter,
-            status=parsed.status,
+            letter=parsed.letter if parsed else None,
+            status=parsed.status if parsed else "free-form",
             reply=reply,
             queries=queries,
             query_reply=query_reply,

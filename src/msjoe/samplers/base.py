@@ -6,6 +6,7 @@ candidate *indices*; the caller maps them to timestamps.
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -56,7 +57,7 @@ def check_similarity(sim: torch.Tensor, k: int) -> torch.Tensor:
     if not torch.isfinite(sim).all():
         bad = (~torch.isfinite(sim)).nonzero()[0].tolist()
         raise ValueError(f"similarity matrix holds NaN or infinite values (first at query {bad[0]}, frame {bad[1]})")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"frame budget k must be a positive integer, got {k!r}")
     return sim.float()
 

@@ -83,7 +83,8 @@ def topk_nms(scores: torch.Tensor, k: int, radius: int) -> torch.Tensor:
             continue
         taken.append(i)
         blocked[max(0, i - radius) : i + radius + 1] = True
-    taken += [i for i in skipped + order[len(taken) + len(skipped) :] if i not in set(taken)][: k - len(taken)]
+    # Fill-up: the best suppressed frames, then the frames the loop never reached (already in score order).
+    taken += (skipped + order[len(taken) + len(skipped) :])[: k - len(taken)]
     return torch.sort(torch.tensor(taken, dtype=torch.long, device=scores.device)).values
 
 
@@ -103,6 +104,8 @@ def quantile_indices(probs: torch.Tensor, k: int, levels: torch.Tensor | None = 
     if levels is None:
         levels = quantile_levels(k)
     p = probs.detach().double().cpu().clamp_min(0)
+    if not p.sum() > 0:  # no mass anywhere: every frame is equally likely (BOLT's fallback), not a NaN CDF
+        p = torch.ones_like(p)
     cdf = torch.cumsum(p / p.sum(), 0)
     picks = torch.searchsorted(cdf, levels[:k].double(), right=False).clamp_max(num_frames - 1).tolist()
     return torch.sort(torch.tensor(replace_duplicates(picks, p), dtype=torch.long, device=probs.device)).values
