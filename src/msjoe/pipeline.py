@@ -27,6 +27,7 @@ from msjoe.cache import FeatureCache, FrameFeatures
 from msjoe.features import DEFAULT_CLIP, DualEncoder, similarity
 from msjoe.index import index_video
 from msjoe.mllm import MLLM, GenerationConfig, load_mllm
+from msjoe.mllm.base import fit_to_pixel_budget
 from msjoe.mllm.parsing import AnswerParse, parse_answer, parse_queries
 from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS, answer_prompt, query_prompt
 from msjoe.samplers import Sampler, get_sampler
@@ -178,15 +179,14 @@ def answer_question(
     return (parse_answer(reply, opts) if opts else None), reply
 
 
-def frame_size(width: int, height: int, max_pixels: int) -> tuple[int, int] | None:
-    """(height, width) that fits ``max_pixels`` with the aspect kept, or None when the frame already fits.
+def decode_size(info: video_io.VideoInfo, max_pixels: int) -> tuple[int, int] | None:
+    """(height, width) to decode at so a frame fits ``max_pixels`` (even sides), or None to keep the native size.
 
-    Decoding straight to this size saves converting full-HD frames the MLLM would shrink anyway.
+    Decoding straight to the size the MLLM will use saves converting full-HD frames it would shrink anyway.
     """
-    if width * height <= max_pixels:
+    if info.width * info.height <= max_pixels:
         return None
-    scale = (max_pixels / (width * height)) ** 0.5
-    return max(2, int(height * scale) // 2 * 2), max(2, int(width * scale) // 2 * 2)
+    return fit_to_pixel_budget(info.height, info.width, max_pixels, multiple=2)
 
 
 @contextmanager
@@ -276,7 +276,7 @@ class VideoQA:
         if chosen_sampler.needs_queries:
             preview_ts = [float(candidates[i]) for i in preview_indices(len(candidates), k)]
             with _timed(timings, "decode_preview"):
-                size = frame_size(info.width, info.height, cfg.preview_max_pixels)
+                size = decode_size(info, cfg.preview_max_pixels)
                 preview = video_io.decode_frames(path, preview_ts, size)
             with _timed(timings, "query_reasoning"):
                 queries, query_reply = write_queries(
@@ -302,7 +302,7 @@ class VideoQA:
             chosen = select_frames(chosen_sampler, scores, k, seed=cfg.seed)
         chosen_ts = [float(candidates[i]) for i in chosen]
         with _timed(timings, "decode_keyframes"):
-            frames = video_io.decode_frames(path, chosen_ts, frame_size(info.width, info.height, cfg.answer_max_pixels))
+            frames = video_io.decode_frames(path, chosen_ts, decode_size(info, cfg.answer_max_pixels))
         with _timed(timings, "answer"):
             parsed, reply = answer_question(
                 self.mllm,
