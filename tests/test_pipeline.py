@@ -1,0 +1,174 @@
+"""The MSJoE inference flow end to end: a tiny random Qwen2.5-VL and CLIP on generated videos, and a scripted
+chat-completions server on 127.0.0.1 where a test needs to choose the MLLM's replies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import msjoe.index
+from _chat_server import ScriptedServer, completion, server, status  # noqa: F401  (server is a fixture)
+from _tiny_qwen_fixture import tiny_qwen_dir  # noqa: F401
+from msjoe.cache import FeatureCache
+from msjoe.features import DualEncoder
+from msjoe.mllm import MLLM, GenerationConfig, ImagePart, Message, load_mllm
+from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS
+from msjoe.pipeline import PipelineConfig, VideoQA, preview_indices
+from msjoe.synthetic_video import Event, event_color, read_frame_index, write_video
+
+VIDEO_FPS = 5.0
+OPTIONS = ["red", "green", "blue", "yellow"]
+
+
+class RecordingMLLM(MLLM):
+    """Passes every chat to a real backend and keeps the messages, so a test can see what the model was shown."""
+
+    name = "recording"
+
+    def __init__(self, inner: MLLM) -> None:
+        self.inner = inner
+        self.chats: list[list[Message]] = []
+
+    def chat(self, messages: list[Message], generation: GenerationConfig | None = None) -> str:
+        self.chats.append(messages)
+        return self.inner.chat(messages, generation)
+
+
+def images(messages: list[Message]) -> list[ImagePart]:
+    return [part for message in messages for part in message.content if isinstance(part, ImagePart)]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 s at 5 fps, 128x72: 30 one-second candidates; a coloured event at 10-14 s."""
+    folder = tmp_path_factory.mktemp("pipeline-video")
+    events = [Event(10.0, 14.0, event_color(1))]
+    return write_video(folder / "v.mp4", duration=30.0, fps=VIDEO_FPS, size=(128, 72), events=events, gop=25)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_clip_dir: Path) -> DualEncoder:
+    return DualEncoder.from_pretrained(str(tiny_clip_dir))
+
+
+def scripted_qa(server: ScriptedServer, encoder: DualEncoder, cache_dir: Path, **config: object) -> VideoQA:
+    mllm = load_mllm(server.url, model="m", timeout=10.0, max_retries=0)
+    return VideoQA(encoder, mllm, FeatureCache(cache_dir), PipelineConfig(**config))
+
+
+def test_ask_end_to_end_with_tiny_qwen(tiny_qwen_dir: Path, encoder: DualEncoder, video: Path, tmp_path: Path) -> None:
+    mllm = RecordingMLLM(load_mllm(str(tiny_qwen_dir)))
+    config = PipelineConfig(k=6, query_generation=GenerationConfig(max_new_tokens=12))
+    qa = VideoQA(encoder, mllm, FeatureCache(tmp_path), config)
+    answer = qa.ask(video, "What colour is the screen during the event?", OPTIONS)
+
+    assert isinstance(answer.reply, str)
+    assert answer.status in {"ok", "ambiguous", "unparsed"}
+    assert (answer.letter in "ABCD") if answer.status == "ok" else answer.letter is None
+    assert 1 <= len(answer.queries) <= 4
+    assert answer.similarity is not None and answer.similarity.shape == (len(answer.queries), 30)
+    assert answer.chosen_timestamps == sorted(answer.chosen_timestamps) and len(set(answer.chosen_indices)) == 6
+    assert answer.chosen_timestamps == [float(answer.candidate_timestamps[i]) for i in answer.chosen_indices]
+    assert {"index", "query_reasoning", "similarity", "selection", "answer"} <= set(answer.timings)
+
+    # Two turns: K/2 low-resolution previews, then exactly the K key frames (previews not shown again).
+    query_turn, answer_turn = mllm.chats
+    previews, key_frames = images(query_turn), images(answer_turn)
+    assert len(previews) == 3 and all(p.max_pixels == PREVIEW_MAX_PIXELS for p in previews)
+    assert len(key_frames) == 6 and all(p.max_pixels == config.answer_max_pixels for p in key_frames)
+    # The frames shown are the frames displayed at the chosen timestamps (barcode = frame index).
+    shown = [read_frame_index(p.pixels) for p in key_frames]
+    assert shown == [int(np.floor(t * VIDEO_FPS + 1e-6)) for t in answer.chosen_timestamps]
+    assert [read_frame_index(p.pixels) for p in previews] == [
+        int(np.floor(t * VIDEO_FPS + 1e-6)) for t in answer.preview_timestamps
+    ]
+
+
+def test_unparseable_queries_fall_back_to_the_question(
+    server: ScriptedServer, encoder: DualEncoder, video: Path, tmp_path: Path
+) -> None:
+    server.script.extend([status(200, completion("")), status(200, completion("The answer is (B)."))])
+    answer = scripted_qa(server, encoder, tmp_path, k=4).ask(video, "Which colour appears?", OPTIONS)
+    assert answer.queries == ["Which colour appears?"] and answer.queries_from_question
+    assert answer.similarity is not None and answer.similarity.shape == (1, 30)
+    assert (answer.letter, answer.status) == ("B", "ok")
+
+
+def test_parsed_queries_drive_the_similarity(
+    server: ScriptedServer, encoder: DualEncoder, video: Path, tmp_path: Path
+) -> None:
+    reply = '<queries>["a red screen", "a white square", "a dark square"]</queries>'
+    server.script.extend([status(200, completion(reply)), status(200, completion("C"))])
+    answer = scripted_qa(server, encoder, tmp_path, k=4, sampler="topk").ask(video, "Which colour?", OPTIONS)
+    assert answer.queries == ["a red screen", "a white square", "a dark square"] and not answer.queries_from_question
+    expected = (
+        encoder.encode_texts(answer.queries)
+        @ msjoe.index.index_video(video, encoder, FeatureCache(tmp_path)).embeddings.T
+    )
+    torch.testing.assert_close(answer.similarity, expected, atol=5e-4, rtol=0)  # float16 cache
+    best = sorted(torch.topk(expected.max(dim=0).values, 4).indices.tolist())
+    assert answer.chosen_indices == best and answer.letter == "C"
+
+
+def test_uniform_sampler_asks_no_queries(
+    server: ScriptedServer, encoder: DualEncoder, video: Path, tmp_path: Path
+) -> None:
+    server.script.append(status(200, completion("A")))
+    answer = scripted_qa(server, encoder, tmp_path, k=5, sampler="uniform").ask(video, "Which colour?", OPTIONS)
+    assert len(server.requests) == 1  # the answer turn only
+    assert answer.queries == [] and answer.similarity is None and answer.preview_timestamps == []
+    assert answer.chosen_indices == [3, 9, 15, 21, 27]
+    assert answer.letter == "A"
+
+
+def test_unparseable_answer_is_recorded_not_guessed(
+    server: ScriptedServer, encoder: DualEncoder, video: Path, tmp_path: Path
+) -> None:
+    server.script.append(status(200, completion("I cannot tell from these frames.")))
+    answer = scripted_qa(server, encoder, tmp_path, k=4, sampler="uniform").ask(video, "Which colour?", OPTIONS)
+    assert answer.letter is None and answer.status == "unparsed"
+    assert answer.reply == "I cannot tell from these frames."
+
+
+def test_free_form_question_returns_the_reply(
+    server: ScriptedServer, encoder: DualEncoder, video: Path, tmp_path: Path
+) -> None:
+    server.script.extend([status(200, completion('<queries>["a square"]</queries>')), status(200, completion("Red."))])
+    answer = scripted_qa(server, encoder, tmp_path, k=4).ask(video, "What colour is the screen?")
+    assert (answer.letter, answer.status, answer.reply) == (None, "free-form", "Red.")
+    assert "A." not in server.requests[-1][3]["messages"][-1]["content"][-1]["text"]
+
+
+def test_second_question_on_a_video_decodes_no_candidates(
+    server: ScriptedServer, encoder: DualEncoder, video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[int] = []
+    real_iter_frames = msjoe.index.iter_frames
+
+    def counting_iter_frames(*args: object, **kwargs: object):
+        for batch in real_iter_frames(*args, **kwargs):
+            decoded.append(len(batch))
+            yield batch
+
+    monkeypatch.setattr(msjoe.index, "iter_frames", counting_iter_frames)
+    qa = scripted_qa(server, encoder, tmp_path, k=4, sampler="uniform")
+    qa.ask(video, "First question?", OPTIONS)
+    assert sum(decoded) == 30
+    qa.ask(video, "Second question?", OPTIONS)
+    assert sum(decoded) == 30  # the cached embeddings answered the second question's scoring
+
+
+def test_usampler_without_weights_is_refused(
+    server: ScriptedServer, encoder: DualEncoder, video: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="trained weights"):
+        scripted_qa(server, encoder, tmp_path, sampler="usampler").ask(video, "Which colour?", OPTIONS)
+
+
+def test_preview_indices_are_spread_and_at_least_one() -> None:
+    assert preview_indices(30, 6) == [5, 15, 25]
+    assert preview_indices(30, 1) == [15]
+    assert preview_indices(2, 32) == [0, 1]
