@@ -75,12 +75,9 @@ def index(
     report = index_videos(
         videos, encoder, FeatureCache(cache_dir), fps=fps, max_frames=max_frames, batch_size=batch_size, progress=True
     )
-    console.print(f"indexed {len(report.indexed)}, already cached {len(report.cached)}, failed {len(report.failed)}")
+    # One line per failure, unwrapped, so the paths can be copied.
+    console.print(report.summary(), soft_wrap=True, markup=False, highlight=False)
     if report.failed:
-        table = Table("video", "error", title="Failed videos", title_style="bold red")
-        for failure in report.failed:
-            table.add_row(str(failure.path), f"{failure.error_type}: {failure.message}")
-        console.print(table)
         raise typer.Exit(code=1)
 
 

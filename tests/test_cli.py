@@ -1,0 +1,132 @@
+"""The `msjoe` command line, run in-process with typer's runner on tiny models and generated videos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from _chat_server import ScriptedServer, completion, server, status  # noqa: F401  (server is a fixture)
+from msjoe.cli import app, format_time
+from msjoe.samplers import available_samplers
+from msjoe.synthetic_video import write_video
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("cli-videos")
+    return [write_video(folder / f"v{i}.mp4", duration=6.0 + i, fps=5.0, size=(96, 64)) for i in range(2)]
+
+
+def run(*args: str) -> tuple[int, str]:
+    """Exit code and everything printed (stdout and stderr)."""
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def run_json(*args: str) -> dict:
+    """Run a ``--json`` command: stdout must be exactly one JSON document (progress and logs go to stderr)."""
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_index_reports_failures_at_the_end_and_resumes(videos: list[Path], tiny_clip_dir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.mp4"
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("these are not video bytes")
+    cache = tmp_path / "cache"
+    code, out = run("index", videos[0], missing, not_a_video, videos[1], "--clip", tiny_clip_dir, "--cache-dir", cache)
+    assert code == 1
+    assert "2 indexed, 0 already cached, 2 failed" in out
+    assert "missing.mp4" in out and "notes.mp4" in out
+    code, out = run("index", *videos, "--clip", tiny_clip_dir, "--cache-dir", cache)
+    assert code == 0 and "0 indexed, 2 already cached, 0 failed" in out
+
+
+def test_select_prints_sorted_timestamps_as_json(videos: list[Path], tiny_clip_dir: Path, tmp_path: Path) -> None:
+    args = ["select", videos[1], "-q", "a white square", "-q", "a grey screen", "-k", "3", "--json"]
+    result = run_json(*args, "--sampler", "binmax", "--clip", tiny_clip_dir, "--cache-dir", tmp_path)
+    assert result["num_candidates"] == 7 and len(result["timestamps"]) == 3
+    assert result["timestamps"] == sorted(result["timestamps"]) and result["queries"] == [
+        "a white square",
+        "a grey screen",
+    ]
+    # binmax takes one frame in each integer bin of the 7 candidates: [0, 1], [2, 3], [4, 5, 6].
+    first, second, third = result["indices"]
+    assert first in (0, 1) and second in (2, 3) and third in (4, 5, 6)
+
+
+def test_select_table_output(videos: list[Path], tiny_clip_dir: Path, tmp_path: Path) -> None:
+    code, out = run("select", videos[0], "-q", "a square", "-k", "2", "--clip", tiny_clip_dir, "--cache-dir", tmp_path)
+    assert code == 0, out
+    assert "2 key frames (bolt)" in out and "a square" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--sampler", "usampler"], "needs trained weights"),
+        (["--sampler", "nope"], "unknown sampler 'nope'"),
+        (["-q", "2", "-q", "3", "-q", "4", "-q", "5"], "1 to 4 --query"),
+    ],
+)
+def test_select_rejects_bad_arguments(videos: list[Path], tiny_clip_dir: Path, extra: list[str], message: str) -> None:
+    code, out = run("select", videos[0], "-q", "1", *extra, "--clip", tiny_clip_dir)
+    assert code == 1 and message in out
+
+
+def test_select_missing_video_is_a_clear_error(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    code, out = run("select", tmp_path / "nope.mp4", "-q", "x", "--clip", tiny_clip_dir, "--cache-dir", tmp_path)
+    assert code == 1 and "nope.mp4" in out
+
+
+def test_ask_json_with_an_http_mllm(
+    server: ScriptedServer, videos: list[Path], tiny_clip_dir: Path, tmp_path: Path
+) -> None:
+    server.script.extend(
+        [status(200, completion('<queries>["a white square"]</queries>')), status(200, completion("B"))]
+    )
+    result = run_json(
+        "ask", videos[0], "Which one?", "-o", "yes", "-o", "no", "-k", "4", "--mllm", server.url, "--model", "m",
+        "--clip", tiny_clip_dir, "--cache-dir", tmp_path, "--json",
+    )  # fmt: skip
+    assert result["letter"] == "B" and result["queries"] == ["a white square"] and result["options"] == ["yes", "no"]
+    assert len(result["chosen_timestamps"]) == 4 and result["timings"]["answer"] > 0
+
+
+def test_ask_human_output_shows_queries_frames_and_answer(
+    server: ScriptedServer, videos: list[Path], tiny_clip_dir: Path, tmp_path: Path
+) -> None:
+    server.script.extend([status(200, completion("")), status(200, completion("I am not sure."))])
+    code, out = run(
+        "ask", videos[0], "Which one?", "-o", "yes", "-o", "no", "-k", "2", "--mllm", server.url, "--model", "m",
+        "--clip", tiny_clip_dir, "--cache-dir", tmp_path,
+    )  # fmt: skip
+    assert code == 0, out
+    assert "from the question" in out and "Which one?" in out
+    assert "answer: <unparsed>" in out and "key frames (2)" in out
+
+
+def test_samplers_lists_the_registry() -> None:
+    code, out = run("samplers")
+    assert code == 0 and out.split() == available_samplers()
+
+
+def test_smoke_models_writes_loadable_models_and_a_video(tmp_path: Path) -> None:
+    code, out = run("smoke-models", tmp_path / "smoke")
+    assert code == 0, out
+    for name in ("clip/config.json", "qwen2_5_vl/config.json", "demo.mp4"):
+        assert (tmp_path / "smoke" / name).exists()
+    mtime = (tmp_path / "smoke" / "demo.mp4").stat().st_mtime_ns
+    assert run("smoke-models", tmp_path / "smoke")[0] == 0  # idempotent: nothing rewritten
+    assert (tmp_path / "smoke" / "demo.mp4").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.0, "0:00.0"), (65.25, "1:05.2"), (3725.0, "1:02:05.0")])
+def test_format_time(seconds: float, text: str) -> None:
+    assert format_time(seconds) == text
