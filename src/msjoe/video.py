@@ -296,9 +296,13 @@ class _FrameReader:
         self._eof = False
         self._run_start: float = -math.inf  # where the decoder was (re)started
         self._run_first: float | None = None  # pts of the first frame of the current run
-        self._keyframes: list[float] = []  # pts of keyframes seen, for files without a seek index
+        # For files without a seek index (MPEG-TS, raw streams): keyframes seen so far, and the longest interval
+        # between two keyframes decoded one after the other.
+        self._keyframes: list[float] = []
         self._max_keyframe_gap = 0.0
+        self._run_last_keyframe: float | None = None
         self._stream_start_ok = True  # the current run starts at the stream's first frame: clamping to it is right
+        self._skip_to_keyframe = False  # drop packets before the run's first keyframe (after a seek)
         self.start_pts = -math.inf
 
         first = self._peek()
@@ -322,6 +326,9 @@ class _FrameReader:
         # ahead of presentation times by the reorder delay when there are B-frames: learn that offset from
         # the first keyframe (whose presentation time is the start).
         entries = stream.index_entries
+        # Only an index read with the header (MP4/MOV/AVI sample tables, Matroska cues) tells where a seek
+        # lands; some demuxers (MPEG-TS) add entries as they read, which says nothing about the parts not read.
+        self._has_index = len(entries) > 0
         first_key = next((e for e in (entries[i] for i in range(min(len(entries), 64))) if e.is_keyframe), None)
         self._index_offset = self.start_pts - first_key.timestamp if first_key is not None else 0.0
 
@@ -375,28 +382,18 @@ class _FrameReader:
             position = self._pts(self._current)
         else:
             position = self._run_start
-        landing = self._keyframe_before(target)
-        if landing is not None:
-            return landing > position + self._seek_margin
-        # No index covers the target: rely on the keyframe interval seen so far, or a conservative guess.
-        if self._max_keyframe_gap > 0:
-            return target - position > self._max_keyframe_gap + self._seek_margin
-        return target - position > _BLIND_SEEK_SECONDS * self._ticks_per_s
-
-    def _keyframe_before(self, target: float) -> float | None:
-        """Presentation time of the keyframe a seek to ``target`` lands on, if an index tells (else None)."""
-        entries = self._stream.index_entries
-        if len(entries) > 0:
+        if self._has_index:
+            entries = self._stream.index_entries
             i = entries.search_timestamp(math.floor(target - self._index_offset), backward=True)
-            if i >= 0:
-                return entries[i].timestamp + self._index_offset
-            return None
+            return i >= 0 and entries[i].timestamp + self._index_offset > position + self._seek_margin
+        # No index. A keyframe already seen between here and the target makes a seek worth it for sure.
         i = bisect.bisect_right(self._keyframes, target + self._tolerance)
-        # A keyframe seen is a lower bound of where a seek lands; only trust it with a later one known too,
-        # which shows the index of seen keyframes covers the target.
-        if 0 < i < len(self._keyframes):
-            return self._keyframes[i - 1]
-        return None
+        if i > 0 and self._keyframes[i - 1] > position + self._seek_margin:
+            return True
+        # Otherwise guess: a jump longer than the longest keyframe interval seen (or, before two keyframes were
+        # seen in a row, than most encoders' interval) has a keyframe in between. A wrong guess costs only time.
+        interval = self._max_keyframe_gap or _BLIND_SEEK_SECONDS * self._ticks_per_s
+        return target - position > interval + self._seek_margin
 
     def _seek(self, target: float) -> None:
         # Seeking in stream ticks with BACKWARD lands on the last keyframe at or before the target
@@ -426,7 +423,11 @@ class _FrameReader:
         self._eof = False
         self._run_start = float(position)
         self._run_first = None
+        self._run_last_keyframe = None
         self._stream_start_ok = from_stream_start or position <= self.start_pts
+        # Some demuxers (MPEG-TS) seek to any packet near the position: frames decoded before the next
+        # keyframe would lack their references (garbage for some codecs), so the run starts at a keyframe.
+        self._skip_to_keyframe = not self._stream_start_ok
 
     # -- decoding --
 
@@ -445,37 +446,36 @@ class _FrameReader:
                     # After a seek, the run starts at the stream's first frame only if it starts at or before it.
                     self._stream_start_ok = self._stream_start_ok or pts <= self.start_pts + self._tolerance
                 if self._next.key_frame:
-                    self._remember_keyframe(pts)
+                    i = bisect.bisect_left(self._keyframes, pts)
+                    if i == len(self._keyframes) or self._keyframes[i] != pts:
+                        self._keyframes.insert(i, pts)
+                    if self._run_last_keyframe is not None:
+                        self._max_keyframe_gap = max(self._max_keyframe_gap, pts - self._run_last_keyframe)
+                    self._run_last_keyframe = pts
         return self._next
 
     def _decode_run(self) -> Iterator[av.VideoFrame]:
         """Decode from the demuxer's current position to the end, mapping FFmpeg failures to our errors."""
-        last_pts: float | None = None
+        last_pts = self._run_start
+        skipping = self._skip_to_keyframe
         try:
             for packet in self._container.demux(self._stream):
+                if skipping:
+                    if not packet.is_keyframe:
+                        continue
+                    skipping = False
                 if packet.is_corrupt:
-                    raise CorruptVideoError(f"{self._path}: damaged data after {self._seconds(last_pts):.3f} s")
+                    raise CorruptVideoError(f"{self._path}: damaged data {self._where(last_pts)}")
                 for frame in packet.decode():
                     last_pts = self._pts(frame)
                     yield frame
         except av.error.FFmpegError as error:
-            raise CorruptVideoError(
-                f"{self._path}: decoding failed after {self._seconds(last_pts):.3f} s: {error}"
-            ) from error
+            raise CorruptVideoError(f"{self._path}: decoding failed {self._where(last_pts)}: {error}") from error
 
     def _close_run(self) -> None:
         if self._run is not None:
             self._run.close()  # releases the demux generator's packet buffer now rather than at GC
             self._run = None
-
-    def _remember_keyframe(self, pts: float) -> None:
-        i = bisect.bisect_left(self._keyframes, pts)
-        if i < len(self._keyframes) and self._keyframes[i] == pts:
-            return
-        self._keyframes.insert(i, pts)
-        for a, b in ((i - 1, i), (i, i + 1)):
-            if a >= 0 and b < len(self._keyframes):
-                self._max_keyframe_gap = max(self._max_keyframe_gap, self._keyframes[b] - self._keyframes[a])
 
     def _pts(self, frame: av.VideoFrame) -> float:
         pts = frame.pts if frame.pts is not None else frame.dts
@@ -483,8 +483,11 @@ class _FrameReader:
             raise CorruptVideoError(f"{self._path}: a decoded frame has no timestamp")
         return float(pts)
 
-    def _seconds(self, pts: float | None) -> float:
-        return 0.0 if pts is None else (pts - self.start_pts) * self.time_base
+    def _seconds(self, pts: float) -> float:
+        return (pts - self.start_pts) * self.time_base
+
+    def _where(self, pts: float) -> str:
+        return f"after {self._seconds(pts):.3f} s" if math.isfinite(pts + self.start_pts) else "at the first frame"
 
     def _check_not_truncated(self, target: float) -> None:
         """At the end of the stream: a target beyond the decoded end but within the declared one means the
