@@ -91,6 +91,20 @@ def test_decoded_frames_are_exactly_the_displayed_ones(videos, name, targets, si
 
 
 @pytest.mark.parametrize("name", [c[0] for c in CODECS])
+def test_random_targets_in_random_order_match_a_full_decode(videos, name):
+    """Against brute force: decode every frame with plain PyAV and look the displayed one up by its time."""
+    with av.open(str(videos[name])) as container:
+        decoded = [(float(f.time), read_frame_index(f.to_ndarray(format="rgb24"))) for f in container.decode(video=0)]
+    times = [t for t, _ in decoded]
+    rng = np.random.default_rng(len(name))
+    targets = np.concatenate([rng.uniform(0, SECONDS + 0.5, 40), rng.integers(0, NUM_FRAMES, 10) / FPS])
+    rng.shuffle(targets)
+    expected = [decoded[displayed_index(times, t)][1] for t in targets]
+    batches = iter_frames(videos[name], targets, 36, batch_size=7)
+    assert barcodes(np.concatenate(list(batches))) == expected
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CODECS])
 def test_probe_reads_the_header(videos, name):
     codec = next(c[1] for c in CODECS if c[0] == name)
     info = probe(videos[name])
@@ -239,6 +253,24 @@ def test_rotation_metadata_is_applied(tmp_path, ccw_degrees):
         frames = decode_frames(path, targets, size)
         assert frames.shape == (3, *hw, 3)
         assert barcodes(frames) == [0, 12, 27]
+
+
+def test_a_legacy_rotate_tag_is_applied(tmp_path):
+    """Matroska keeps a `rotate` tag (clockwise degrees) as plain metadata, without a display matrix."""
+    path = tmp_path / "tagged.mkv"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = HEIGHT, WIDTH, "yuv420p"
+        stream.metadata["rotate"] = "90"
+        for i in range(10):
+            upright = render_frame(i, i / FPS, WIDTH, HEIGHT)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(upright, 1)), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    info = probe(path)
+    assert (info.rotation, info.width, info.height) == (90, WIDTH, HEIGHT)
+    assert barcodes(decode_frames(path, [0.0, 0.3])) == [0, 7]
 
 
 def write_offset_video(path: Path, offset_s: float, num_frames: int = 50) -> Path:

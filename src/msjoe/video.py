@@ -310,8 +310,11 @@ class _FrameReader:
             raise EmptyVideoError(f"{path}: the video stream has no frame")
         self.start_pts: float = self._pts(first)
         self._run_start = self.start_pts
-        # PyAV's rotation is counter-clockwise; turning the picture by it makes it upright.
+        # The display matrix (FFmpeg attaches it to every frame) gives a counter-clockwise angle; turning the
+        # picture by it makes it upright. Files without one may carry the legacy clockwise `rotate` tag.
         self.rotation_ccw = round(first.rotation / 90.0) * 90 % 360
+        if self.rotation_ccw == 0:
+            self.rotation_ccw = -_rotate_tag(stream) % 360
         self.rotation_cw = (-self.rotation_ccw) % 360
         sar = stream.sample_aspect_ratio
         coded_w, coded_h = first.width, first.height
@@ -650,6 +653,15 @@ def _declared_duration(
         container_start = (container.start_time or 0) / av.time_base
         return max(0.0, container.duration / av.time_base - max(0.0, start_s - container_start)), False
     return None, False
+
+
+def _rotate_tag(stream: av.VideoStream) -> int:
+    """Clockwise degrees of a `rotate` metadata tag (multiple of 90), 0 if absent or unreadable."""
+    value = next((v for k, v in stream.metadata.items() if k.lower() == "rotate"), None)
+    try:
+        return round(float(value) / 90.0) * 90 % 360 if value is not None else 0
+    except ValueError:
+        return 0
 
 
 def _average_fps(stream: av.VideoStream) -> float | None:
