@@ -131,6 +131,14 @@ def test_float32_storage_is_exact(tmp_path: Path) -> None:
     assert loaded is not None and torch.equal(loaded.embeddings, features.embeddings)
 
 
+def test_bfloat16_storage_round_trips(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path, storage_dtype=torch.bfloat16)
+    stored = cache.put(KEY, make_features())
+    loaded = cache.get(KEY)
+    assert loaded is not None and torch.equal(loaded.embeddings, stored.embeddings)
+    assert torch.equal(stored.embeddings, make_features().embeddings.bfloat16().float())
+
+
 def test_video_info_as_a_dict_round_trips(tmp_path: Path) -> None:
     cache = FeatureCache(tmp_path)
     features = dataclasses.replace(make_features(), video={"path": "/v.mp4", "duration": 3.0})

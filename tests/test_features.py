@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,7 @@ from PIL import Image
 
 from msjoe.errors import ModelLoadError
 from msjoe.features import DualEncoder, folder_revision, similarity
-from msjoe.tiny_models.clip import write_tiny_clip, write_tiny_siglip
+from msjoe.tiny_models.clip import write_tiny_clip, write_tiny_siglip, write_tiny_siglip2_naflex
 from msjoe.tiny_models.qwen import write_tiny_qwen2_5_vl
 
 
@@ -220,7 +224,7 @@ def _folder_digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-@pytest.mark.parametrize("write", [write_tiny_clip, write_tiny_siglip])
+@pytest.mark.parametrize("write", [write_tiny_clip, write_tiny_siglip, write_tiny_siglip2_naflex])
 def test_tiny_builders_are_deterministic_and_seeded(write, tmp_path: Path) -> None:
     torch.manual_seed(123)
     state = torch.get_rng_state()
@@ -250,3 +254,57 @@ def test_tiny_siglip_tokenizer_round_trips_any_text(tiny_siglip_dir: Path) -> No
     assert tokenizer.unk_token_id not in ids  # byte fallback covers every character
     assert ids[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(ids, skip_special_tokens=True) == TRICKY_TEXT
+
+
+# --- other families and the hub path --------------------------------------------------------------------------
+
+
+def test_naflex_siglip2_runs_through_the_generic_processor_path(tmp_path: Path) -> None:
+    """No fixed input size: frames are decoded at native size and the processor's extra inputs reach the model."""
+    encoder = DualEncoder.from_pretrained(str(write_tiny_siglip2_naflex(tmp_path / "naflex")))
+    assert type(encoder.model).__name__ == "Siglip2Model"
+    assert encoder.frame_size is None and encoder.image_size is None
+    frames = random_frames(5, height=45, width=80)
+    embeddings = encoder.encode_images(frames)
+    reference_inputs = encoder.processor.image_processor(
+        images=[Image.fromarray(f) for f in frames], return_tensors="pt"
+    )
+    assert {"pixel_attention_mask", "spatial_shapes"} <= set(reference_inputs)
+    with torch.inference_mode():
+        reference = encoder.model.get_image_features(**reference_inputs).pooler_output
+    torch.testing.assert_close(embeddings, torch.nn.functional.normalize(reference, dim=-1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(encoder.encode_images(frames, batch_size=2), embeddings, atol=1e-5, rtol=0)
+    assert encoder.encode_texts(["a dog"]).shape == (1, encoder.embed_dim)
+
+
+HUB_SCRIPT = """
+import sys
+from msjoe.errors import ModelLoadError
+from msjoe.features import DualEncoder
+commit = sys.argv[1]
+by_branch = DualEncoder.from_pretrained("org/tiny-clip")
+by_commit = DualEncoder.from_pretrained("org/tiny-clip", revision=commit)
+print(by_branch.model_id, by_branch.revision, by_commit.revision)
+try:
+    DualEncoder.from_pretrained("org/tiny-clip", revision="v2")
+except ModelLoadError as err:
+    print("ModelLoadError", "org/tiny-clip" in str(err))
+"""
+
+
+@pytest.mark.slow
+def test_hub_ids_resolve_to_the_cached_commit(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    """A hub id loads from the Hugging Face cache (offline here) and its revision is the snapshot's commit hash."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--tiny-clip"
+    shutil.copytree(tiny_clip_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", HUB_SCRIPT, commit], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0] == f"org/tiny-clip {commit} {commit}"
+    assert lines[1] == "ModelLoadError True"

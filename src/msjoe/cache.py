@@ -173,8 +173,9 @@ def _video_from_dict(record: dict[str, Any]) -> VideoInfo | dict[str, Any]:
 
 def _checksum(embeddings: torch.Tensor, timestamps: torch.Tensor) -> str:
     digest = hashlib.sha256()
-    digest.update(embeddings.contiguous().view(torch.uint8).numpy().tobytes())
-    digest.update(timestamps.contiguous().view(torch.uint8).numpy().tobytes())
+    # Hash the tensors' memory in place (buffer protocol): no copy of a multi-MB entry.
+    digest.update(embeddings.contiguous().view(torch.uint8).numpy())
+    digest.update(timestamps.contiguous().view(torch.uint8).numpy())
     return "sha256:" + digest.hexdigest()
 
 

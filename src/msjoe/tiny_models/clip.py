@@ -1,8 +1,9 @@
 """Tiny, randomly initialised CLIP and SigLIP dual encoders for smoke tests.
 
 **These models are RANDOM.** They have the architecture, tokenizer format and processor of real CLIP
-(``openai/clip-vit-*``) and fixed-resolution SigLIP / SigLIP 2 (``google/siglip*-*-patch16-224``) checkpoints, but
-about 60k parameters and no training: their similarities are meaningless. They exist so that tests, benchmarks and
+(``openai/clip-vit-*``), fixed-resolution SigLIP / SigLIP 2 (``google/siglip*-*-patch16-224``) and NaFlex SigLIP 2
+(``google/siglip2-*-naflex``) checkpoints, but about 60k parameters and no training: their similarities are
+meaningless. They exist so that tests, benchmarks and
 ``msjoe`` smoke runs exercise the exact code path of a real checkpoint (``save_pretrained``, then
 ``AutoModel`` / ``AutoProcessor.from_pretrained`` through :meth:`msjoe.features.DualEncoder.from_pretrained`) on a
 CPU without a model hub.
@@ -34,6 +35,10 @@ from transformers import (
     CLIPProcessor,
     CLIPTokenizer,
     GemmaTokenizer,
+    Siglip2Config,
+    Siglip2ImageProcessor,
+    Siglip2Model,
+    Siglip2Processor,
     SiglipConfig,
     SiglipImageProcessor,
     SiglipModel,
@@ -231,4 +236,33 @@ def write_tiny_siglip(folder: str | Path, seed: int = 0) -> Path:
         model.logit_bias.fill_(-12.7)
     image_processor = SiglipImageProcessor(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
     processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return _save(folder, model, processor)
+
+
+def write_tiny_siglip2_naflex(folder: str | Path, seed: int = 0) -> Path:
+    """Write a RANDOM tiny NaFlex ``Siglip2Model`` + ``Siglip2Processor`` to ``folder`` and return the folder.
+
+    NaFlex keeps each image's aspect ratio and cuts it into at most ``max_num_patches`` patches (16 of 8x8 pixels
+    here), so the processor returns ``pixel_attention_mask`` and ``spatial_shapes`` besides ``pixel_values``: the
+    case that exercises :class:`msjoe.features.DualEncoder`'s generic path (no fixed input size).
+    """
+    tokenizer = _train_gemma_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    config = Siglip2Config(
+        text_config=dict(
+            **TINY_TOWER,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=64,
+            bos_token_id=ids("<bos>"),
+            eos_token_id=ids("<eos>"),
+            pad_token_id=ids("<pad>"),
+        ),
+        vision_config=dict(**TINY_TOWER, patch_size=TINY_PATCH_SIZE, num_patches=16),
+    )
+    model = _seeded_model(Siglip2Model, config, seed)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(117.0))
+        model.logit_bias.fill_(-12.7)
+    image_processor = Siglip2ImageProcessor(patch_size=TINY_PATCH_SIZE, max_num_patches=16)
+    processor = Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer)
     return _save(folder, model, processor)
