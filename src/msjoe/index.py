@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -169,11 +170,11 @@ def index_videos(
 
 def _check_sampling(fps: float, max_frames: int, batch_size: int) -> None:
     # Checked up front: on a cache hit candidate_timestamps (which also checks) never runs.
-    if isinstance(fps, bool) or not isinstance(fps, int | float) or not math.isfinite(fps) or fps <= 0:
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
-    if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
+    if isinstance(max_frames, bool) or not isinstance(max_frames, numbers.Integral) or max_frames < 1:
         raise ValueError(f"max_frames must be an integer >= 1, got {max_frames!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
 
