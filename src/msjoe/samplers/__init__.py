@@ -49,3 +49,4 @@ from msjoe.samplers import bolt as bolt  # noqa: E402
 from msjoe.samplers import qframe as qframe  # noqa: E402
 from msjoe.samplers import topk as topk  # noqa: E402
 from msjoe.samplers import uniform as uniform  # noqa: E402
+from msjoe.samplers import usampler as usampler  # noqa: E402

@@ -1,0 +1,316 @@
+"""The U-Sampler network: query-frame similarities ``S [Nq, T]`` in, one logit per frame out.
+
+Two stages, both convolving along time only:
+
+1. **Query encoder** (ours). Each query row is turned into a few scale-free per-frame features (see
+   :data:`FEATURES`), passed through a small pointwise MLP *shared by all queries*, then pooled across the valid
+   queries with a mean and a max. The result does not depend on the order of the queries, accepts 1 to 4 rows
+   without inventing padding queries, and the max keeps "any query matches" while the mean keeps "all match".
+2. **1D U-Net** (paper: "lightweight 1D U-Net", about 2M parameters). Residual conv blocks with GroupNorm at each
+   level, stride-2 convolutions down, stride-2 transposed convolutions up, concatenated skips. Channel widths
+   grow with depth so that most parameters sit at coarse resolution where they are cheap; the full-resolution
+   level stays thin. A global-context layer at the bottleneck lets every frame see summary statistics of the whole
+   video whatever T is.
+
+Any length works, T = 1 included, without padding T to a multiple of the total stride: a level of odd length is
+zero-padded by one position before its stride-2 convolution and the upsampled tensor is cropped back to the skip's
+length. This is exactly what zero-padding the input and masking would compute, so batches of items with different
+T (right-padded, with ``frame_mask``) give, for each item, the same logits as running it alone: padded positions
+are kept at zero between layers, excluded from every statistic (GroupNorm, z-scores, ranks, global context), and
+their logits are ``-inf`` so they can never be drawn or selected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FEATURES: dict[str, str] = {
+    "cosine": "the raw cosine similarity",
+    "zscore": "the row standardised over the video's frames, clipped to +-8 (CLIP cosines live in a narrow band)",
+    "percentile": "the frame's mid-rank within the row, mapped to (-1, 1); invariant to any monotone rescaling",
+    "minmax": "the row min-max normalised to [0, 1] (BOLT's normalisation)",
+}
+"""Per-query, per-frame input features the query encoder can use, by name."""
+
+# A row whose spread is below this is treated as flat rather than having its noise amplified into signal; real
+# CLIP rows spread over ~0.02-0.05 of cosine.
+_ROW_STD_FLOOR = 1e-3
+_ZSCORE_CLIP = 8.0
+
+
+def masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, mask: torch.Tensor | None) -> torch.Tensor:
+    """GroupNorm whose statistics ignore padded positions (``mask == 0``); plain GroupNorm when ``mask`` is None."""
+    if mask is None:
+        # torch.group_norm, not F.group_norm: the latter refuses one value per channel in training mode (T = 1),
+        # which is well defined here because each group spans several channels.
+        return torch.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    batch, channels, length = x.shape
+    groups = norm.num_groups
+    grouped = x.reshape(batch, groups, channels // groups, length)
+    weight = mask.unsqueeze(1)  # [B, 1, 1, L]
+    count = weight.sum(dim=(2, 3), keepdim=True).clamp_min(1) * (channels // groups)
+    mean = (grouped * weight).sum(dim=(2, 3), keepdim=True) / count
+    var = (((grouped - mean) * weight) ** 2).sum(dim=(2, 3), keepdim=True) / count
+    normed = ((grouped - mean) * torch.rsqrt(var + norm.eps)).reshape(batch, channels, length)
+    return normed * norm.weight[:, None] + norm.bias[:, None]
+
+
+def _apply_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x if mask is None else x * mask
+
+
+class ResidualConvBlock(nn.Module):
+    """Two ``kernel_size`` convolutions along time with GroupNorm and SiLU, plus a (1x1 if needed) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm_group_size: int) -> None:
+        super().__init__()
+        padding = kernel_size // 2
+        self.conv1 = nn.Conv1d(in_channels, out_channels, kernel_size, padding=padding)
+        # Groups of a fixed number of channels (not a fixed number of groups): a one-channel group at a level of
+        # length 1 would normalise a single value to zero and erase it.
+        self.norm1 = nn.GroupNorm(out_channels // norm_group_size, out_channels)
+        self.conv2 = nn.Conv1d(out_channels, out_channels, kernel_size, padding=padding)
+        self.norm2 = nn.GroupNorm(out_channels // norm_group_size, out_channels)
+        self.shortcut = (
+            nn.Identity() if in_channels == out_channels else nn.Conv1d(in_channels, out_channels, 1, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        h = _apply_mask(F.silu(masked_group_norm(self.conv1(x), self.norm1, mask)), mask)
+        h = masked_group_norm(self.conv2(h), self.norm2, mask)
+        return _apply_mask(F.silu(h + self.shortcut(x)), mask)
+
+
+class GlobalContext(nn.Module):
+    """Adds a projection of the sequence's (masked) mean and max to every position: whole-video context at any T."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2 * channels, channels)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
+            mean, peak = x.mean(dim=-1), x.amax(dim=-1)
+        else:
+            mean = x.sum(dim=-1) / mask.sum(dim=-1).clamp_min(1)
+            peak = x.masked_fill(mask == 0, float("-inf")).amax(dim=-1)
+        return _apply_mask(x + self.proj(torch.cat([mean, peak], dim=-1)).unsqueeze(-1), mask)
+
+
+def _pad_to_even(x: torch.Tensor) -> torch.Tensor:
+    return F.pad(x, (0, x.shape[-1] % 2)) if x.shape[-1] % 2 else x
+
+
+def query_features(
+    sim: torch.Tensor, names: Sequence[str], frame_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query, per-frame input features.
+
+    ``sim`` is ``[B, Nq, T]``; ``frame_mask`` (bool ``[B, T]`` or None for all valid) excludes padded frames from
+    every row statistic. Returns the features ``[B, Nq, T, F]`` in the order of ``names`` (see :data:`FEATURES`),
+    zero at padded frames, and the z-score ``[B, Nq, T]`` (used by the similarity prior whatever ``names`` holds).
+    """
+    if frame_mask is None:
+        count = torch.full((*sim.shape[:2], 1), float(sim.shape[-1]), device=sim.device)
+        mean = sim.mean(dim=-1, keepdim=True)
+        var = (sim - mean).square().mean(dim=-1, keepdim=True)
+    else:
+        valid = frame_mask[:, None, :]
+        sim = sim * valid
+        count = valid.sum(dim=-1, keepdim=True).float()
+        mean = sim.sum(dim=-1, keepdim=True) / count
+        var = ((sim - mean).square() * valid).sum(dim=-1, keepdim=True) / count
+    zscore = ((sim - mean) / (var.sqrt() + _ROW_STD_FLOOR)).clamp(-_ZSCORE_CLIP, _ZSCORE_CLIP)
+    columns = []
+    for name in names:
+        if name == "cosine":
+            columns.append(sim)
+        elif name == "zscore":
+            columns.append(zscore)
+        elif name == "percentile":
+            columns.append(_percentile(sim, frame_mask, count))
+        elif name == "minmax":
+            columns.append(_minmax(sim, frame_mask))
+        else:
+            raise ValueError(f"unknown feature {name!r}; choose from {sorted(FEATURES)}")
+    features = torch.stack(columns, dim=-1)
+    if frame_mask is not None:
+        features = features * frame_mask[:, None, :, None]
+    return features, zscore
+
+
+def _percentile(sim: torch.Tensor, frame_mask: torch.Tensor | None, count: torch.Tensor) -> torch.Tensor:
+    # Mid-rank: ties share their average rank, so a flat row maps to 0 everywhere rather than to a ramp that would
+    # leak frame position into the features. (rank_below + rank_at_or_below) / count - 1 lies in (-1, 1).
+    keys = sim if frame_mask is None else sim.masked_fill(~frame_mask[:, None, :], float("inf"))
+    keys = keys.contiguous()
+    ordered = torch.sort(keys, dim=-1).values
+    below = torch.searchsorted(ordered, keys, right=False)
+    at_or_below = torch.searchsorted(ordered, keys, right=True)
+    return (below + at_or_below).float() / count - 1.0
+
+
+def _minmax(sim: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    if frame_mask is None:
+        low, high = sim.amin(dim=-1, keepdim=True), sim.amax(dim=-1, keepdim=True)
+    else:
+        valid = frame_mask[:, None, :]
+        low = sim.masked_fill(~valid, float("inf")).amin(dim=-1, keepdim=True)
+        high = sim.masked_fill(~valid, float("-inf")).amax(dim=-1, keepdim=True)
+    return (sim - low) / (high - low).clamp_min(_ROW_STD_FLOOR)
+
+
+class QueryEncoder(nn.Module):
+    """A pointwise MLP shared by all queries, then mean and max over the valid queries: ``[B, 2 * width, T]``.
+
+    Sharing the weights and pooling with symmetric functions makes the output independent of query order and
+    defined for any number of queries, with no padding queries invented.
+    """
+
+    def __init__(self, num_features: int, width: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(num_features, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, features: torch.Tensor, query_mask: torch.Tensor | None) -> torch.Tensor:
+        encoded = self.mlp(features)  # [B, Nq, T, width]
+        if query_mask is None:
+            mean, peak = encoded.mean(dim=1), encoded.amax(dim=1)
+        else:
+            valid = query_mask[:, :, None, None]
+            mean = (encoded * valid).sum(dim=1) / valid.sum(dim=1)
+            peak = encoded.masked_fill(~valid, float("-inf")).amax(dim=1)
+        return torch.cat([mean, peak], dim=-1).transpose(1, 2).contiguous()  # channels first for the convolutions
+
+
+class UNet1D(nn.Module):
+    """Maps similarities ``S`` to per-frame logits.
+
+    ``forward(sim, query_mask=None, frame_mask=None)``:
+
+    - ``sim``: ``[Nq, T]`` (one item) or ``[B, Nq, T]`` (a batch; items shorter than T right-padded, items with
+      fewer queries padded with rows that ``query_mask`` marks invalid; padded values are ignored).
+    - ``query_mask``: optional bool ``[Nq]`` / ``[B, Nq]``, True for real queries; each item needs at least one.
+    - ``frame_mask``: optional bool ``[T]`` / ``[B, T]``, True for real frames; each item needs at least one.
+    - returns float32 logits ``[T]`` / ``[B, T]``; padded frames get ``-inf``. Each item's logits equal (up to
+      float rounding) those of the item run alone.
+
+    Constructor arguments are documented on :class:`msjoe.samplers.usampler.USamplerConfig`, which holds the
+    defaults; this class takes them explicitly so that the two never drift apart.
+    """
+
+    def __init__(
+        self,
+        *,
+        features: Sequence[str],
+        query_width: int,
+        widths: Sequence[int],
+        kernel_size: int,
+        norm_group_size: int,
+        global_context: bool,
+        similarity_prior: bool,
+    ) -> None:
+        super().__init__()
+        unknown = [name for name in features if name not in FEATURES]
+        if unknown or not features:
+            raise ValueError(f"features must be a non-empty subset of {sorted(FEATURES)}, got {list(features)}")
+        if not widths or any(w < 1 or w % norm_group_size for w in widths):
+            raise ValueError(f"widths must be positive multiples of norm_group_size={norm_group_size}: {list(widths)}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd number (centred 'same' padding), got {kernel_size}")
+        self.features = tuple(features)
+        self.query_encoder = QueryEncoder(len(self.features), query_width)
+        self.encoder = nn.ModuleList()
+        self.down = nn.ModuleList()
+        for level, width in enumerate(widths):
+            # Level 0 widens the pooled query features; deeper levels receive the downsampler's output width.
+            in_channels = 2 * query_width if level == 0 else width
+            self.encoder.append(ResidualConvBlock(in_channels, width, kernel_size, norm_group_size))
+            if level + 1 < len(widths):
+                self.down.append(nn.Conv1d(width, widths[level + 1], 2, stride=2))
+        self.context = GlobalContext(widths[-1]) if global_context else None
+        self.up = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for level in reversed(range(len(widths) - 1)):
+            self.up.append(nn.ConvTranspose1d(widths[level + 1], widths[level], 2, stride=2))
+            self.decoder.append(ResidualConvBlock(2 * widths[level], widths[level], kernel_size, norm_group_size))
+        # No bias: a constant added to every logit leaves the softmax unchanged, so it could never be learned.
+        self.head = nn.Conv1d(widths[0], 1, 1, bias=False)
+        # Start the head small: the untrained network then only nudges the prior (or uniform) distribution, while
+        # every parameter still receives gradient from the first step (a zero head would block that).
+        nn.init.normal_(self.head.weight, std=0.01)
+        # Ours: a learned gain on the max-over-queries z-score added to the logits, so the untrained sampler already
+        # prefers frames that look like a query (a top-k-like prior) and the U-Net learns a correction to it.
+        self.prior_gain = nn.Parameter(torch.tensor(1.0)) if similarity_prior else None
+
+    @property
+    def stride(self) -> int:
+        """Total downsampling factor between the input and the bottleneck."""
+        return 2 ** len(self.down)
+
+    def forward(
+        self,
+        sim: torch.Tensor,
+        query_mask: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        single = sim.ndim == 2
+        if single:
+            sim = sim.unsqueeze(0)
+            query_mask = None if query_mask is None else query_mask.unsqueeze(0)
+            frame_mask = None if frame_mask is None else frame_mask.unsqueeze(0)
+        if sim.ndim != 3:
+            raise ValueError(f"sim must have shape [Nq, T] or [B, Nq, T], got {tuple(sim.shape)}")
+        batch, num_queries, num_frames = sim.shape
+        qmask = _check_mask(query_mask, (batch, num_queries), "query_mask")
+        fmask = _check_mask(frame_mask, (batch, num_frames), "frame_mask")
+        # A float mask [B, 1, T] multiplies activations; None means "all valid" and takes the cheaper paths.
+        mask = None if fmask is None else fmask[:, None, :].float()
+
+        features, zscore = query_features(sim.float(), self.features, fmask)
+        x = _apply_mask(self.query_encoder(features, qmask), mask)
+
+        skips: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        for level, block in enumerate(self.encoder):
+            x = block(x, mask)
+            if level < len(self.down):
+                skips.append((x, mask))
+                x = self.down[level](_pad_to_even(x))
+                if mask is not None:
+                    mask = F.max_pool1d(_pad_to_even(mask), 2)  # valid if either input position was
+                x = _apply_mask(x, mask)
+        if self.context is not None:
+            x = self.context(x, mask)
+        for up, block in zip(self.up, self.decoder, strict=True):
+            skip, mask = skips.pop()
+            x = _apply_mask(up(x)[..., : skip.shape[-1]], mask)
+            x = block(torch.cat([x, skip], dim=1), mask)
+
+        logits = self.head(x).squeeze(1)  # [B, T]
+        if self.prior_gain is not None:
+            if qmask is not None:
+                zscore = zscore.masked_fill(~qmask[:, :, None], float("-inf"))
+            logits = logits + self.prior_gain * zscore.amax(dim=1)
+        if fmask is not None:
+            logits = logits.masked_fill(~fmask, float("-inf"))
+        return logits.squeeze(0) if single else logits
+
+
+def _check_mask(mask: torch.Tensor | None, shape: tuple[int, int], name: str) -> torch.Tensor | None:
+    """A bool mask of ``shape``, or None when absent or all True (so callers can skip the masking work)."""
+    if mask is None:
+        return None
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)} to match sim, got {list(mask.shape)}")
+    mask = mask.to(torch.bool)
+    if not mask.any(dim=1).all():
+        raise ValueError(f"{name} leaves an item with nothing valid; every item needs at least one")
+    return None if mask.all() else mask
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

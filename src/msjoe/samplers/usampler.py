@@ -1,0 +1,398 @@
+"""The U-Sampler: a learned key-frame selector (MSJoE's "lightweight 1D U-Net", about 2M parameters).
+
+``S [Nq, T]`` → :class:`~msjoe.samplers.unet1d.UNet1D` → one logit per frame → ``p = softmax(logits / temperature)``.
+
+- Training draws K frames without replacement from ``p`` (:meth:`USampler.sample`, Gumbel-top-k) and returns the
+  log-probability of the draw for REINFORCE, in two forms: the exact Plackett–Luce log-probability of the ordered
+  draw (default everywhere a choice is made: it is the true log-likelihood of what was sampled, so the
+  score-function gradient is unbiased for any K/T) and the paper's ``sum_k log p(x_k)``, which ignores the
+  renormalisation after each draw and is biased once the drawn frames hold a noticeable share of the mass.
+- Inference is deterministic (:meth:`USampler.select`) with one of three rules: ``"nms"`` (top-K with temporal
+  non-maximum suppression, the default for now: plain top-K tends to spend the budget on adjacent frames of one
+  event), ``"topk"``, or ``"quantile"`` (inverse-CDF picks at evenly spaced levels of ``p``, BOLT's rule).
+
+Checkpoints are folders: ``model.safetensors`` + ``config.json`` (format name and version, the
+:class:`USamplerConfig`, and the number of training steps), written by :meth:`USampler.save_pretrained` and read by
+:meth:`USampler.from_pretrained` or ``USampler(checkpoint=folder)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from msjoe.errors import ModelLoadError
+from msjoe.samplers import register_sampler
+from msjoe.samplers.base import Sampler, all_frames, check_similarity
+from msjoe.samplers.selection import (
+    default_nms_radius,
+    gumbel_topk,
+    independent_log_prob,
+    plackett_luce_log_prob,
+    quantile_indices,
+    topk_indices,
+    topk_nms,
+)
+from msjoe.samplers.unet1d import FEATURES, UNet1D, count_parameters
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_RULES = ("nms", "topk", "quantile")
+ESTIMATORS = ("plackett_luce", "independent")
+Estimator = Literal["plackett_luce", "independent"]
+
+CHECKPOINT_FORMAT = "msjoe-usampler"
+CHECKPOINT_FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+# Fields that change how logits are turned into frames but not the network: safe to override on a checkpoint.
+_INFERENCE_FIELDS = ("inference_rule", "nms_radius", "temperature")
+
+
+@dataclass
+class USamplerConfig:
+    """Architecture and inference settings of the U-Sampler; saved as ``config.json`` next to the weights.
+
+    The default network has about 2.0M parameters (paper: "about 2M"); most sit in the coarse levels, so a forward
+    pass over T = 3,600 candidates costs a few milliseconds on a laptop CPU.
+    """
+
+    features: tuple[str, ...] = ("cosine", "zscore", "percentile")
+    """Per-query, per-frame inputs to the shared query encoder; names from :data:`msjoe.samplers.unet1d.FEATURES`.
+    The scale-free ones (z-score, percentile) matter because CLIP cosines live in a narrow band that shifts between
+    encoders and queries; the raw cosine keeps the absolute level ("does this match at all")."""
+    query_width: int = 16
+    """Channels of the pointwise query encoder; pooling (mean and max over queries) doubles them."""
+    widths: tuple[int, ...] = (8, 16, 24, 32, 48, 64, 96, 144, 224)
+    """Channels per U-Net level, finest first; each further level halves the time resolution. Keep the first
+    entries small (they run at full T) and put capacity in the last ones."""
+    kernel_size: int = 5
+    """Temporal kernel of the convolutions in every residual block (odd)."""
+    norm_group_size: int = 8
+    """Channels per GroupNorm group; every width must be a multiple. GroupNorm works at batch size 1 and any T."""
+    global_context: bool = True
+    """Add a projection of the bottleneck's mean and max over time to every position (whole-video context)."""
+    similarity_prior: bool = True
+    """Add a learned gain (initialised to 1) times the max-over-queries z-score to the logits, so an untrained
+    sampler already prefers frames that match a query and the network learns a correction."""
+    inference_rule: str = "nms"
+    """Deterministic rule of :meth:`USampler.select`: ``"nms"``, ``"topk"`` or ``"quantile"``."""
+    nms_radius: int | None = None
+    """Suppression radius in candidates for ``"nms"``; None uses ``selection.default_nms_radius(T, K)``."""
+    temperature: float = 1.0
+    """Logits are divided by this before the softmax (affects sampling, probabilities and ``"quantile"``)."""
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep tuples so configs compare equal and stay hashable.
+        self.features = tuple(self.features)
+        self.widths = tuple(int(w) for w in self.widths)
+        unknown = [name for name in self.features if name not in FEATURES]
+        if unknown or not self.features or len(set(self.features)) != len(self.features):
+            raise ValueError(
+                f"features must be distinct names from {sorted(FEATURES)}, got {list(self.features)} "
+                f"(unknown: {unknown})"
+            )
+        if self.query_width < 1:
+            raise ValueError(f"query_width must be >= 1, got {self.query_width}")
+        if not self.widths:
+            raise ValueError("widths must list at least one level")
+        if self.norm_group_size < 1 or any(w < 1 or w % self.norm_group_size for w in self.widths):
+            raise ValueError(
+                f"widths must be positive multiples of norm_group_size={self.norm_group_size}: {list(self.widths)}"
+            )
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd number, got {self.kernel_size}")
+        if self.inference_rule not in INFERENCE_RULES:
+            raise ValueError(f"inference_rule must be one of {INFERENCE_RULES}, got {self.inference_rule!r}")
+        if self.nms_radius is not None and (isinstance(self.nms_radius, bool) or self.nms_radius < 0):
+            raise ValueError(f"nms_radius must be None or a non-negative integer, got {self.nms_radius!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy."""
+        data = asdict(self)
+        data["features"] = list(self.features)
+        data["widths"] = list(self.widths)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> USamplerConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they usually mean a newer or foreign file)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown USamplerConfig fields: {unknown}")
+        return cls(**data)
+
+    def build_module(self) -> UNet1D:
+        """A freshly initialised network (uses the global torch RNG; see :class:`USampler` for seeding)."""
+        return UNet1D(
+            features=self.features,
+            query_width=self.query_width,
+            widths=self.widths,
+            kernel_size=self.kernel_size,
+            norm_group_size=self.norm_group_size,
+            global_context=self.global_context,
+            similarity_prior=self.similarity_prior,
+        )
+
+
+@dataclass(frozen=True)
+class SampledFrames:
+    """One training-time draw of ``min(k, T)`` frames without replacement.
+
+    ``log_prob`` (exact Plackett–Luce) and ``log_prob_independent`` (the paper's ``sum_k log p(x_k)``) are scalars
+    differentiable in the sampler's parameters; ``logits`` (``[T]``, also differentiable) serve e.g. an entropy bonus.
+    """
+
+    order: torch.Tensor
+    """Frame indices in draw order (what :meth:`USampler.log_prob` needs to recompute the probability)."""
+    indices: torch.Tensor
+    """The same frames sorted by time (what the MLLM is shown)."""
+    log_prob: torch.Tensor
+    log_prob_independent: torch.Tensor
+    logits: torch.Tensor = field(repr=False)
+
+
+@register_sampler("usampler")
+class USampler(Sampler):
+    """The learned sampler behind the :class:`~msjoe.samplers.base.Sampler` interface.
+
+    ``USampler(checkpoint=folder)`` loads a :meth:`save_pretrained` folder; ``USampler(config=...)`` (or no argument)
+    builds a randomly initialised network, seeded by ``seed`` without touching the global RNG — check
+    :attr:`is_trained` before using one for answers. ``inference_overrides`` may set ``inference_rule``,
+    ``nms_radius`` or ``temperature`` on top of the checkpoint's or given config.
+
+    :meth:`logits`, :meth:`probs`, :meth:`sample` and :meth:`log_prob` are differentiable (training);
+    :meth:`select` runs without autograd (inference). All take one item ``S [Nq, T]``; batched training can call
+    :attr:`module` directly (see :class:`~msjoe.samplers.unet1d.UNet1D` for batching with masks).
+    """
+
+    needs_queries: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        config: USamplerConfig | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        **inference_overrides: Any,
+    ) -> None:
+        bad = sorted(set(inference_overrides) - set(_INFERENCE_FIELDS))
+        if bad:
+            raise ValueError(f"unknown USampler options {bad}; only {list(_INFERENCE_FIELDS)} can be overridden")
+        if checkpoint is not None and config is not None:
+            raise ValueError("pass either checkpoint (a saved folder) or config (a fresh network), not both")
+        self.device = torch.device(device)
+        if checkpoint is not None:
+            config, state, self.training_steps = _read_checkpoint(Path(checkpoint))
+            self.module = config.build_module()
+            _check_state_shapes(self.module, state, Path(checkpoint))
+            self.module.load_state_dict(state)
+        else:
+            config = config or USamplerConfig()
+            # fork_rng: seeded, reproducible initialisation that leaves the caller's global RNG untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.module = config.build_module()
+            self.training_steps = 0
+            logger.info("U-Sampler initialised randomly (seed %d): untrained until fitted or loaded", seed)
+        self.config = replace(config, **inference_overrides)
+        self.module.to(self.device)
+
+    @property
+    def is_trained(self) -> bool:
+        """True when the weights come from a checkpoint saved after at least one training step.
+
+        Trainers should set :attr:`training_steps` before :meth:`save_pretrained`.
+        """
+        return self.training_steps > 0
+
+    @property
+    def num_parameters(self) -> int:
+        """Trainable parameters of the network."""
+        return count_parameters(self.module)
+
+    # --- scores ------------------------------------------------------------------------------------------------
+    def logits(self, sim: torch.Tensor) -> torch.Tensor:
+        """Per-frame logits ``[T]`` (already divided by the temperature); differentiable."""
+        sim = check_similarity(sim, 1).to(self.device)
+        return self.module(sim) / self.config.temperature
+
+    def probs(self, sim: torch.Tensor) -> torch.Tensor:
+        """``softmax(logits)`` over the T candidates; differentiable."""
+        return torch.softmax(self.logits(sim), dim=-1)
+
+    # --- inference -----------------------------------------------------------------------------------------------
+    def select(self, sim: torch.Tensor, k: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``min(k, T)`` distinct frames sorted by time, by the configured deterministic rule (``generator`` unused)."""
+        checked = check_similarity(sim, k)
+        num_frames = checked.shape[1]
+        out_device = checked.device
+        if k >= num_frames:
+            return all_frames(num_frames, out_device)
+        with torch.inference_mode():
+            logits = self.logits(checked)
+            rule = self.config.inference_rule
+            if rule == "nms":
+                radius = self.config.nms_radius
+                radius = default_nms_radius(num_frames, k) if radius is None else radius
+                chosen = topk_nms(logits, k, radius)
+            elif rule == "topk":
+                chosen = topk_indices(logits, k)
+            else:
+                chosen = quantile_indices(torch.softmax(logits, dim=-1), k)
+        return chosen.to(out_device)
+
+    # --- training --------------------------------------------------------------------------------------------------
+    def sample(self, sim: torch.Tensor, k: int, *, generator: torch.Generator | None = None) -> SampledFrames:
+        """Draw ``min(k, T)`` frames without replacement from ``p`` (Gumbel-top-k), with differentiable log-probs.
+
+        ``generator`` (on the sampler's device) makes the draw reproducible.
+        """
+        checked = check_similarity(sim, k)
+        logits = self.logits(checked)
+        order = gumbel_topk(logits, k, generator=generator)
+        return SampledFrames(
+            order=order,
+            indices=torch.sort(order).values,
+            log_prob=plackett_luce_log_prob(logits, order),
+            log_prob_independent=independent_log_prob(logits, order),
+            logits=logits,
+        )
+
+    def log_prob(
+        self, sim: torch.Tensor, order: torch.Tensor, *, estimator: Estimator = "plackett_luce"
+    ) -> torch.Tensor:
+        """Recompute the log-probability of a stored draw (``order`` in draw order) under the current weights.
+
+        ``estimator="plackett_luce"`` (default) is exact for the ordered draw; ``"independent"`` is the paper's sum.
+        """
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        logits = self.logits(sim)
+        order = torch.as_tensor(order, device=logits.device)
+        num_frames = logits.numel()
+        if order.ndim != 1 or order.numel() == 0 or order.dtype in (torch.bool,) or order.is_floating_point():
+            raise ValueError(f"order must be a non-empty 1-D integer tensor of frame indices, got {order!r}")
+        if int(order.min()) < 0 or int(order.max()) >= num_frames:
+            raise ValueError(f"order holds frame indices outside [0, {num_frames}): {order.tolist()}")
+        if torch.unique(order).numel() != order.numel():
+            raise ValueError(f"order repeats a frame; draws are without replacement: {order.tolist()}")
+        if estimator == "plackett_luce":
+            return plackett_luce_log_prob(logits, order)
+        return independent_log_prob(logits, order)
+
+    # --- checkpoints ---------------------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``folder`` (created if needed); return the folder.
+
+        Each file is written to a temporary name and renamed, so an interrupted save never leaves a half file.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.module.state_dict().items()}
+        weights_tmp = folder / (WEIGHTS_FILE + ".tmp")
+        save_file(state, str(weights_tmp), metadata={"format": "pt"})
+        os.replace(weights_tmp, folder / WEIGHTS_FILE)
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "training_steps": self.training_steps,
+            "num_parameters": self.num_parameters,
+        }
+        config_tmp = folder / (CONFIG_FILE + ".tmp")
+        config_tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(config_tmp, folder / CONFIG_FILE)
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, device: str | torch.device = "cpu", **inference_overrides: Any
+    ) -> USampler:
+        """Load a :meth:`save_pretrained` folder. Raises :class:`~msjoe.errors.ModelLoadError` naming what is wrong."""
+        return cls(checkpoint=folder, device=device, **inference_overrides)
+
+    def __repr__(self) -> str:
+        return (
+            f"USampler(params={self.num_parameters:,}, rule={self.config.inference_rule!r}, "
+            f"trained={self.is_trained}, device={self.device})"
+        )
+
+
+def _read_checkpoint(folder: Path) -> tuple[USamplerConfig, dict[str, torch.Tensor], int]:
+    """Config, weights and training steps of a checkpoint folder, or a ModelLoadError saying what is wrong."""
+    if not folder.is_dir():
+        raise ModelLoadError(f"U-Sampler checkpoint folder {folder} does not exist or is not a directory")
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not config_path.is_file():
+        raise ModelLoadError(f"U-Sampler checkpoint {folder} has no {CONFIG_FILE} (save_pretrained writes one)")
+    try:
+        meta = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{config_path} is not readable JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelLoadError(
+            f"{config_path} is not a U-Sampler config (format {found!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
+    version = meta.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{config_path} has format_version {version!r}; this msjoe reads versions 1 to {CHECKPOINT_FORMAT_VERSION}"
+        )
+    try:
+        config = USamplerConfig.from_dict(meta.get("config", {}))
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{config_path} holds an invalid U-Sampler config: {exc}") from exc
+    steps = meta.get("training_steps", 0)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ModelLoadError(f"{config_path} has an invalid training_steps {steps!r}")
+    if not weights_path.is_file():
+        raise ModelLoadError(f"U-Sampler checkpoint {folder} has no {WEIGHTS_FILE}")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{weights_path} is not a readable safetensors file (corrupt or truncated?): {exc}"
+        ) from exc
+    nonfinite = [
+        name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if nonfinite:
+        raise ModelLoadError(f"{weights_path} holds NaN or infinite weights in {nonfinite[:5]}")
+    return config, state, steps
+
+
+def _check_state_shapes(module: UNet1D, state: dict[str, torch.Tensor], folder: Path) -> None:
+    """Raise a ModelLoadError listing missing, unexpected and wrongly shaped weights (first few of each)."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{name}: file {list(state[name].shape)} vs config {list(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in state and state[name].shape != tensor.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if mismatched:
+        problems.append(f"wrong shapes {mismatched[:5]}{' ...' if len(mismatched) > 5 else ''}")
+    if problems:
+        raise ModelLoadError(
+            f"weights in {folder / WEIGHTS_FILE} do not match its {CONFIG_FILE}: " + "; ".join(problems)
+        )
