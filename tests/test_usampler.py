@@ -321,7 +321,7 @@ def test_registry_builds_it_and_reports_untrained() -> None:
     [
         ({"inference_rule": "best"}, "inference_rule"),
         ({"features": ("cosine", "colour")}, "features"),
-        ({"widths": (8, 12)}, "multiple of norm_group_size"),
+        ({"widths": (8, 12)}, "multiples of norm_group_size"),
         ({"kernel_size": 4}, "odd"),
         ({"temperature": 0.0}, "temperature"),
         ({"nms_radius": -1}, "nms_radius"),
