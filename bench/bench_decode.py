@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _longvideo import FPS, long_video
-from msjoe.synthetic_video import read_frame_index
+from msjoe.synthetic_video import BARCODE_BITS, read_frame_index
 from msjoe.video import candidate_timestamps, probe
 
 CHUNK = 64  # frames a method hands over at a time (and then drops): the same bounded-memory use for all
@@ -179,6 +179,7 @@ def child(method: str, path: str, size: str) -> dict:
     times = candidate_timestamps(info)
     hw = None if size == "native" else (int(size), 2 * round(int(size) * info.width / info.height / 2))
     expected = np.minimum(np.floor(times * FPS + 1e-6).astype(np.int64), info.num_frames - 1)
+    expected %= 2**BARCODE_BITS  # the barcode wraps after 65536 frames (43 min at 25 fps)
     rss_before = peak_rss_mb()
     cpu_before = os.times()
     start = time.perf_counter()
