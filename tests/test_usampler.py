@@ -152,12 +152,25 @@ def test_query_features_by_hand() -> None:
     features, zscore = query_features(sim, ["cosine", "zscore", "percentile", "minmax"])
     mean, std = 2.0, (0.5**0.5)  # population std of [3, 1, 2, 2]
     expected_z = (torch.tensor([3.0, 1.0, 2.0, 2.0]) - mean) / (std + 1e-3)
-    torch.testing.assert_close(features[0, 0, :, 0], sim[0, 0])
-    torch.testing.assert_close(features[0, 0, :, 1], expected_z)
+    torch.testing.assert_close(features[0, 0, 0], sim[0, 0])
+    torch.testing.assert_close(features[0, 0, 1], expected_z)
     torch.testing.assert_close(zscore[0, 0], expected_z)
     # Mid-ranks (1 below 3 of 4 ...): 3 -> (3+4)/4-1, 1 -> (0+1)/4-1, the tied 2s -> (1+3)/4-1.
-    torch.testing.assert_close(features[0, 0, :, 2], torch.tensor([0.75, -0.75, 0.0, 0.0]))
-    torch.testing.assert_close(features[0, 0, :, 3], torch.tensor([1.0, 0.0, 0.5, 0.5]))
+    torch.testing.assert_close(features[0, 0, 2], torch.tensor([0.75, -0.75, 0.0, 0.0]))
+    torch.testing.assert_close(features[0, 0, 3], torch.tensor([1.0, 0.0, 0.5, 0.5]))
+
+
+def test_percentile_feature_matches_counting_with_ties_and_padding() -> None:
+    generator = torch.Generator().manual_seed(0)
+    sim = torch.randint(0, 6, (2, 3, 40), generator=generator).float()  # many ties
+    lengths = [40, 23]
+    mask = torch.arange(40)[None, :] < torch.tensor(lengths)[:, None]
+    features, _ = query_features(sim, ["percentile"], mask)
+    for b, length in enumerate(lengths):
+        for q in range(3):
+            row = sim[b, q, :length].tolist()
+            expected = [(sum(v < x for v in row) + sum(v <= x for v in row)) / length - 1 for x in row]
+            torch.testing.assert_close(features[b, q, 0, :length], torch.tensor(expected))
 
 
 def test_query_features_of_a_flat_row_carry_no_position() -> None:
@@ -171,8 +184,8 @@ def test_query_features_ignore_padded_frames() -> None:
     names = ["cosine", "zscore", "percentile", "minmax"]
     padded, _ = query_features(sim, names, mask)
     alone, _ = query_features(sim[..., :3], names)
-    torch.testing.assert_close(padded[..., :3, :], alone)
-    assert torch.count_nonzero(padded[..., 3:, :]) == 0
+    torch.testing.assert_close(padded[..., :3], alone)
+    assert torch.count_nonzero(padded[..., 3:]) == 0
 
 
 # --- sampling (training) -----------------------------------------------------------------------------------------

@@ -66,17 +66,23 @@ class USamplerConfig:
     pass over T = 3,600 candidates costs a few milliseconds on a laptop CPU.
     """
 
-    features: tuple[str, ...] = ("cosine", "zscore", "percentile")
+    features: tuple[str, ...] = ("cosine", "zscore")
     """Per-query, per-frame inputs to the shared query encoder; names from :data:`msjoe.samplers.unet1d.FEATURES`.
-    The scale-free ones (z-score, percentile) matter because CLIP cosines live in a narrow band that shifts between
-    encoders and queries; the raw cosine keeps the absolute level ("does this match at all")."""
-    query_width: int = 16
+    The z-score matters because CLIP cosines live in a narrow band that shifts between encoders and queries; the raw
+    cosine keeps the absolute level ("does this match at all"). ``"percentile"`` (rank-based, robust to any
+    monotone rescaling) is available but off by default: it needs a sort per row, which torch's CPU sort makes
+    the costliest op of the forward pass beyond a few thousand frames, and on unimodal rows it adds little to z."""
+    query_width: int = 8
     """Channels of the pointwise query encoder; pooling (mean and max over queries) doubles them."""
-    widths: tuple[int, ...] = (8, 16, 24, 32, 48, 64, 96, 144, 224)
-    """Channels per U-Net level, finest first; each further level halves the time resolution. Keep the first
-    entries small (they run at full T) and put capacity in the last ones."""
+    widths: tuple[int, ...] = (16, 32, 64, 144, 272)
+    """Channels per U-Net level, finest first; each further level divides the time resolution by ``level_stride``.
+    Keep the first entries small (they run at full T) and put capacity in the last ones (they run at T / 256)."""
     kernel_size: int = 5
     """Temporal kernel of the convolutions in every residual block (odd)."""
+    level_stride: int = 4
+    """Down/up-sampling factor between levels. 4 rather than the classic 2: half the levels, hence half the
+    (overhead-bound) convolution calls for the same reach, which is what makes CPU inference fast; with 5 levels
+    one bottleneck position covers 256 candidates (about 4 minutes at 1 fps)."""
     norm_group_size: int = 8
     """Channels per GroupNorm group; every width must be a multiple. GroupNorm works at batch size 1 and any T."""
     global_context: bool = True
@@ -111,6 +117,8 @@ class USamplerConfig:
             )
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number, got {self.kernel_size}")
+        if self.level_stride < 2:
+            raise ValueError(f"level_stride must be >= 2, got {self.level_stride}")
         if self.inference_rule not in INFERENCE_RULES:
             raise ValueError(f"inference_rule must be one of {INFERENCE_RULES}, got {self.inference_rule!r}")
         if self.nms_radius is not None and (isinstance(self.nms_radius, bool) or self.nms_radius < 0):
@@ -141,6 +149,7 @@ class USamplerConfig:
             query_width=self.query_width,
             widths=self.widths,
             kernel_size=self.kernel_size,
+            level_stride=self.level_stride,
             norm_group_size=self.norm_group_size,
             global_context=self.global_context,
             similarity_prior=self.similarity_prior,
