@@ -116,6 +116,20 @@ def test_batch_with_query_and_frame_masks_matches_items_run_alone(sampler: USamp
         assert sorted(drawn.tolist()) == list(range(length))
 
 
+def test_logits_batch_matches_items_and_is_differentiable(sampler: USampler) -> None:
+    items = [cosine_like(1, 5, seed=1), cosine_like(4, 300, seed=2), cosine_like(2, 64, seed=3)]
+    batched = sampler.logits_batch(items)
+    assert [logits.shape for logits in batched] == [(5,), (300,), (64,)]
+    for logits, sim in zip(batched, items, strict=True):
+        torch.testing.assert_close(logits, sampler.logits(sim), rtol=1e-4, atol=1e-4)
+    sampler.module.zero_grad()
+    plackett_luce_log_prob(batched[1], torch.tensor([4, 2, 9])).backward()
+    assert sampler.module.head.weight.grad.abs().sum() > 0
+    sampler.module.zero_grad()
+    with pytest.raises(ValueError, match="at least one"):
+        sampler.logits_batch([])
+
+
 def test_equal_length_batch_without_masks_matches_items(sampler: USampler) -> None:
     items = torch.stack([cosine_like(3, 90, seed=s) for s in range(4)])
     batched = sampler.module(items)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -237,6 +238,27 @@ class USampler(Sampler):
         """Per-frame logits ``[T]`` (already divided by the temperature); differentiable."""
         sim = check_similarity(sim, 1).to(self.device)
         return self.module(sim) / self.config.temperature
+
+    def logits_batch(self, sims: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Logits of several items (any T and Nq each) in one forward pass; one ``[T_i]`` tensor per item.
+
+        Items are right-padded to the longest T and the largest Nq and masked, so each result equals
+        ``logits(sims[i])`` up to float rounding. Differentiable; use it to score a group of rollouts at once.
+        """
+        if not sims:
+            raise ValueError("logits_batch needs at least one similarity matrix")
+        checked = [check_similarity(sim, 1).to(self.device) for sim in sims]
+        num_queries = max(sim.shape[0] for sim in checked)
+        num_frames = max(sim.shape[1] for sim in checked)
+        batch = torch.zeros(len(checked), num_queries, num_frames, device=self.device)
+        query_mask = torch.zeros(len(checked), num_queries, dtype=torch.bool, device=self.device)
+        frame_mask = torch.zeros(len(checked), num_frames, dtype=torch.bool, device=self.device)
+        for b, sim in enumerate(checked):
+            batch[b, : sim.shape[0], : sim.shape[1]] = sim
+            query_mask[b, : sim.shape[0]] = True
+            frame_mask[b, : sim.shape[1]] = True
+        logits = self.module(batch, query_mask=query_mask, frame_mask=frame_mask) / self.config.temperature
+        return [logits[b, : sim.shape[1]] for b, sim in enumerate(checked)]
 
     def probs(self, sim: torch.Tensor) -> torch.Tensor:
         """``softmax(logits)`` over the T candidates; differentiable."""
