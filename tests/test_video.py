@@ -114,6 +114,25 @@ def test_probe_reads_the_header(videos, name):
     )  # fmt: skip
 
 
+def test_a_header_without_duration_is_measured_from_the_packets(videos, monkeypatch):
+    monkeypatch.setattr(video, "_declared_duration", lambda *args: (None, False))
+    info = probe(videos["h264-mkv"])
+    assert info.duration == pytest.approx(SECONDS, abs=1e-3)
+    assert info.num_frames == NUM_FRAMES
+
+
+def test_a_stream_without_timestamps_is_refused_clearly(videos, tmp_path):
+    path = tmp_path / "raw.h264"
+    with av.open(str(videos["h264-mp4"])) as src, av.open(str(path), mode="w", format="h264") as dst:
+        out_stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = out_stream
+                dst.mux(packet)
+    with pytest.raises(CorruptVideoError, match="no timestamps"):
+        probe(path)
+
+
 def test_colours_survive_decoding_and_scaling(videos):
     """Limited-range YUV must come back as full-range RGB close to what was rendered."""
     frames = decode_frames(videos["h264-mp4"], [0.0, 2.0])

@@ -96,7 +96,8 @@ class VideoInfo:
 
     Attributes:
         path: the file, as given.
-        duration: seconds from the first frame to the end of the last frame's display.
+        duration: seconds from the first frame to the end of the last frame's display, as the header says
+            (the video stream's own duration, else the container's; read from the packets if neither is set).
         fps: average frame rate (frames per second); for variable-frame-rate videos an average.
         num_frames: frame count; exact when the container stores it (MP4/MOV/AVI), otherwise
             ``round(duration * fps)``.
@@ -488,7 +489,10 @@ class _FrameReader:
     def _pts(self, frame: av.VideoFrame) -> float:
         pts = frame.pts if frame.pts is not None else frame.dts
         if pts is None:
-            raise CorruptVideoError(f"{self._path}: a decoded frame has no timestamp")
+            raise CorruptVideoError(
+                f"{self._path}: its frames carry no timestamps (a raw elementary stream?); put it in a container "
+                "first, e.g. `ffmpeg -i in.h264 -c copy out.mp4`"
+            )
         return float(pts)
 
     def _seconds(self, pts: float) -> float:
