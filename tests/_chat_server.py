@@ -1,7 +1,7 @@
 """A real chat-completions server on 127.0.0.1 with scripted behaviours, shared by the HTTP backend and pipeline
-tests. Import the fixture into a test module:
+tests.
 
-from _chat_server import server  # noqa: F401  (tests/ is on sys.path under pytest)
+conftest.py exposes the `server` fixture to every test module.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Session-scoped tiny random Qwen2.5-VL, saved once per test session. Import the fixture into a test module:
+"""Session-scoped tiny random Qwen2.5-VL, saved once per test session.
 
-from _tiny_qwen_fixture import tiny_qwen_dir  # noqa: F401  (tests/ is on sys.path under pytest)
+conftest.py exposes the `tiny_qwen_dir` fixture to every test module.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from _chat_server import server  # noqa: F401  (fixture: a scripted chat-completions server on 127.0.0.1)
+from _tiny_qwen_fixture import tiny_qwen_dir  # noqa: F401  (fixture: a tiny random Qwen2.5-VL folder)
 from msjoe.synthetic_video import Event, event_color, write_video
 from msjoe.tiny_models.clip import write_tiny_clip, write_tiny_siglip
 

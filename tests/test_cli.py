@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from _chat_server import ScriptedServer, completion, server, status  # noqa: F401  (server is a fixture)
+from _chat_server import ScriptedServer, completion, status
 from msjoe.cli import app, format_time
 from msjoe.samplers import available_samplers
 from msjoe.synthetic_video import write_video

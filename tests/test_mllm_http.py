@@ -15,16 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _chat_server import (  # noqa: F401  (server is a fixture)
+from _chat_server import (
     Behaviour,
-    Handler,
     ScriptedServer,
-    completion,
     drop_mid_reply,
     echo,
-    last_text,
     raw,
-    server,
     slow,
     status,
 )

@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPT2Config
 
-from _tiny_qwen_fixture import tiny_qwen_dir  # noqa: F401  (session fixture)
 from msjoe.errors import ModelLoadError
 from msjoe.mllm import GenerationConfig, ImagePart, Message, load_mllm
 from msjoe.mllm.base import fit_to_pixel_budget
@@ -27,7 +26,7 @@ def frame(height: int = 224, width: int = 336, seed: int = 0, max_pixels: int | 
 
 
 @pytest.fixture(scope="module")
-def mllm(tiny_qwen_dir: Path) -> TransformersMLLM:  # noqa: F811
+def mllm(tiny_qwen_dir: Path) -> TransformersMLLM:
     model = load_mllm(str(tiny_qwen_dir), device="cpu", dtype="float32")
     assert isinstance(model, TransformersMLLM)
     return model
@@ -62,7 +61,7 @@ def test_fit_to_pixel_budget_properties_on_a_grid() -> None:
 
 
 # --- loading ---------------------------------------------------------------------------------------------------
-def test_tiny_model_is_deterministic_given_seed(tmp_path: Path, tiny_qwen_dir: Path) -> None:  # noqa: F811
+def test_tiny_model_is_deterministic_given_seed(tmp_path: Path, tiny_qwen_dir: Path) -> None:
     again = write_tiny_qwen2_5_vl(tmp_path / "again", seed=0)
     other = write_tiny_qwen2_5_vl(tmp_path / "other", seed=1)
     reference = load_file(tiny_qwen_dir / "model.safetensors")
@@ -90,12 +89,12 @@ def test_text_only_architecture_raises_model_load_error(tmp_path: Path) -> None:
         load_mllm(str(tmp_path))
 
 
-def test_file_instead_of_folder_raises_model_load_error(tiny_qwen_dir: Path) -> None:  # noqa: F811
+def test_file_instead_of_folder_raises_model_load_error(tiny_qwen_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"config\.json"):
         load_mllm(str(tiny_qwen_dir / "config.json"))
 
 
-def test_unknown_dtype_is_rejected(tiny_qwen_dir: Path) -> None:  # noqa: F811
+def test_unknown_dtype_is_rejected(tiny_qwen_dir: Path) -> None:
     with pytest.raises(ValueError, match="dtype"):
         load_mllm(str(tiny_qwen_dir), dtype="float8")
 

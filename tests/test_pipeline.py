@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import msjoe.index
-from _chat_server import ScriptedServer, completion, server, status  # noqa: F401  (server is a fixture)
-from _tiny_qwen_fixture import tiny_qwen_dir  # noqa: F401
+from _chat_server import ScriptedServer, completion, status
 from msjoe.cache import FeatureCache
 from msjoe.features import DualEncoder
 from msjoe.mllm import MLLM, GenerationConfig, ImagePart, Message, load_mllm

@@ -29,7 +29,8 @@ MaxFramesOption = Annotated[
     int, typer.Option("--max-frames", help="Cap on candidates; longer videos are subsampled uniformly.", min=1)
 ]
 CacheOption = Annotated[
-    Path | None, typer.Option("--cache-dir", help="Feature cache folder [default: $MSJOE_CACHE or ~/.cache/msjoe].")
+    Path | None,
+    typer.Option("--cache-dir", help="Feature cache folder [default: $MSJOE_CACHE or ~/.cache/msjoe/features]."),
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="Torch device for the encoder, e.g. cpu, cuda, cuda:1.")]
 
