@@ -24,10 +24,12 @@ import os
 import struct
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
@@ -343,20 +345,7 @@ class FeatureCache:
 
     @staticmethod
     def _remove_stale_temp_files(directory: Path, older_than_s: float = STALE_TEMP_AGE_S) -> int:
-        removed = 0
-        now = time.time()
-        try:
-            candidates = [p for p in directory.iterdir() if p.name.endswith(TEMP_SUFFIX)]
-        except OSError:
-            return 0
-        for candidate in candidates:
-            try:
-                if now - candidate.stat().st_mtime > older_than_s:
-                    candidate.unlink()
-                    removed += 1
-            except OSError:
-                continue  # another process removed or renamed it first
-        return removed
+        return remove_stale_temp_files(directory, older_than_s)
 
     @staticmethod
     def _unlink(path: Path) -> bool:
@@ -367,6 +356,28 @@ class FeatureCache:
             return False
         except OSError as err:
             raise CacheError(f"cannot delete feature cache entry {path}: {err}") from err
+
+
+def remove_stale_temp_files(directory: Path, older_than_s: float = STALE_TEMP_AGE_S) -> int:
+    """Delete the temp files of :func:`atomic_writer` in ``directory`` older than ``older_than_s``; return how many.
+
+    A live write takes seconds, so an old temp file is the leftover of a crashed process; younger ones may belong
+    to a concurrent writer and are kept.
+    """
+    removed = 0
+    now = time.time()
+    try:
+        candidates = [p for p in directory.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+    except OSError:
+        return 0
+    for candidate in candidates:
+        try:
+            if now - candidate.stat().st_mtime > older_than_s:
+                candidate.unlink()
+                removed += 1
+        except OSError:
+            continue  # another process removed or renamed it first
+    return removed
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:
@@ -387,24 +398,40 @@ def _read_metadata(data: bytes) -> dict[str, str]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent/old or complete, never partial.
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`)."""
+    with atomic_writer(path) as file:
+        try:
+            file.write(data)
+        except OSError as err:
+            raise CacheError(f"cannot write feature cache entry {path}: {err}") from err
 
-    Temp file in the same directory (``os.replace`` is atomic only within a filesystem), fsync before the rename (so
-    a power loss cannot leave a renamed but empty file), fsync the directory after it (so the rename itself is
-    durable). On any failure the temp file is removed and the previous entry, if any, is untouched.
+
+@contextmanager
+def atomic_writer(path: Path, *, what: str = "feature cache entry") -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s content to, so that ``path`` is either absent/old or complete, never partial.
+
+    The file is a temp file in ``path``'s directory (``os.replace`` is atomic only within a filesystem), opened
+    ``w+b`` so writers may seek back (e.g. to fill in a header). On a clean exit it is fsynced (so a power loss
+    cannot leave a renamed but empty file), renamed onto ``path`` and the directory fsynced (so the rename itself
+    is durable). If the body raises, the temp file is removed, the previous entry, if any, is untouched and the
+    exception propagates unchanged; failures of the flush, fsync or rename raise :class:`CacheError` naming
+    ``what`` and ``path``. Leftovers of a crashed process end in :data:`TEMP_SUFFIX`
+    (see :func:`remove_stale_temp_files`).
     """
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=TEMP_SUFFIX)
     temp = Path(temp_name)
+    body_done = False
     try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
+        with os.fdopen(fd, "w+b") as file:
+            yield file
+            body_done = True
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp, path)
+        os.replace(temp, path)  # after closing: Windows cannot rename an open file
     except BaseException as err:
         temp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise CacheError(f"cannot write feature cache entry {path}: {err}") from err
+        if body_done and isinstance(err, OSError):
+            raise CacheError(f"cannot write {what} {path}: {err}") from err
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
