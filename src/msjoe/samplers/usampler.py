@@ -157,7 +157,7 @@ class USamplerConfig:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no single truth value to compare by
 class SampledFrames:
     """One training-time draw of ``min(k, T)`` frames without replacement.
 
@@ -184,8 +184,8 @@ class USampler(Sampler):
     ``nms_radius`` or ``temperature`` on top of the checkpoint's or given config.
 
     :meth:`logits`, :meth:`probs`, :meth:`sample` and :meth:`log_prob` are differentiable (training);
-    :meth:`select` runs without autograd (inference). All take one item ``S [Nq, T]``; batched training can call
-    :attr:`module` directly (see :class:`~msjoe.samplers.unet1d.UNet1D` for batching with masks).
+    :meth:`select` runs without autograd (inference). All take one item ``S [Nq, T]``; :meth:`logits_batch` scores
+    several items of different sizes in one pass (see :class:`~msjoe.samplers.unet1d.UNet1D` for the masks).
     """
 
     needs_queries: ClassVar[bool] = True
@@ -311,15 +311,17 @@ class USampler(Sampler):
         """
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        logits = self.logits(sim)
-        order = torch.as_tensor(order, device=logits.device)
-        num_frames = logits.numel()
-        if order.ndim != 1 or order.numel() == 0 or order.dtype in (torch.bool,) or order.is_floating_point():
+        checked = check_similarity(sim, 1)
+        num_frames = checked.shape[1]
+        order = torch.as_tensor(order)
+        if order.ndim != 1 or order.numel() == 0 or order.dtype == torch.bool or order.is_floating_point():
             raise ValueError(f"order must be a non-empty 1-D integer tensor of frame indices, got {order!r}")
         if int(order.min()) < 0 or int(order.max()) >= num_frames:
             raise ValueError(f"order holds frame indices outside [0, {num_frames}): {order.tolist()}")
         if torch.unique(order).numel() != order.numel():
             raise ValueError(f"order repeats a frame; draws are without replacement: {order.tolist()}")
+        logits = self.logits(checked)
+        order = order.to(logits.device)
         if estimator == "plackett_luce":
             return plackett_luce_log_prob(logits, order)
         return independent_log_prob(logits, order)
