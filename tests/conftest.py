@@ -9,11 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from _chat_server import server  # noqa: F401  (fixture: a scripted chat-completions server on 127.0.0.1)
 from _tiny_qwen_fixture import tiny_qwen_dir  # noqa: F401  (fixture: a tiny random Qwen2.5-VL folder)
 from msjoe.synthetic_video import Event, event_color, write_video
 from msjoe.tiny_models.clip import write_tiny_clip, write_tiny_siglip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One intra-op thread: results do not depend on it, and on a loaded 2-core machine two OpenMP threads
+    # spin-waiting on each other make small forward passes 10-50x slower.
+    torch.set_num_threads(1)
+
 
 SHORT_VIDEO_SECONDS = 4.0
 SHORT_VIDEO_FPS = 8.0

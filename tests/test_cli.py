@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from _chat_server import ScriptedServer, completion, status
 from msjoe.cli import app, format_time
-from msjoe.samplers import available_samplers
+from msjoe.samplers import available_samplers, get_sampler
 from msjoe.synthetic_video import write_video
 
 runner = CliRunner()
@@ -59,6 +59,18 @@ def test_select_prints_sorted_timestamps_as_json(videos: list[Path], tiny_clip_d
     # binmax takes one frame in each integer bin of the 7 candidates: [0, 1], [2, 3], [4, 5, 6].
     first, second, third = result["indices"]
     assert first in (0, 1) and second in (2, 3) and third in (4, 5, 6)
+
+
+def test_select_with_a_usampler_checkpoint(
+    videos: list[Path], tiny_clip_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    get_sampler("usampler", seed=3).save_pretrained(tmp_path / "usampler")
+    args = ["select", videos[1], "-q", "a white square", "-k", "3", "--json", "--sampler", "usampler"]
+    result = run_json(
+        *args, "--sampler-checkpoint", tmp_path / "usampler", "--clip", tiny_clip_dir, "--cache-dir", tmp_path
+    )
+    assert len(result["indices"]) == 3 and result["indices"] == sorted(set(result["indices"]))
+    assert "never trained" in caplog.text
 
 
 def test_select_table_output(videos: list[Path], tiny_clip_dir: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ Preview frames help the MLLM write grounded queries and are not shown again at a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +32,8 @@ from msjoe.mllm.base import fit_to_pixel_budget
 from msjoe.mllm.parsing import AnswerParse, parse_answer, parse_queries
 from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS, answer_prompt, query_prompt
 from msjoe.samplers import Sampler, get_sampler
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MLLM = "Qwen/Qwen2.5-VL-7B-Instruct"
 DEFAULT_SAMPLER = "bolt"
@@ -110,7 +113,10 @@ def build_sampler(name: str, *, logit_scale: float | None = None, checkpoint: st
     if name == "usampler":
         if checkpoint is None:
             raise ValueError("the U-Sampler needs trained weights: pass a sampler checkpoint folder")
-        return get_sampler(name, checkpoint=checkpoint)
+        sampler = get_sampler(name, checkpoint=checkpoint)
+        if not getattr(sampler, "is_trained", True):
+            logger.warning("U-Sampler checkpoint %s was never trained: its choices are close to top-k", checkpoint)
+        return sampler
     if checkpoint is not None:
         raise ValueError(f"sampler {name!r} takes no checkpoint")
     if name == "qframe" and logit_scale is not None:
