@@ -8,17 +8,22 @@ checkpoint, fps, frame cap). A second question about the same video reads one fi
     cache = FeatureCache()                                  # $MSJOE_CACHE or ~/.cache/msjoe/features
     features = index_video("talk.mp4", encoder, cache)     # FrameFeatures: timestamps [T], embeddings [T, D]
     report = index_videos(paths, encoder, cache, progress=True)   # a whole dataset, resumable
+
+Opt-in: with ``frame_store=FrameStore.for_cache(cache)`` indexing also keeps every candidate frame as a JPEG (a
+second streaming decode pass at the store's size), so questions read their preview and key frames from it instead
+of seeking in the video (see :mod:`msjoe.frame_store`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +32,7 @@ import torch
 from msjoe.cache import CacheKey, FeatureCache, FrameFeatures, fingerprint
 from msjoe.errors import CacheError, ModelLoadError
 from msjoe.features import DualEncoder
+from msjoe.frame_store import FrameStore
 from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VideoInfo, candidate_timestamps, iter_frames, probe
 
 __all__ = ["IndexFailure", "IndexReport", "index_video", "index_videos"]
@@ -47,6 +53,7 @@ def index_video(
     batch_size: int = 64,
     threads: int = 0,
     progress: bool | ProgressCallback = False,
+    frame_store: FrameStore | None = None,
 ) -> FrameFeatures:
     """Embed a video's candidate frames (``fps`` per second, at most ``max_frames``), using the cache if given.
 
@@ -63,22 +70,30 @@ def index_video(
         fps, max_frames: candidate sampling (see :func:`msjoe.video.candidate_timestamps`).
         batch_size: frames decoded and encoded together.
         threads: decoder threads (0: one per core).
-        progress: ``True`` for a progress bar on the terminal, or ``callback(frames_done, frames_total)``.
+        progress: ``True`` for a progress bar on the terminal, or ``callback(frames_done, frames_total)`` (a
+            frame store build reports its own pass from 0 again).
+        frame_store: also keep the candidate frames as JPEGs for later questions, unless already stored (also on a
+            feature cache hit). One more decode pass over the video, at the store's size.
 
     Raises:
         msjoe.errors.VideoError subclasses: the video is missing, not a video, empty, corrupt, ...
-        CacheError: the cache directory cannot be written (checked before any decoding).
+        CacheError: the cache or frame store directory cannot be written (checked before any decoding).
     """
     _check_sampling(fps, max_frames, batch_size)
-    key, cached = _lookup(path, encoder, cache, fps, max_frames)
-    if cached is not None:
-        return cached
-    if cache is not None:
-        cache.ensure_writable()  # fail before minutes of decoding, not after
-    with _frame_progress(progress, Path(path).name) as report:
-        features = _compute(path, encoder, fps, max_frames, batch_size, threads, report)
-    if cache is not None and key is not None:
-        features = cache.put(key, features)
+    key, features = _lookup(path, encoder, cache, fps, max_frames)
+    if features is None:
+        if cache is not None:
+            cache.ensure_writable()  # fail before minutes of decoding, not after
+        if frame_store is not None:
+            frame_store.ensure_writable()
+        with _frame_progress(progress, Path(path).name) as report:
+            features = _compute(path, encoder, fps, max_frames, batch_size, threads, report)
+        if cache is not None and key is not None:
+            features = cache.put(key, features)
+    if frame_store is not None:
+        video_fingerprint = key.fingerprint if key is not None else None
+        progress_bar = functools.partial(_frame_progress, progress)
+        _store_frames(frame_store, path, video_fingerprint, fps, max_frames, threads, progress_bar)
     return features
 
 
@@ -96,9 +111,9 @@ class IndexReport:
     """Outcome of :func:`index_videos`: every input path lands in exactly one list."""
 
     indexed: list[str] = field(default_factory=list)
-    """Decoded and encoded now."""
+    """Decoded now (features, or only the frames of a frame store)."""
     cached: list[str] = field(default_factory=list)
-    """Already in the cache: skipped."""
+    """Already in the cache (and in the frame store, if one is given): skipped."""
     failed: list[IndexFailure] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -125,6 +140,7 @@ def index_videos(
     batch_size: int = 64,
     threads: int = 0,
     progress: bool | ProgressCallback = False,
+    frame_store: FrameStore | None = None,
 ) -> IndexReport:
     """Index many videos into ``cache``; resumable and robust to bad files.
 
@@ -136,6 +152,8 @@ def index_videos(
     Args:
         progress: ``True`` for a progress bar (videos, and frames of the current video), or
             ``callback(videos_done, videos_total)``.
+        frame_store: also keep each video's candidate frames as JPEGs (see :func:`index_video`); a video whose
+            features are cached but whose frames are not is decoded once more for the store.
     """
     _check_sampling(fps, max_frames, batch_size)
     paths = [str(p) for p in paths]
@@ -143,18 +161,26 @@ def index_videos(
     started = time.perf_counter()
     cache.ensure_writable()
     cache.clean()  # temp files of writes that crashed in an earlier run
+    if frame_store is not None:
+        frame_store.ensure_writable()
+        frame_store.clean()
     with _batch_progress(progress, len(paths)) as (on_video_done, frame_progress):
         for path in paths:
             try:
                 key, cached = _lookup(path, encoder, cache, fps, max_frames)
-                if cached is not None:
-                    report.cached.append(path)
-                else:
+                decoded = cached is None
+                if decoded:
                     with frame_progress(Path(path).name) as on_frames:
                         features = _compute(path, encoder, fps, max_frames, batch_size, threads, on_frames)
                     if key is not None:
                         cache.put(key, features)
-                    report.indexed.append(path)
+                if frame_store is not None:
+                    video_fingerprint = key.fingerprint if key is not None else None
+                    stored = _store_frames(
+                        frame_store, path, video_fingerprint, fps, max_frames, threads, frame_progress
+                    )
+                    decoded = decoded or stored
+                (report.indexed if decoded else report.cached).append(path)
             except (CacheError, ModelLoadError):
                 raise
             except Exception as err:  # one bad video must not stop a dataset-wide job; the report names it
@@ -196,6 +222,25 @@ def _with_path(video: VideoInfo | dict, path: str) -> VideoInfo | dict:
     if isinstance(video, VideoInfo):
         return dataclasses.replace(video, path=path)
     return {**video, "path": path}
+
+
+def _store_frames(
+    frame_store: FrameStore,
+    path: str | Path,
+    video_fingerprint: str | None,
+    fps: float,
+    max_frames: int,
+    threads: int,
+    progress_bar: Callable[[str], AbstractContextManager[ProgressCallback | None]],
+) -> bool:
+    """Build ``path``'s frame store entry unless a usable one exists; return whether it was built."""
+    if frame_store.has(path, fps=fps, max_frames=max_frames, fingerprint=video_fingerprint):
+        return False
+    with progress_bar(f"{Path(path).name} (frames)") as on_frames:
+        frame_store.build(
+            path, fps=fps, max_frames=max_frames, threads=threads, fingerprint=video_fingerprint, progress=on_frames
+        )
+    return True
 
 
 def _compute(
