@@ -51,7 +51,7 @@ import numbers
 import os
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -361,19 +361,20 @@ class FrameStore:
 
 def _header_bytes(metadata: dict[str, str], num_frames: int, jpeg_bytes: int, reserve: int | None = None) -> bytes:
     """The safetensors header (JSON, space-padded to ``reserve`` or to a multiple of 8) for these array sizes."""
-    sizes = {"offsets": 8 * (num_frames + 1), "timestamps": 8 * num_frames, "crc32": 4 * num_frames}
+    lengths = {"offsets": num_frames + 1, "timestamps": num_frames, "crc32": num_frames}
     header: dict[str, Any] = {"__metadata__": metadata}
     start = 0
-    for name in _TENSORS[:3]:
-        header[name] = {"dtype": _DTYPES[name][0], "shape": [sizes[name] // np.dtype(_DTYPES[name][1]).itemsize]}
-        header[name]["data_offsets"] = [start, start + sizes[name]]
-        start += sizes[name]
+    for name, length in lengths.items():
+        dtype_name, dtype = _DTYPES[name]
+        end = start + length * np.dtype(dtype).itemsize
+        header[name] = {"dtype": dtype_name, "shape": [length], "data_offsets": [start, end]}
+        start = end
     header["jpeg"] = {"dtype": "U8", "shape": [jpeg_bytes], "data_offsets": [start, start + jpeg_bytes]}
     text = json.dumps(header, separators=(",", ":")).encode()
-    length = reserve if reserve is not None else -(-len(text) // 8) * 8
-    if len(text) > length:
-        raise AssertionError(f"frame store header grew past its reserved {length} bytes")  # a bug, not bad input
-    return text + b" " * (length - len(text))
+    padded = reserve if reserve is not None else -(-len(text) // 8) * 8
+    if len(text) > padded:
+        raise AssertionError(f"frame store header grew past its reserved {padded} bytes")  # a bug, not bad input
+    return text + b" " * (padded - len(text))
 
 
 @dataclass(frozen=True)
@@ -395,7 +396,7 @@ class _EntryFile:
 def _write_entry(
     file: _EntryFile,
     timestamps: np.ndarray,
-    batches: Any,
+    batches: Iterable[np.ndarray],
     quality: int,
     metadata: dict[str, str],
     progress: ProgressCallback | None,
