@@ -142,3 +142,9 @@ def test_smoke_models_writes_loadable_models_and_a_video(tmp_path: Path) -> None
 @pytest.mark.parametrize(("seconds", "text"), [(0.0, "0:00.0"), (65.25, "1:05.2"), (3725.0, "1:02:05.0")])
 def test_format_time(seconds: float, text: str) -> None:
     assert format_time(seconds) == text
+
+
+def test_index_store_frames_keeps_the_candidates(videos: list[Path], tiny_clip_dir: Path, tmp_path: Path) -> None:
+    code, out = run("index", videos[0], "--store-frames", "--clip", tiny_clip_dir, "--cache-dir", tmp_path)
+    assert code == 0, out
+    assert len(list((tmp_path / "frames").rglob("*.safetensors"))) == 1

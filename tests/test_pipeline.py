@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import msjoe.index
+import msjoe.pipeline
 from _chat_server import ScriptedServer, completion, status
 from msjoe.cache import FeatureCache
 from msjoe.features import DualEncoder
@@ -171,3 +172,30 @@ def test_preview_indices_are_spread_and_at_least_one() -> None:
     assert preview_indices(30, 6) == [5, 15, 25]
     assert preview_indices(30, 1) == [15]
     assert preview_indices(2, 32) == [0, 1]
+
+
+def test_frame_store_serves_previews_and_key_frames(
+    server: ScriptedServer, encoder: DualEncoder, video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[int] = []
+    real_decode_frames = msjoe.pipeline.video_io.decode_frames
+
+    def counting_decode_frames(path: Path, timestamps: list[float], *args: object, **kwargs: object) -> np.ndarray:
+        decoded.append(len(timestamps))
+        return real_decode_frames(path, timestamps, *args, **kwargs)
+
+    monkeypatch.setattr(msjoe.pipeline.video_io, "decode_frames", counting_decode_frames)
+    reply = '<queries>["a white square"]</queries>'
+    server.default = status(200, completion(reply))
+    mllm = RecordingMLLM(load_mllm(server.url, model="m", timeout=10.0, max_retries=0))
+    qa = VideoQA(encoder, mllm, FeatureCache(tmp_path), PipelineConfig(k=6, store_frames=True))
+    for question in ("First?", "Second?"):
+        answer = qa.ask(video, question, OPTIONS)
+        previews, key_frames = images(mllm.chats[-2]), images(mllm.chats[-1])
+        # JPEG keeps the barcodes readable: the stored frames are the frames displayed at those times.
+        assert [read_frame_index(p.pixels) for p in key_frames] == [
+            int(np.floor(t * VIDEO_FPS + 1e-6)) for t in answer.chosen_timestamps
+        ]
+        assert len(previews) == 3
+    assert decoded == []  # neither question sought in the video for its MLLM frames
+    assert qa.frame_store is not None and any(qa.frame_store.root.rglob("*.safetensors"))

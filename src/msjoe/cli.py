@@ -32,6 +32,13 @@ CacheOption = Annotated[
     Path | None,
     typer.Option("--cache-dir", help="Feature cache folder [default: $MSJOE_CACHE or ~/.cache/msjoe/features]."),
 ]
+StoreFramesOption = Annotated[
+    bool,
+    typer.Option(
+        "--store-frames",
+        help="Also keep every candidate frame as a JPEG (~25-130 MB per hour) so later questions skip seeking.",
+    ),
+]
 DeviceOption = Annotated[str, typer.Option("--device", help="Torch device for the encoder, e.g. cpu, cuda, cuda:1.")]
 
 
@@ -63,6 +70,7 @@ def index(
     cache_dir: CacheOption = None,
     device: DeviceOption = "cpu",
     batch_size: Annotated[int, typer.Option(help="Frames per encoder batch.", min=1)] = 64,
+    store_frames: StoreFramesOption = False,
 ) -> None:
     """Decode candidate frames and cache their CLIP embeddings. Resumable: cached videos are skipped.
 
@@ -70,11 +78,20 @@ def index(
     """
     from msjoe.cache import FeatureCache
     from msjoe.features import DualEncoder
+    from msjoe.frame_store import FrameStore
     from msjoe.index import index_videos
 
     encoder = DualEncoder.from_pretrained(clip, device=device)
+    cache = FeatureCache(cache_dir)
     report = index_videos(
-        videos, encoder, FeatureCache(cache_dir), fps=fps, max_frames=max_frames, batch_size=batch_size, progress=True
+        videos,
+        encoder,
+        cache,
+        fps=fps,
+        max_frames=max_frames,
+        batch_size=batch_size,
+        progress=True,
+        frame_store=FrameStore.for_cache(cache) if store_frames else None,
     )
     # One line per failure, unwrapped, so the paths can be copied.
     console.print(report.summary(), soft_wrap=True, markup=False, highlight=False)
@@ -177,6 +194,7 @@ def ask(
     device: DeviceOption = "cpu",
     dtype: Annotated[str, typer.Option(help="MLLM dtype: auto, bfloat16, float16, float32.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for stochastic samplers.")] = 0,
+    store_frames: StoreFramesOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
     """Answer QUESTION about VIDEO from K key frames chosen for queries the MLLM writes."""
@@ -190,6 +208,7 @@ def ask(
         fps=fps,
         max_frames=max_frames,
         seed=seed,
+        store_frames=store_frames,
     )
     try:
         mllm_options = {"model": model} if model else None
