@@ -90,6 +90,11 @@ def fingerprint(path: str | Path) -> str:
     return digest.hexdigest()[:32]
 
 
+def key_digest(fields: dict[str, Any]) -> str:
+    """File name stem of a cache entry: SHA-256 of the canonical JSON of its key fields."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:40]
+
+
 @dataclass(frozen=True)
 class CacheKey:
     """What the cached embeddings depend on: the video's content, the encoder checkpoint and the frame sampling."""
@@ -110,8 +115,7 @@ class CacheKey:
 
     @property
     def digest(self) -> str:
-        """File name stem of the entry: SHA-256 of the canonical JSON of the key."""
-        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:40]
+        return key_digest(self.as_dict())
 
 
 @dataclass

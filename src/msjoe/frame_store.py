@@ -66,6 +66,7 @@ from msjoe.cache import (
     FeatureCache,
     atomic_writer,
     default_cache_dir,
+    key_digest,
     remove_stale_temp_files,
 )
 from msjoe.cache import fingerprint as content_fingerprint
@@ -139,8 +140,7 @@ class FrameStoreKey:
 
     @property
     def digest(self) -> str:
-        """File name stem of the entry: SHA-256 of the canonical JSON of the key."""
-        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:40]
+        return key_digest(self.as_dict())
 
 
 class _CorruptEntry(Exception):

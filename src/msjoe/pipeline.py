@@ -190,20 +190,20 @@ def answer_question(
 
 
 def load_frames(
-    path: Path,
+    path: str | Path,
     timestamps: Sequence[float],
     max_pixels: int,
-    features: FrameFeatures,
+    *,
     store: FrameStore | None = None,
+    fps: float = video_io.DEFAULT_FPS,
+    max_frames: int = video_io.DEFAULT_MAX_FRAMES,
     fingerprint: str | None = None,
 ) -> np.ndarray:
     """Candidate frames at ``timestamps`` sized for ``max_pixels``: from the frame store when it holds them,
     else decoded from the video straight to the size the MLLM will use (no full-HD frame it would shrink anyway).
     """
     if store is not None:
-        frames = store.read(
-            path, timestamps, max_pixels, fps=features.fps, max_frames=features.max_frames, fingerprint=fingerprint
-        )
+        frames = store.read(path, timestamps, max_pixels, fps=fps, max_frames=max_frames, fingerprint=fingerprint)
         if frames is not None:
             return frames
     info = video_io.probe(path)
@@ -294,7 +294,12 @@ class VideoQA:
             features = index_video(
                 path, self.encoder, self.cache, fps=cfg.fps, max_frames=cfg.max_frames, frame_store=self.frame_store
             )
-            video_fingerprint = fingerprint(path) if self.frame_store is not None else None
+            frame_source = {
+                "store": self.frame_store,
+                "fps": cfg.fps,
+                "max_frames": cfg.max_frames,
+                "fingerprint": fingerprint(path) if self.frame_store is not None else None,
+            }
         candidates = np.asarray(features.timestamps, dtype=np.float64)
 
         queries: list[str] = []
@@ -304,9 +309,7 @@ class VideoQA:
         if chosen_sampler.needs_queries:
             preview_ts = [float(candidates[i]) for i in preview_indices(len(candidates), k)]
             with _timed(timings, "decode_preview"):
-                preview = load_frames(
-                    path, preview_ts, cfg.preview_max_pixels, features, self.frame_store, video_fingerprint
-                )
+                preview = load_frames(path, preview_ts, cfg.preview_max_pixels, **frame_source)
             with _timed(timings, "query_reasoning"):
                 queries, query_reply = write_queries(
                     self.mllm,
@@ -331,7 +334,7 @@ class VideoQA:
             chosen = select_frames(chosen_sampler, scores, k, seed=cfg.seed)
         chosen_ts = [float(candidates[i]) for i in chosen]
         with _timed(timings, "decode_keyframes"):
-            frames = load_frames(path, chosen_ts, cfg.answer_max_pixels, features, self.frame_store, video_fingerprint)
+            frames = load_frames(path, chosen_ts, cfg.answer_max_pixels, **frame_source)
         with _timed(timings, "answer"):
             parsed, reply = answer_question(
                 self.mllm,
