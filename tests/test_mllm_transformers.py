@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import GenerationConfig as HFGenerationConfig
 from transformers import GPT2Config
 
 from msjoe.errors import ModelLoadError
@@ -214,3 +216,19 @@ def test_token_logprobs_carry_gradients_only_when_autograd_is_on(mllm: Transform
 def test_token_logprobs_rejects_empty_completion(mllm: TransformersMLLM) -> None:
     with pytest.raises(ValueError, match="non-empty"):
         mllm.token_logprobs(ask("hi"), [])
+
+
+def test_the_checkpoints_own_sampling_settings_do_not_override_ours(
+    mllm: TransformersMLLM, tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    # Qwen2.5-VL ships top_k=1 and repetition_penalty=1.05; left in place, sampling would be greedy.
+    folder = tmp_path / "qwen-with-settings"
+    shutil.copytree(tiny_qwen_dir, folder)
+    shipped = HFGenerationConfig.from_pretrained(folder)
+    shipped.update(top_k=1, repetition_penalty=50.0, no_repeat_ngram_size=1, do_sample=True)
+    shipped.save_pretrained(folder)
+    loaded = load_mllm(str(folder), device="cpu", dtype="float32")
+    messages = ask(frame(), "Describe.")
+    assert loaded.chat(messages, GREEDY) == mllm.chat(messages, GREEDY)
+    samples = {loaded.chat(messages, GenerationConfig(max_new_tokens=8, temperature=1.0, seed=s)) for s in range(4)}
+    assert len(samples) == 4

@@ -102,6 +102,15 @@ class TransformersMLLM(MLLM):
             )
         self.model.eval()
         self.tokenizer = self.processor.tokenizer
+        # generate() fills every setting a call leaves unset from the checkpoint's generation_config (Qwen2.5-VL
+        # ships top_k=1 and repetition_penalty=1.05: sampling would be greedy and every GRPO rollout identical).
+        # Keep only its special-token ids, so our GenerationConfig alone decides how to decode.
+        shipped = self.model.generation_config
+        self.model.generation_config = HFGenerationConfig(
+            bos_token_id=shipped.bos_token_id,
+            eos_token_id=shipped.eos_token_id or self.tokenizer.eos_token_id,
+            pad_token_id=shipped.pad_token_id if shipped.pad_token_id is not None else self.tokenizer.pad_token_id,
+        )
         image_processor = self.processor.image_processor
         patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
         self.image_multiple: int = patch * merge if isinstance(patch, int) and isinstance(merge, int) else 1
@@ -159,8 +168,8 @@ class TransformersMLLM(MLLM):
             temperature=generation.temperature if sampling else None,
             top_p=generation.top_p if sampling else None,
             top_k=None,
-            eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,
-            pad_token_id=self.model.generation_config.pad_token_id or self.tokenizer.pad_token_id,
+            eos_token_id=self.model.generation_config.eos_token_id,
+            pad_token_id=self.model.generation_config.pad_token_id,
         )
         with torch.inference_mode(), self._rng(generation.seed if sampling else None):
             output = self.model.generate(**inputs, generation_config=hf_config)
