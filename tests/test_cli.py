@@ -148,3 +148,41 @@ def test_index_store_frames_keeps_the_candidates(videos: list[Path], tiny_clip_d
     code, out = run("index", videos[0], "--store-frames", "--clip", tiny_clip_dir, "--cache-dir", tmp_path)
     assert code == 0, out
     assert len(list((tmp_path / "frames").rglob("*.safetensors"))) == 1
+
+
+def test_model_text_with_markup_is_printed_verbatim(
+    server: ScriptedServer, videos: list[Path], tiny_clip_dir: Path, tmp_path: Path
+) -> None:
+    replies = ['<queries>["[b]bold[/b] square"]</queries>', "[/INST] B [i]"]
+    server.script.extend([status(200, completion(r)) for r in replies])
+    code, out = run(
+        "ask", videos[0], "Which one?", "-o", "yes", "-o", "no", "-k", "2", "--mllm", server.url, "--model", "m",
+        "--clip", tiny_clip_dir, "--cache-dir", tmp_path,
+    )  # fmt: skip
+    assert code == 0, out
+    assert "[/INST] B [i]" in out and "[b]bold[/b] square" in out
+
+
+def test_select_query_with_markup_characters(videos: list[Path], tiny_clip_dir: Path, tmp_path: Path) -> None:
+    code, out = run("select", videos[0], "-q", "[/]", "-k", "2", "--clip", tiny_clip_dir, "--cache-dir", tmp_path)
+    assert code == 0, out
+    assert "[/]" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "foo"], "--model names a model on an HTTP server"),
+        (["--sampler", "bolt2"], "unknown sampler 'bolt2'"),
+        (["--sampler", "usampler"], "needs trained weights"),
+    ],
+)
+def test_ask_rejects_bad_settings_before_loading_models(videos: list[Path], extra: list[str], message: str) -> None:
+    # The MLLM folder does not exist: reaching the loader would report that instead.
+    code, out = run("ask", videos[0], "Which one?", "--mllm", "/nonexistent/model", *extra)
+    assert code == 1 and message in out and "Traceback" not in out
+
+
+def test_index_with_an_unloadable_encoder_is_a_clear_error(videos: list[Path], tmp_path: Path) -> None:
+    code, out = run("index", videos[0], "--clip", tmp_path / "no-such-clip", "--cache-dir", tmp_path)
+    assert code == 1 and "no-such-clip" in out

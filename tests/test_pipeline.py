@@ -14,6 +14,7 @@ import msjoe.pipeline
 from _chat_server import ScriptedServer, completion, status
 from msjoe.cache import FeatureCache
 from msjoe.features import DualEncoder
+from msjoe.frame_store import FrameStore
 from msjoe.mllm import MLLM, GenerationConfig, ImagePart, Message, load_mllm
 from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS
 from msjoe.pipeline import PipelineConfig, VideoQA, preview_indices
@@ -199,3 +200,31 @@ def test_frame_store_serves_previews_and_key_frames(
         assert len(previews) == 3
     assert decoded == []  # neither question sought in the video for its MLLM frames
     assert qa.frame_store is not None and any(qa.frame_store.root.rglob("*.safetensors"))
+
+
+def test_frames_stored_by_index_are_used_without_store_frames(
+    server: ScriptedServer, encoder: DualEncoder, video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = FeatureCache(tmp_path)
+    msjoe.index.index_video(
+        video, encoder, cache, frame_store=FrameStore.for_cache(cache)
+    )  # `msjoe index --store-frames`
+    monkeypatch.setattr(msjoe.pipeline.video_io, "decode_frames", lambda *a, **k: pytest.fail("decoded the video"))
+    server.default = status(200, completion("A"))
+    answer = scripted_qa(server, encoder, tmp_path, k=4, sampler="uniform").ask(video, "Which colour?", OPTIONS)
+    assert answer.letter == "A"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"k": 0}, "k must be >= 1"),
+        ({"max_queries": 5}, "max_queries must be 1 to 4"),
+        ({"sampler": "nope"}, "unknown sampler 'nope'"),
+        ({"sampler": "usampler"}, "needs trained weights"),
+        ({"sampler": "bolt", "sampler_checkpoint": "x"}, "takes no checkpoint"),
+    ],
+)
+def test_pipeline_config_rejects_bad_settings(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PipelineConfig(**settings)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from msjoe import video as video_io
@@ -30,7 +31,7 @@ MaxFramesOption = Annotated[
 ]
 CacheOption = Annotated[
     Path | None,
-    typer.Option("--cache-dir", help="Feature cache folder [default: $MSJOE_CACHE or ~/.cache/msjoe/features]."),
+    typer.Option("--cache-dir", help="Feature cache folder \\[default: $MSJOE_CACHE or ~/.cache/msjoe/features]."),
 ]
 StoreFramesOption = Annotated[
     bool,
@@ -39,7 +40,9 @@ StoreFramesOption = Annotated[
         help="Also keep every candidate frame as a JPEG (~25-130 MB per hour) so later questions skip seeking.",
     ),
 ]
-DeviceOption = Annotated[str, typer.Option("--device", help="Torch device for the encoder, e.g. cpu, cuda, cuda:1.")]
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="Torch device for the models: cpu, cuda, cuda:1, auto (CUDA when available).")
+]
 
 
 def format_time(seconds: float) -> str:
@@ -50,7 +53,7 @@ def format_time(seconds: float) -> str:
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code=1)
 
 
@@ -77,22 +80,26 @@ def index(
     A video that cannot be read is reported at the end; the others are still indexed.
     """
     from msjoe.cache import FeatureCache
+    from msjoe.errors import MsjoeError
     from msjoe.features import DualEncoder
     from msjoe.frame_store import FrameStore
     from msjoe.index import index_videos
 
-    encoder = DualEncoder.from_pretrained(clip, device=device)
-    cache = FeatureCache(cache_dir)
-    report = index_videos(
-        videos,
-        encoder,
-        cache,
-        fps=fps,
-        max_frames=max_frames,
-        batch_size=batch_size,
-        progress=True,
-        frame_store=FrameStore.for_cache(cache) if store_frames else None,
-    )
+    try:
+        encoder = DualEncoder.from_pretrained(clip, device=device)
+        cache = FeatureCache(cache_dir)
+        report = index_videos(
+            videos,
+            encoder,
+            cache,
+            fps=fps,
+            max_frames=max_frames,
+            batch_size=batch_size,
+            progress=True,
+            frame_store=FrameStore.for_cache(cache) if store_frames else None,
+        )
+    except (MsjoeError, ValueError) as error:  # per-video errors are in the report; these stop the whole batch
+        raise _fail(str(error)) from error
     # One line per failure, unwrapped, so the paths can be copied.
     console.print(report.summary(), soft_wrap=True, markup=False, highlight=False)
     if report.failed:
@@ -155,7 +162,7 @@ def select(
         return
     table = Table("#", "time", "seconds", "similarity", "best query", title=f"{len(chosen)} key frames ({sampler})")
     for rank, (ts, value, q) in enumerate(zip(timestamps, best.values, best.indices, strict=True), start=1):
-        table.add_row(str(rank), format_time(ts), f"{ts:.2f}", f"{float(value):.4f}", query[int(q)])
+        table.add_row(str(rank), format_time(ts), f"{ts:.2f}", f"{float(value):.4f}", escape(query[int(q)]))
     Console().print(table)
 
 
@@ -201,16 +208,18 @@ def ask(
     from msjoe.errors import MsjoeError
     from msjoe.pipeline import PipelineConfig, VideoQA
 
-    config = PipelineConfig(
-        k=k,
-        sampler=sampler,
-        sampler_checkpoint=str(sampler_checkpoint) if sampler_checkpoint else None,
-        fps=fps,
-        max_frames=max_frames,
-        seed=seed,
-        store_frames=store_frames,
-    )
     try:
+        if model and not mllm.startswith(("http://", "https://")):
+            raise ValueError("--model names a model on an HTTP server: use it with an http(s) --mllm URL")
+        config = PipelineConfig(
+            k=k,
+            sampler=sampler,
+            sampler_checkpoint=str(sampler_checkpoint) if sampler_checkpoint else None,
+            fps=fps,
+            max_frames=max_frames,
+            seed=seed,
+            store_frames=store_frames,
+        )
         mllm_options = {"model": model} if model else None
         qa = VideoQA.from_pretrained(
             mllm, clip, device=device, dtype=dtype, cache_dir=cache_dir, config=config, mllm_options=mllm_options
@@ -224,12 +233,13 @@ def ask(
         return
     out = Console()
     source = " (from the question: no query could be parsed)" if answer.queries_from_question else ""
-    out.print(f"[bold]queries[/]{source}: " + "; ".join(answer.queries) if answer.queries else "[bold]queries[/]: none")
+    queries = "; ".join(escape(q) for q in answer.queries) or "none"
+    out.print(f"[bold]queries[/]{source}: {queries}", soft_wrap=True)
     out.print(
         f"[bold]key frames[/] ({len(answer.chosen_timestamps)}): "
         + ", ".join(map(format_time, answer.chosen_timestamps))
     )
-    out.print(f"[bold]reply[/]: {answer.reply.strip()}")
+    out.print(f"[bold]reply[/]: {escape(answer.reply.strip())}", soft_wrap=True)
     if option:
         verdict = answer.letter if answer.letter else f"<{answer.status}>"
         out.print(f"[bold]answer[/]: {verdict}")

@@ -131,7 +131,7 @@ class DualEncoder:
             name_or_path: hub id (``"openai/clip-vit-large-patch14"``, ``"google/siglip2-base-patch16-224"``) or
                 a folder holding ``config.json``, weights and the processor files.
             revision: hub branch, tag or commit; ignored for local folders.
-            device: where the model runs; embeddings are always returned on CPU.
+            device: where the model runs (``"auto"``: CUDA when available); embeddings are always returned on CPU.
             dtype: the model's weights dtype (``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``).
 
         Raises:
@@ -185,6 +185,8 @@ class DualEncoder:
 
         model.requires_grad_(False)
         model.eval()
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
         return cls(model, processor, model_id=model_id, revision=resolved_revision)
 

@@ -277,6 +277,7 @@ def _compute(
 
 
 def _rich_progress():  # rich is imported lazily, only when a bar is asked for
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -292,6 +293,7 @@ def _rich_progress():  # rich is imported lazily, only when a bar is asked for
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True),  # stdout stays clean for machine-readable output
         transient=False,
     )
 

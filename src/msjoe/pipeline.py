@@ -31,7 +31,7 @@ from msjoe.index import index_video
 from msjoe.mllm import MLLM, GenerationConfig, load_mllm
 from msjoe.mllm.parsing import AnswerParse, parse_answer, parse_queries
 from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS, answer_prompt, query_prompt
-from msjoe.samplers import Sampler, get_sampler
+from msjoe.samplers import MAX_QUERIES, Sampler, available_samplers, get_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,21 @@ class PipelineConfig:
     answer_generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=32))
     seed: int = 0
     store_frames: bool = False
+
+    def __post_init__(self) -> None:
+        # Fail before any model is loaded: a bad setting should not cost minutes of loading a 7B model.
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if not 1 <= self.max_queries <= MAX_QUERIES:
+            raise ValueError(f"max_queries must be 1 to {MAX_QUERIES}, got {self.max_queries}")
+        if self.sampler not in available_samplers():
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(available_samplers())}")
+        if (self.sampler == "usampler") != (self.sampler_checkpoint is not None):
+            raise ValueError(
+                "the U-Sampler needs trained weights: pass a sampler checkpoint folder"
+                if self.sampler == "usampler"
+                else f"sampler {self.sampler!r} takes no checkpoint"
+            )
 
 
 @dataclass
@@ -241,11 +256,8 @@ class VideoQA:
         self.mllm = mllm
         self.cache = cache if cache is not None else FeatureCache()
         self.config = config or PipelineConfig()
-        self.frame_store = (
-            FrameStore.for_cache(self.cache, max_pixels=self.config.answer_max_pixels)
-            if self.config.store_frames
-            else None
-        )
+        # Existing entries are always read (cheap); new ones are built only with ``config.store_frames``.
+        self.frame_store = FrameStore.for_cache(self.cache, max_pixels=self.config.answer_max_pixels)
         self._samplers: dict[tuple[str, str | None], Sampler] = {}
 
     @classmethod
@@ -284,7 +296,7 @@ class VideoQA:
     ) -> Answer:
         """Answer ``question`` about ``video`` (multiple choice when ``options`` are given, free-form otherwise)."""
         cfg = self.config
-        k = k or cfg.k
+        k = cfg.k if k is None else k
         sampler_name = sampler or cfg.sampler
         chosen_sampler = self.sampler(sampler_name, sampler_checkpoint or cfg.sampler_checkpoint)
         timings: dict[str, float] = {}
@@ -292,13 +304,18 @@ class VideoQA:
 
         with _timed(timings, "index"):
             features = index_video(
-                path, self.encoder, self.cache, fps=cfg.fps, max_frames=cfg.max_frames, frame_store=self.frame_store
+                path,
+                self.encoder,
+                self.cache,
+                fps=cfg.fps,
+                max_frames=cfg.max_frames,
+                frame_store=self.frame_store if cfg.store_frames else None,
             )
             frame_source = {
                 "store": self.frame_store,
                 "fps": cfg.fps,
                 "max_frames": cfg.max_frames,
-                "fingerprint": fingerprint(path) if self.frame_store is not None else None,
+                "fingerprint": fingerprint(path),
             }
         candidates = np.asarray(features.timestamps, dtype=np.float64)
 
