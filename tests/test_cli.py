@@ -186,3 +186,15 @@ def test_ask_rejects_bad_settings_before_loading_models(videos: list[Path], extr
 def test_index_with_an_unloadable_encoder_is_a_clear_error(videos: list[Path], tmp_path: Path) -> None:
     code, out = run("index", videos[0], "--clip", tmp_path / "no-such-clip", "--cache-dir", tmp_path)
     assert code == 1 and "no-such-clip" in out
+
+
+def test_cli_defaults_are_the_librarys() -> None:
+    import typer.main
+
+    from msjoe.features import DEFAULT_CLIP
+    from msjoe.pipeline import DEFAULT_MLLM, DEFAULT_SAMPLER, PipelineConfig
+
+    ask = typer.main.get_command(app).commands["ask"]
+    defaults = {param.name: param.default for param in ask.params}
+    assert defaults["clip"] == DEFAULT_CLIP and defaults["mllm"] == DEFAULT_MLLM
+    assert defaults["sampler"] == DEFAULT_SAMPLER and defaults["k"] == PipelineConfig().k

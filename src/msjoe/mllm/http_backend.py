@@ -156,7 +156,9 @@ class HTTPMLLM(MLLM):
                 listing = self._request("GET", "/models")
                 names = [entry.get("id") for entry in listing.get("data", []) if isinstance(entry, dict)]
                 if len(names) != 1:
-                    raise BackendError(f"{self.base_url} serves {names or 'no models'}; pass model= to choose")
+                    raise BackendError(
+                        f"{self.base_url} serves {names or 'no models'}; pass model= (--model on the command line)"
+                    )
                 self._model = names[0]
             return self._model
 
@@ -236,7 +238,12 @@ class HTTPMLLM(MLLM):
                 message = _server_message(response)
                 status = response.status_code
                 if status not in RETRYABLE_STATUS:
-                    raise BackendHTTPError(f"{method} {url} answered {status}: {message}", status, message)
+                    hint = (
+                        " (is the base URL right? OpenAI-compatible servers usually end in /v1)"
+                        if status == 404
+                        else ""
+                    )
+                    raise BackendHTTPError(f"{method} {url} answered {status}: {message}{hint}", status, message)
                 failure = BackendHTTPError(
                     f"{method} {url} answered {status} after {tried}: {message}", status, message
                 )
