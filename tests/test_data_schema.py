@@ -50,6 +50,12 @@ def test_item_normalises_containers_and_derives_letters():
     assert list(item.to_dict()) == list(FIELDS)
 
 
+def test_items_are_hashable_and_compare_by_value():
+    item = full_item()
+    assert len({item, QAItem.from_dict(item.to_dict())}) == 1
+    assert item != QAItem.from_dict({**item.to_dict(), "difficulty": 0.5})
+
+
 def test_answer_may_be_null_for_splits_without_ground_truth():
     item = QAItem.from_dict(record(answer=None))
     assert item.answer is None and item.answer_text is None

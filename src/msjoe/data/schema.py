@@ -106,6 +106,10 @@ class QAItem:
         if self.difficulty is not None:
             object.__setattr__(self, "difficulty", _check_number(self.difficulty, "difficulty", low=0.0, high=1.0))
 
+    def __hash__(self) -> int:
+        # The generated hash would fail on the dict fields; (source, id) identifies an item and equal items share it.
+        return hash((self.source, self.id))
+
     @property
     def letters(self) -> list[str]:
         """The option letters, ``["A", "B", ...]``."""
@@ -259,8 +263,10 @@ def read_qa_jsonl(path: str | Path, *, video_root: str | Path | None = None) -> 
             if key in seen:
                 raise QAFormatError(
                     f"duplicate id {item.id!r} (source {item.source!r}), first on line {seen[key]}",
-                    field="id", path=path, line=number,
-                )  # fmt: skip
+                    field="id",
+                    path=path,
+                    line=number,
+                )
             seen[key] = number
             video = Path(item.video).expanduser()
             if not video.is_absolute():

@@ -1,0 +1,219 @@
+"""LVBench: 103 videos of about an hour (4,101 s on average), 1,549 four-option questions.
+
+Annotations: ``video_info.meta.jsonl`` of the Hugging Face dataset ``zai-org/LVBench`` (formerly
+``THUDM/LVBench``), one video per line: ``key`` (the YouTube id, which names the video file), ``type`` (the video
+genre), ``video_info`` (``duration_minutes``, among others) and ``qa``, a list of questions with ``uid``,
+``question`` (the options inline on their own lines: ``"What ...?\\n(A) ...\\n(B) ...\\n(C) ...\\n(D) ..."``),
+``answer`` (a letter), ``question_type`` (a list: a question can test several of the six abilities) and
+``time_reference`` (``"mm:ss-mm:ss"``, the span holding the answer). Videos are ``<key>.mp4`` (LVBench's
+``scripts/download.sh`` names them by key). Fields from THUDM/LVBench ``lvbench/metrics/compute_accuracy.py`` and
+``README.md``, and third-party loaders of the same file; the field list of ``video_info`` beyond
+``duration_minutes`` was not checked.
+
+Scoring follows THUDM/LVBench ``lvbench/metrics/compute_accuracy.py``: exact match of the extracted letter
+(extraction: ``lvbench/utils/answer_util.py``'s ``polish_answer``) with ``answer``; per question type, a question
+counts in every type it lists; overall accuracy counts each question once. The official script skips questions
+without an answer in the file: pass ``missing_predictions="exclude"`` for that (the default raises). The report
+adds the leaderboard's ``result.json`` keys (``scripts/test_acc.py``): ER, EU, KIR, TG, Rea, Sum, Overall.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from msjoe.data.benchmarks.base import (
+    LoadResult,
+    RowError,
+    SkippedRow,
+    VideoFinder,
+    find_files,
+    require,
+    resolve_annotations,
+    split_by_video,
+    with_extensions,
+)
+from msjoe.data.schema import QAFormatError, QAItem
+from msjoe.eval.scoring import (
+    Extractor,
+    MissingPolicy,
+    ScoringPolicy,
+    UnparsedPolicy,
+    breakdown,
+    build_report,
+    category_values,
+    score_items,
+)
+from msjoe.mllm.prompts import LETTERS
+
+NAME = "lvbench"
+HF_DATASET_ID = "zai-org/LVBench"
+HF_PATTERNS = ("video_info.meta.jsonl",)
+ANNOTATION_FILE = "video_info.meta.jsonl"
+# Question types and their leaderboard abbreviations (THUDM/LVBench scripts/test_acc.py).
+LEADERBOARD_NAMES = {
+    "entity recognition": "ER",
+    "event understanding": "EU",
+    "key information retrieval": "KIR",
+    "temporal grounding": "TG",
+    "reasoning": "Rea",
+    "summarization": "Sum",
+}
+
+
+def load(annotations: str | Path, videos: str | Path | None) -> LoadResult:
+    """LVBench questions from ``video_info.meta.jsonl``, a folder holding it (searched recursively), or the Hub
+    id ``zai-org/LVBench``; ``videos`` is the folder of ``<key>.mp4`` files (``None``: do not check). A line that
+    is not valid JSON, and each malformed question, is skipped with its reason."""
+    path = resolve_annotations(annotations, hf_patterns=HF_PATTERNS)
+    if path.is_dir():
+        path = find_files(path, (ANNOTATION_FILE, f"**/{ANNOTATION_FILE}"), ANNOTATION_FILE)[0]
+    finder = VideoFinder(videos)
+    skipped: list[SkippedRow] = []
+    rows = []
+    with path.open(encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            where = f"{path.name}:{number}"
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise RowError(f"expected an object, got {type(record).__name__}")
+                key = str(require(record, "key", (str, int)))
+                questions = require(record, "qa", list)
+            except json.JSONDecodeError as err:
+                skipped.append(SkippedRow(where, f"invalid JSON: {err.msg}"))
+                continue
+            except RowError as err:
+                skipped.append(SkippedRow(where, str(err)))
+                continue
+            candidates = with_extensions(key)
+            if isinstance(record.get("video_path"), str):  # lmms-lab's copy names the file per video
+                candidates.insert(0, record["video_path"])
+            video, exists = finder.find(candidates)
+            video_type = record.get("type") if isinstance(record.get("type"), str) and record.get("type") else None
+            duration = _duration(record.get("video_info"))
+            for index, qa in enumerate(questions):
+                try:
+                    if not isinstance(qa, dict):
+                        raise RowError(f"expected an object, got {type(qa).__name__}")
+                    item = _item(qa, key=key, video=video, video_type=video_type, duration=duration)
+                except (RowError, QAFormatError) as err:
+                    skipped.append(SkippedRow(f"{where} qa[{index}]", str(err)))
+                    continue
+                rows.append((item, exists))
+    return split_by_video(NAME, rows, skipped)
+
+
+def _duration(video_info: object) -> float | None:
+    if isinstance(video_info, dict):
+        minutes = video_info.get("duration_minutes")
+        if isinstance(minutes, int | float) and not isinstance(minutes, bool) and minutes >= 0:
+            return float(minutes) * 60.0
+    return None
+
+
+def split_inline_options(text: str) -> tuple[str, list[str]]:
+    """``("question", ["opt A", "opt B", ...])`` from LVBench's ``"question\\n(A) opt A\\n(B) opt B..."``.
+
+    Markers must run ``(A)``, ``(B)``, ... in order, each at the start of a line or after whitespace; the
+    question is the text before ``(A)``. Raises ``ValueError`` if fewer than two options are found.
+    """
+    positions = []
+    start = 0
+    for letter in LETTERS:
+        match = re.compile(rf"(?:^|(?<=\s))\({letter}\)\s*").search(text, start)
+        if match is None:
+            break
+        positions.append(match)
+        start = match.end()
+    if len(positions) < 2:
+        raise ValueError("the question text holds fewer than two inline options '(A) ...', '(B) ...'")
+    stem = text[: positions[0].start()].strip()
+    ends = [m.start() for m in positions[1:]] + [len(text)]
+    options = [text[m.end() : end].strip() for m, end in zip(positions, ends, strict=True)]
+    if not stem:
+        raise ValueError("the question text is empty before '(A)'")
+    for letter, option in zip(LETTERS, options, strict=False):
+        if not option:
+            raise ValueError(f"option ({letter}) is empty")
+    return stem, options
+
+
+def parse_time_reference(text: str) -> tuple[float, float] | None:
+    """``(start, end)`` seconds from ``"mm:ss-mm:ss"`` (``h:mm:ss`` also read); ``None`` if unreadable."""
+    parts = text.split("-")
+    if len(parts) != 2:
+        return None
+    seconds = []
+    for part in parts:
+        fields = part.strip().split(":")
+        if not 2 <= len(fields) <= 3 or not all(f.strip().isdigit() for f in fields):
+            return None
+        value = 0
+        for f in fields:
+            value = value * 60 + int(f)
+        seconds.append(float(value))
+    return (seconds[0], seconds[1]) if seconds[0] <= seconds[1] else None
+
+
+def _item(qa: dict[str, Any], *, key: str, video: str, video_type: str | None, duration: float | None) -> QAItem:
+    uid = str(require(qa, "uid", (str, int)))
+    try:
+        question, options = split_inline_options(require(qa, "question", str))
+    except ValueError as err:
+        raise RowError(f"field 'question': {err}") from None
+    types = require(qa, "question_type", (list, str))
+    types = [types] if isinstance(types, str) else types
+    if not types or not all(isinstance(t, str) and t.strip() for t in types):
+        raise RowError(f"field 'question_type' must be a non-empty list of strings, got {types!r}")
+    categories: dict[str, Any] = {"question_type": [t.strip() for t in types]}
+    if video_type:
+        categories["video_type"] = video_type
+    meta: dict[str, Any] = {"key": key}
+    evidence = []
+    reference = qa.get("time_reference")
+    if isinstance(reference, str) and reference.strip():
+        meta["time_reference"] = reference
+        span = parse_time_reference(reference)
+        if span is not None:  # an unreadable span is kept in meta only: it is a hint, not needed to score
+            evidence.append(span)
+    return QAItem(
+        id=uid,
+        video=video,
+        question=question,
+        options=tuple(options),
+        answer=require(qa, "answer", str).strip(),
+        duration=duration,
+        source=NAME,
+        task=categories["question_type"][0],
+        categories=categories,
+        evidence=tuple(evidence),
+        meta=meta,
+    )
+
+
+def score(
+    items: Sequence[QAItem],
+    predictions: Mapping[str, str],
+    *,
+    extractor: str | Extractor = "lvbench",
+    unparsed: UnparsedPolicy = "wrong",
+    missing_predictions: MissingPolicy = "error",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """LVBench accuracy overall and per ``question_type`` (multi-type questions count in each of their types),
+    plus ``report["leaderboard"]``, the leaderboard's ``result.json`` (abbreviated type names and Overall)."""
+    policy = ScoringPolicy(extractor, unparsed, missing_predictions, seed)
+    scored, unknown = score_items(items, predictions, policy)
+    by_type = breakdown(items, scored, category_values("question_type"), tuple(LEADERBOARD_NAMES))
+    tables = {"question_type": by_type, "video_type": breakdown(items, scored, category_values("video_type"))}
+    report = build_report(NAME, items, scored, unknown, policy, tables)
+    leaderboard = {LEADERBOARD_NAMES.get(name, name): t.accuracy for name, t in by_type.items()}
+    leaderboard["Overall"] = report["overall"]["accuracy"]
+    report["leaderboard"] = leaderboard
+    return report
