@@ -92,7 +92,7 @@ def load(annotations: str | Path, videos: str | Path | None) -> LoadResult:
                 skipped.append(SkippedRow(where, str(err)))
                 continue
             candidates = with_extensions(key)
-            if isinstance(record.get("video_path"), str):  # lmms-lab's copy names the file per video
+            if isinstance(record.get("video_path"), str):  # copies that store the file name (e.g. lmms-lab)
                 candidates.insert(0, record["video_path"])
             video, exists = finder.find(candidates)
             video_type = record.get("type") if isinstance(record.get("type"), str) and record.get("type") else None

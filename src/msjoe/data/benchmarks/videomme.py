@@ -69,7 +69,7 @@ TASK_TYPES = (
 def load(annotations: str | Path, videos: str | Path | None) -> LoadResult:
     """Video-MME questions from a parquet file, a folder holding one (searched recursively), or the Hub id
     ``lmms-lab/Video-MME``; ``videos`` is the folder of ``<videoID>.mp4`` files (``None``: do not check)."""
-    import pyarrow.parquet as pq  # optional heavy dependency, only this loader needs it
+    import pyarrow.parquet as pq  # imported on use: listing or importing the registry stays light
 
     path = resolve_annotations(annotations, hf_patterns=HF_PATTERNS)
     files = [path] if path.is_file() else find_files(path, ("videomme/*.parquet", "**/*.parquet"), "parquet file")
