@@ -261,3 +261,124 @@ def smoke_models(
     paths = write_smoke_models(folder)
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
+
+
+def _csv_list(text: str, what: str, convert: type = str) -> list:
+    """``"a,b"`` -> ``["a", "b"]`` (converted), rejecting empty entries with a message naming the option."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise ValueError(f"{what} must be a comma-separated list without empty entries, got {text!r}")
+    try:
+        return [convert(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"{what} must be a comma-separated list of {convert.__name__}s, got {text!r}") from None
+
+
+@app.command("eval")
+def evaluate(
+    benchmark: Annotated[str, typer.Option(help="Benchmark: videomme, longvideobench, lvbench, mlvu.")],
+    annotations: Annotated[
+        str, typer.Option(help="The benchmark's annotation file or folder (or its Hugging Face dataset id).")
+    ],
+    videos: Annotated[Path | None, typer.Option(help="Folder of the benchmark's videos.")] = None,
+    sampler: Annotated[str, typer.Option(help="Samplers to compare, comma-separated (e.g. usampler,bolt,uniform).")] = (
+        "bolt"
+    ),
+    frames: Annotated[str, typer.Option("--frames", help="Frame budgets K, comma-separated (e.g. 8,16,32,64).")] = (
+        "32"
+    ),
+    out: Annotated[Path, typer.Option(help="Output folder; rerunning into it resumes.")] = Path("msjoe-eval"),
+    limit: Annotated[int | None, typer.Option(help="Run only the first N items (quick checks).", min=1)] = None,
+    workers: Annotated[
+        int, typer.Option(help="Items answered concurrently; only helps with an HTTP --mllm (local models: 1).", min=1)
+    ] = 1,
+    retry_errors: Annotated[bool, typer.Option(help="Run again the items that failed in an earlier run.")] = False,
+    extractor: Annotated[
+        str | None, typer.Option(help="Answer extraction rule [default: the benchmark's official one].")
+    ] = None,
+    unparsed: Annotated[
+        str | None, typer.Option(help="Unreadable replies: wrong, exclude or random [default: the benchmark's].")
+    ] = None,
+    sampler_checkpoint: Annotated[
+        Path | None, typer.Option(help="U-Sampler weights folder (required when --sampler lists usampler).")
+    ] = None,
+    mllm: Annotated[
+        str, typer.Option(help="MLLM: Hugging Face id, local folder, or an OpenAI-compatible http(s) URL.")
+    ] = "Qwen/Qwen2.5-VL-7B-Instruct",
+    model: Annotated[str | None, typer.Option(help="Model name to request from an HTTP server.")] = None,
+    clip: ClipOption = "openai/clip-vit-large-patch14",
+    fps: FpsOption = video_io.DEFAULT_FPS,
+    max_frames: MaxFramesOption = video_io.DEFAULT_MAX_FRAMES,
+    cache_dir: CacheOption = None,
+    device: DeviceOption = "cpu",
+    dtype: Annotated[str, typer.Option(help="MLLM dtype: auto, bfloat16, float16, float32.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for stochastic samplers and the random fallback.")] = 0,
+    store_frames: StoreFramesOption = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print this benchmark's scores as JSON.")] = False,
+) -> None:
+    """Evaluate samplers x frame budgets on a benchmark: resumable per-item predictions, official scoring,
+    OUT/report.md and OUT/scores.json."""
+    from msjoe.errors import MsjoeError
+    from msjoe.eval.harness import EvalConfig, run_eval
+    from msjoe.pipeline import PipelineConfig, VideoQA
+
+    is_http = mllm.startswith(("http://", "https://"))
+    try:
+        if model and not is_http:
+            raise ValueError("--model names a model on an HTTP server: use it with an http(s) --mllm URL")
+        if workers > 1 and not is_http:
+            raise ValueError("--workers > 1 needs an HTTP --mllm: a local model answers one item at a time")
+        scoring: dict[str, object] = {"seed": seed}
+        if extractor is not None:
+            scoring["extractor"] = extractor
+        if unparsed is not None:
+            scoring["unparsed"] = unparsed
+        config = EvalConfig(
+            benchmark=benchmark,
+            annotations=annotations,
+            videos=videos,
+            output_dir=out,
+            samplers=_csv_list(sampler, "--sampler"),
+            budgets=_csv_list(frames, "--frames", int),
+            sampler_checkpoint=str(sampler_checkpoint) if sampler_checkpoint else None,
+            limit=limit,
+            workers=workers,
+            retry_errors=retry_errors,
+            scoring=scoring,
+            run_info={"mllm": mllm, "model": model, "clip": clip},
+        )
+        pipeline = PipelineConfig(fps=fps, max_frames=max_frames, seed=seed, store_frames=store_frames)
+        qa = VideoQA.from_pretrained(
+            mllm,
+            clip,
+            device=device,
+            dtype=dtype,
+            cache_dir=cache_dir,
+            config=pipeline,
+            mllm_options={"model": model} if model else None,
+        )
+        entry = run_eval(qa, config)
+    except (MsjoeError, ValueError, FileNotFoundError) as error:
+        raise _fail(f"{error} (finished items are saved in {out}; rerun to resume)") from error
+    if as_json:
+        typer.echo(json.dumps(entry))
+        return
+    table = Table("sampler", "K", "metric", "score", "counted", "errors", title=escape(benchmark))
+    for run in entry["runs"]:
+        report = run["report"]
+        if report is None:
+            table.add_row(escape(run["sampler"]), str(run["k"]), "-", "no ground truth", "-", str(run["errors"]))
+            continue
+        value = report["headline"]["value"]
+        table.add_row(
+            escape(run["sampler"]),
+            str(run["k"]),
+            escape(report["headline"]["metric"]),
+            "-" if value is None else f"{100 * value:.1f}",
+            str(report["overall"]["total"]),
+            str(run["errors"]),
+        )
+    Console().print(table)
+    if entry["missing_items"]:
+        console.print(f"{len(entry['missing_items'])} items skipped: their video is missing (listed in the report)")
+    console.print(f"report: {escape(str(out / 'report.md'))}", soft_wrap=True)

@@ -1,0 +1,471 @@
+"""The benchmark run loop: every (sampler, K) over every item, resumable, then official scoring and reports.
+
+Layout of an output folder ``out``::
+
+    out/predictions/<benchmark>/<sampler>_k<K>.jsonl       one line per finished item (appended, fsynced)
+    out/predictions/<benchmark>/<sampler>_k<K>.run.json    the settings the lines were made with
+    out/scores.json                                        every benchmark's runs and official reports
+    out/report.md                                          the same as markdown tables
+
+Crash safety: a prediction line is written with one ``write`` then flushed and fsynced, so a crash loses at most
+the items in flight. On a rerun the file is read back, a trailing partial line (a crash mid-write) is cut off,
+and items whose id is already there are skipped. Reports are written atomically (temp file + rename).
+
+Failures: an item whose video is missing is never run; it is listed in the report (``LoadResult.missing``).
+An item whose pipeline raises (corrupt video, a request the server rejects as too long...) gets an error line
+(``status "error"`` and the message), counts as wrong, and is not retried on reruns unless asked
+(``retry_errors``). Failures that are not the item's fault (the model server unreachable, overloaded or
+refusing the credentials) stop the run instead: every finished item is already saved, so a rerun resumes.
+
+Concurrency: ``workers > 1`` answers items from a thread pool. It only pays with the HTTP backend, where the
+time goes into waiting for the server; a local transformers model computes one request at a time anyway (and
+is not meant to be shared across threads), so keep ``workers=1`` there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from msjoe.data.benchmarks import get_benchmark
+from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult
+from msjoe.data.schema import QAItem
+from msjoe.eval.report import render_markdown, write_text_atomically
+from msjoe.mllm.errors import BackendConnectionError, BackendHTTPError
+from msjoe.pipeline import VideoQA
+from msjoe.samplers import available_samplers
+
+logger = logging.getLogger(__name__)
+
+SCORES_FILE = "scores.json"
+REPORT_FILE = "report.md"
+# HTTP statuses that describe one request (too long, malformed), not the server: the item fails, the run goes on.
+ITEM_HTTP_STATUSES = frozenset({400, 413, 422})
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and where to write it.
+
+    Attributes:
+        benchmark: registry name (``videomme``, ``longvideobench``, ``lvbench``, ``mlvu``).
+        annotations: the benchmark's annotation file or folder (or its Hub dataset id).
+        videos: the folder of the benchmark's videos.
+        output_dir: where predictions, ``scores.json`` and ``report.md`` go; reruns into it resume.
+        samplers: sampler names, each run at every budget.
+        budgets: frame budgets K (paper: 8, 16, 32, 64).
+        sampler_checkpoint: U-Sampler weights folder, required when ``samplers`` holds ``usampler``.
+        limit: run only the first ``limit`` items (quick checks); ``None`` runs all.
+        workers: items answered concurrently (threads; useful with the HTTP backend only, see module docs).
+        retry_errors: rerun items whose earlier attempt ended in an error line (the new line supersedes it).
+        scoring: keyword arguments for the benchmark's ``score`` (``extractor``, ``unparsed``, ``seed``); empty
+            means the benchmark's official defaults.
+        run_info: what identifies the models (e.g. ``{"mllm": ..., "clip": ...}``), stored with the predictions;
+            resuming a file made with different settings is refused, so answers of two setups never mix.
+    """
+
+    benchmark: str
+    annotations: str | Path
+    videos: str | Path | None
+    output_dir: str | Path
+    samplers: Sequence[str] = ("bolt",)
+    budgets: Sequence[int] = (32,)
+    sampler_checkpoint: str | None = None
+    limit: int | None = None
+    workers: int = 1
+    retry_errors: bool = False
+    scoring: Mapping[str, Any] = field(default_factory=dict)
+    run_info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        get_benchmark(self.benchmark)  # raises, listing the known names
+        self.samplers = list(dict.fromkeys(self.samplers))
+        self.budgets = sorted(set(self.budgets))
+        if not self.samplers:
+            raise ValueError("samplers must name at least one sampler")
+        unknown = [name for name in self.samplers if name not in available_samplers()]
+        if unknown:
+            raise ValueError(f"unknown sampler {unknown[0]!r}; choose from: {', '.join(available_samplers())}")
+        if ("usampler" in self.samplers) != (self.sampler_checkpoint is not None):
+            raise ValueError(
+                "the U-Sampler needs trained weights: pass a sampler checkpoint folder"
+                if "usampler" in self.samplers
+                else "a sampler checkpoint is only used with the usampler sampler"
+            )
+        if not self.budgets or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.budgets):
+            raise ValueError(f"budgets must be positive integers, got {list(self.budgets)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or None for all items), got {self.limit}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        unknown_scoring = set(self.scoring) - {"extractor", "unparsed", "seed"}
+        if unknown_scoring:
+            raise ValueError(f"unknown scoring option {sorted(unknown_scoring)[0]!r}; use extractor, unparsed, seed")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prediction files
+# --------------------------------------------------------------------------------------------------------------
+def predictions_path(output_dir: str | Path, benchmark: str, sampler: str, k: int) -> Path:
+    """Where the predictions of one (benchmark, sampler, K) run live."""
+    return Path(output_dir) / "predictions" / benchmark / f"{sampler}_k{k}.jsonl"
+
+
+class PredictionLog:
+    """An append-only JSONL file of per-item records that survives crashes.
+
+    Opening reads the existing records; a last line without its newline is the trace of a crash mid-write: it is
+    kept when it is a whole JSON record (the crash hit between the record and its newline) and cut off otherwise.
+    Any other unreadable line is an error naming the file and line, since it was not written by this class.
+    Later records of an id supersede earlier ones (a retried error). :meth:`append` is thread-safe.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.records: dict[str, dict[str, Any]] = {}
+        self.repaired = False
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        complete, newline, tail = data.rpartition(b"\n")
+        if tail:
+            try:
+                record = json.loads(tail)
+                whole = isinstance(record, dict) and "id" in record
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                whole = False
+            with self.path.open("r+b") as file:
+                if whole:
+                    file.seek(0, os.SEEK_END)
+                    file.write(b"\n")
+                else:
+                    logger.warning(
+                        "%s: dropping a partial last line (a crash mid-write); that item is redone", self.path
+                    )
+                    file.truncate(len(complete) + len(newline))
+                file.flush()
+                os.fsync(file.fileno())
+            self.repaired = True
+            data = self.path.read_bytes()
+        for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{self.path}:{number}: not a prediction record ({err.msg}); fix or delete the file"
+                ) from None
+            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+                raise ValueError(f"{self.path}:{number}: a prediction record needs a string 'id'")
+            self.records[record["id"]] = record
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Write one record as one line, flush and fsync: once this returns, the record survives a crash."""
+        line = json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+        with self._lock, self.path.open("a", encoding="utf-8") as file:
+            file.write(line)
+            file.flush()
+            os.fsync(file.fileno())
+            self.records[str(record["id"])] = dict(record)
+
+    def done_ids(self, *, retry_errors: bool = False) -> set[str]:
+        """Ids with a record (without those that ended in an error, when they are to be retried)."""
+        return {key for key, rec in self.records.items() if not (retry_errors and rec.get("status") == "error")}
+
+
+def _check_run_settings(predictions: Path, settings: Mapping[str, Any], has_records: bool) -> None:
+    """Store the settings beside a prediction file; refuse to append to one made with other settings."""
+    path = predictions.with_suffix(".run.json")
+    if path.exists():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(key for key in set(stored) | set(settings) if stored.get(key) != settings.get(key))
+        if changed and has_records:
+            details = "; ".join(f"{key}: {stored.get(key)!r} then, {settings.get(key)!r} now" for key in changed)
+            raise ValueError(
+                f"{predictions} holds predictions made with other settings ({details}); "
+                "use another output folder, or delete that file to start the run again"
+            )
+    write_text_atomically(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Items
+# --------------------------------------------------------------------------------------------------------------
+def is_run_fatal(error: BaseException) -> bool:
+    """Whether ``error`` is about the model server rather than the item (unreachable, overloaded, auth...)."""
+    if isinstance(error, BackendConnectionError):
+        return True
+    return isinstance(error, BackendHTTPError) and error.status_code not in ITEM_HTTP_STATUSES
+
+
+def _official_outcome(bench: BenchmarkSpec, item: QAItem, reply: str, scoring: Mapping[str, Any]) -> dict[str, Any]:
+    """The benchmark's own rule applied to one reply: the letter it reads and whether that is correct."""
+    if item.answer is None:
+        return {"scored_letter": None, "correct": None}
+    scored = bench.score([item], {item.id: reply}, **scoring)["items"][0]
+    return {"scored_letter": scored["chosen"], "correct": scored["correct"] if scored["counted"] else None}
+
+
+def answer_item(
+    qa: VideoQA,
+    bench: BenchmarkSpec,
+    item: QAItem,
+    *,
+    sampler: str,
+    k: int,
+    sampler_checkpoint: str | None = None,
+    scoring: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Ask one item and return its prediction record; a failure becomes an error record unless it is about the
+    model server (:func:`is_run_fatal`), which is raised.
+
+    Record fields: ``id``, ``video``, ``question``, ``options``, ``answer``, ``reply``, ``letter`` (our parser's
+    letter), ``status`` (the parser's status, or ``"error"``), ``scored_letter`` and ``correct`` (by the
+    benchmark's official rule; ``correct`` is ``None`` when the rule leaves the item out or it has no ground
+    truth), ``queries``, ``chosen_timestamps``, ``timings`` (seconds per stage), and ``error`` on failures.
+    """
+    base = {
+        "id": item.id,
+        "video": item.video,
+        "question": item.question,
+        "options": list(item.options),
+        "answer": item.answer,
+        "sampler": sampler,
+        "k": k,
+    }
+    start = time.perf_counter()
+    try:
+        answer = qa.ask(
+            item.video,
+            item.question,
+            list(item.options),
+            k=k,
+            sampler=sampler,
+            sampler_checkpoint=sampler_checkpoint if sampler == "usampler" else None,
+        )
+    except Exception as error:  # any per-item failure is recorded so the run goes on
+        if is_run_fatal(error):
+            raise
+        logger.warning("item %s failed: %s: %s", item.id, type(error).__name__, error)
+        return {
+            **base,
+            "reply": None,
+            "letter": None,
+            "status": "error",
+            "scored_letter": None,
+            "correct": False if item.answer is not None else None,
+            "error": f"{type(error).__name__}: {error}",
+            "queries": [],
+            "chosen_timestamps": [],
+            "timings": {"total": time.perf_counter() - start},
+        }
+    return {
+        **base,
+        "reply": answer.reply,
+        "letter": answer.letter,
+        "status": answer.status,
+        **_official_outcome(bench, item, answer.reply, scoring or {}),
+        "queries": answer.queries,
+        "queries_from_question": answer.queries_from_question,
+        "chosen_timestamps": answer.chosen_timestamps,
+        "timings": {**answer.timings, "total": time.perf_counter() - start},
+    }
+
+
+def _answer_all(
+    pending: Sequence[QAItem], ask: Callable[[QAItem], dict[str, Any]], workers: int
+) -> Iterator[dict[str, Any]]:
+    """Records of ``pending`` in completion order. With workers, at most ``2 * workers`` items are queued so
+    a fatal error stops the run quickly; the error is raised after the items in flight finish and are yielded."""
+    if workers == 1:
+        for item in pending:
+            yield ask(item)
+        return
+    queue = iter(pending)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msjoe-eval") as pool:
+        running: set[Future[dict[str, Any]]] = set()
+        fatal: BaseException | None = None
+        while True:
+            while fatal is None and len(running) < 2 * workers and (item := next(queue, None)) is not None:
+                running.add(pool.submit(ask, item))
+            if not running:
+                break
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                try:
+                    yield future.result()
+                except Exception as error:  # the first fatal error is raised once the pool drains
+                    fatal = fatal or error
+        if fatal is not None:
+            raise fatal
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------------------
+def _score_run(
+    bench: BenchmarkSpec, items: Sequence[QAItem], records: Mapping[str, Mapping[str, Any]], scoring: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The official report over ``items`` (failed items count as wrong), without the per-item list (that is
+    in the prediction file); ``None`` when no item has ground truth."""
+    gradable = [item for item in items if item.answer is not None]
+    if not gradable:
+        return None
+    predictions = {
+        item.id: records[item.id]["reply"]
+        for item in gradable
+        if item.id in records and records[item.id].get("status") != "error"
+    }
+    report = bench.score(gradable, predictions, missing_predictions="wrong", **scoring)
+    report.pop("items", None)
+    return report
+
+
+def _load_scores(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {"benchmarks": {}}
+    try:
+        scores = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON ({err.msg}); delete it, it is rebuilt by the next run") from None
+    if not isinstance(scores, dict) or not isinstance(scores.get("benchmarks"), dict):
+        raise ValueError(f"{path}: not a msjoe scores file; delete it, it is rebuilt by the next run")
+    return scores
+
+
+def write_reports(output_dir: str | Path, scores: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write ``scores.json`` and ``report.md`` atomically; return their paths."""
+    out = Path(output_dir)
+    scores_path = write_text_atomically(out / SCORES_FILE, json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
+    report_path = write_text_atomically(out / REPORT_FILE, render_markdown(scores))
+    return scores_path, report_path
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+def run_eval(
+    qa: VideoQA, config: EvalConfig, *, progress: bool = True, loaded: LoadResult | None = None
+) -> dict[str, Any]:
+    """Run every (sampler, K) of ``config`` over the benchmark's items, resuming finished ones, then score and
+    write ``scores.json`` and ``report.md``. Returns this benchmark's entry of ``scores.json``.
+
+    ``loaded`` skips loading the annotations (tests, or callers that filtered the items themselves).
+    Raises the backend error when the model server fails (see :func:`is_run_fatal`); finished items are saved.
+    """
+    bench = get_benchmark(config.benchmark)
+    out = Path(config.output_dir)
+    result = loaded if loaded is not None else bench.load(config.annotations, config.videos)
+    items = result.items[: config.limit] if config.limit is not None else list(result.items)
+    scoring = dict(config.scoring)
+    for name in config.samplers:  # fail on a bad sampler or checkpoint before any item runs
+        qa.sampler(name, config.sampler_checkpoint if name == "usampler" else None)
+    pipeline_settings = {
+        key: value for key, value in dataclasses.asdict(qa.config).items() if key not in ("k", "sampler")
+    }
+    pipeline_settings["sampler_checkpoint"] = None
+
+    logs: dict[tuple[str, int], PredictionLog] = {}
+    pending: dict[tuple[str, int], list[QAItem]] = {}
+    for sampler in config.samplers:
+        for k in config.budgets:
+            path = predictions_path(out, bench.name, sampler, k)
+            log = PredictionLog(path)
+            settings = {
+                **pipeline_settings,
+                **dict(config.run_info),
+                "benchmark": bench.name,
+                "sampler": sampler,
+                "k": k,
+                "sampler_checkpoint": config.sampler_checkpoint if sampler == "usampler" else None,
+                "scoring": scoring,
+            }
+            _check_run_settings(path, json.loads(json.dumps(settings)), bool(log.records))
+            done = log.done_ids(retry_errors=config.retry_errors)
+            logs[sampler, k] = log
+            pending[sampler, k] = [item for item in items if item.id not in done]
+
+    total = sum(len(todo) for todo in pending.values())
+    with _progress(progress) as bar:
+        task = bar.add_task(f"{bench.name}", total=total)
+        for (sampler, k), todo in pending.items():
+            bar.update(task, description=f"{bench.name} {sampler} K={k}")
+
+            def ask(item: QAItem, sampler: str = sampler, k: int = k) -> dict[str, Any]:
+                return answer_item(
+                    qa, bench, item, sampler=sampler, k=k, sampler_checkpoint=config.sampler_checkpoint, scoring=scoring
+                )
+
+            for record in _answer_all(todo, ask, config.workers):
+                logs[sampler, k].append(record)
+                bar.advance(task)
+
+    runs = []
+    for (sampler, k), log in logs.items():
+        selected = [log.records[item.id] for item in items if item.id in log.records]
+        errors = [record["id"] for record in selected if record.get("status") == "error"]
+        runs.append(
+            {
+                "sampler": sampler,
+                "k": k,
+                "items": len(items),
+                "errors": len(errors),
+                "error_ids": errors,
+                "error_messages": {record["id"]: record.get("error") for record in selected if record["id"] in errors},
+                "predictions": log.path.relative_to(out).as_posix(),
+                "report": _score_run(bench, items, log.records, scoring),
+            }
+        )
+
+    scores = _load_scores(out / SCORES_FILE)
+    previous = scores["benchmarks"].get(bench.name, {})
+    # Runs of this benchmark from earlier invocations (other samplers or budgets) stay in the report.
+    kept = [run for run in previous.get("runs", []) if (run["sampler"], run["k"]) not in logs]
+    entry = {
+        "annotations": str(config.annotations),
+        "videos": None if config.videos is None else str(config.videos),
+        "limit": config.limit,
+        "items": len(items),
+        "missing_items": [item.id for item in result.missing],
+        "missing_videos": result.missing_videos,
+        "skipped_rows": [row.to_dict() for row in result.skipped],
+        "run_info": dict(config.run_info),
+        "runs": sorted([*kept, *runs], key=lambda run: (run["sampler"], run["k"])),
+    }
+    scores["benchmarks"][bench.name] = entry
+    write_reports(out, scores)
+    return entry
