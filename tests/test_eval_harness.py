@@ -134,7 +134,7 @@ def test_run_writes_predictions_and_a_report(qa: VideoQA, server: ScriptedServer
     report = (out / "report.md").read_text()
     summary_row = next(line for line in report.splitlines() if line.startswith("| longvideobench | uniform"))
     assert summary_row == "| longvideobench | uniform | accuracy | 50.0 |"
-    assert "absent.mp4" in report and "`q3`" in report
+    assert "absent.mp4" in report and "`q3 (all runs): NotAVideoError" in report
     assert "| S2E | 100.0 (2) | 100.0 (2) |" in report
 
 

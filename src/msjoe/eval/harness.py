@@ -17,6 +17,9 @@ An item whose pipeline raises (corrupt video, a request the server rejects as to
 (``retry_errors``). Failures that are not the item's fault (the model server unreachable, overloaded or
 refusing the credentials) stop the run instead: every finished item is already saved, so a rerun resumes.
 
+Scores: ``correct`` in a prediction line is the benchmark's official rule applied when the line was written; the
+reports always rescore the stored replies with the current scoring options, so changing them needs no rerun.
+
 Concurrency: ``workers > 1`` answers items from a thread pool. It only pays with the HTTP backend, where the
 time goes into waiting for the server; a local transformers model computes one request at a time anyway (and
 is not meant to be shared across threads), so keep ``workers=1`` there.
@@ -296,7 +299,8 @@ def _answer_all(
             yield ask(item)
         return
     queue = iter(pending)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msjoe-eval") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msjoe-eval")
+    try:
         running: set[Future[dict[str, Any]]] = set()
         fatal: BaseException | None = None
         while True:
@@ -312,6 +316,9 @@ def _answer_all(
                     fatal = fatal or error
         if fatal is not None:
             raise fatal
+    finally:
+        # On Ctrl-C or a failed write, queued items must not start: their answers would not be saved.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -412,7 +419,6 @@ def run_eval(
                 "sampler": sampler,
                 "k": k,
                 "sampler_checkpoint": config.sampler_checkpoint if sampler == "usampler" else None,
-                "scoring": scoring,
             }
             _check_run_settings(path, json.loads(json.dumps(settings)), bool(log.records))
             done = log.done_ids(retry_errors=config.retry_errors)

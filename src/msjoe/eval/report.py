@@ -121,6 +121,21 @@ def _breakdown_tables(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _failures(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per failed item: its id, the runs it failed in, and the first error message."""
+    runs_of: dict[str, list[str]] = {}
+    message_of: dict[str, str] = {}
+    for run in runs:
+        for item_id in run["error_ids"]:
+            runs_of.setdefault(item_id, []).append(f"{run['sampler']} K={run['k']}")
+            message_of.setdefault(item_id, str(run.get("error_messages", {}).get(item_id) or ""))
+    everywhere = len(runs)
+    return [
+        f"{item_id} ({'all runs' if len(names) == everywhere else ', '.join(names)}): {message_of[item_id][:200]}"
+        for item_id, names in runs_of.items()
+    ]
+
+
 def _listing(title: str, values: Sequence[object]) -> list[str]:
     if not values:
         return []
@@ -154,9 +169,7 @@ def render_markdown(scores: Mapping[str, Any]) -> str:
                 "",
             ]
         lines += ["### Runs", "", *_run_table(bench["runs"]), ""]
-        for run in bench["runs"]:
-            if run["error_ids"]:
-                lines += _listing(f"Failed items, {run['sampler']} K={run['k']}", run["error_ids"])
+        lines += _listing("Failed items (counted as wrong)", _failures(bench["runs"]))
         lines += _listing("Missing videos", bench["missing_videos"])
         lines += _listing(
             "Skipped annotation rows", [f"{row['location']}: {row['reason']}" for row in bench["skipped_rows"]]
