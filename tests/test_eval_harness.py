@@ -5,6 +5,7 @@ chosen by the test."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,13 @@ def test_retry_errors_supersedes_the_error_line(qa: VideoQA, benchmark_files, tm
 def test_workers_answer_concurrently_with_the_same_results(
     qa: VideoQA, server: ScriptedServer, benchmark_files, tmp_path: Path
 ) -> None:
+    def slow_scripted(handler: Handler, body: dict[str, Any]) -> None:
+        time.sleep(0.2)  # long enough that items answered from several threads overlap at the server
+        scripted_mllm(handler, body)
+
+    server.default = slow_scripted
     entry = run_eval(qa, config(benchmark_files, tmp_path / "out", samplers=["bolt"], workers=3), progress=False)
+    assert server.max_in_flight >= 2
     lines = read_lines(predictions_path(tmp_path / "out", "longvideobench", "bolt", 2))
     assert sorted(line["id"] for line in lines) == ["q0", "q1", "q2", "q3"]
     assert entry["runs"][0]["report"]["overall"] == {"correct": 2, "total": 4, "accuracy": 0.5}
