@@ -627,6 +627,11 @@ def test_read_predictions_jsonl_and_errors(tmp_path):
     path = tmp_path / "preds.jsonl"
     path.write_text('{"id": "a", "reply": "B"}\n\n{"id": 7, "reply": "(C)"}\n')
     assert read_predictions(path) == {"a": "B", "7": "(C)"}
+    # The harness's error lines (pipeline failed, no reply) are skipped, also when a retry answered the item.
+    path.write_text(
+        '{"id": "a", "reply": null, "status": "error"}\n{"id": "b", "reply": "A"}\n{"id": "a", "reply": "C"}\n'
+    )
+    assert read_predictions(path) == {"b": "A", "a": "C"}
     path.write_text('{"id": "a", "reply": "B"}\n{"id": "a", "reply": "C"}\n')
     with pytest.raises(ValueError, match=r"preds.jsonl:2: duplicate id 'a'"):
         read_predictions(path)

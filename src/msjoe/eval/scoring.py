@@ -419,7 +419,8 @@ def build_report(
 def read_predictions(path: str | Path) -> dict[str, str]:
     """Replies by item id from a prediction file, in any of these layouts:
 
-    - JSONL, one ``{"id": ..., "reply": ...}`` per line (what our harness writes);
+    - JSONL, one ``{"id": ..., "reply": ...}`` per line (what our harness writes; its error lines, with
+      ``"status": "error"`` and no reply, are skipped: choose how they count with ``missing_predictions``);
     - a JSON object ``{id: reply}`` (LVBench's answer file for ``compute_accuracy.py``; lmms-eval's
       LongVideoBench submission file);
     - Video-MME's official results file (``evaluation/output_test_template.json`` in BradyFU/Video-MME): a list of
@@ -461,6 +462,8 @@ def _read_jsonl_predictions(path: Path, text: str) -> dict[str, str]:
             raise ValueError(f"{path}:{number}: invalid JSON: {err.msg}") from None
         if not isinstance(record, dict):
             raise ValueError(f"{path}:{number}: expected an object with 'id' and 'reply'")
+        if record.get("status") == "error" and record.get("reply") is None:
+            continue  # the pipeline failed on this item: there is no reply to score
         for name in ("id", "reply"):
             if name not in record:
                 raise ValueError(f"{path}:{number}: field {name!r} is required")
