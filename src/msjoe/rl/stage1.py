@@ -1,0 +1,324 @@
+"""Stage 1 of MSJoE: pre-train the U-Sampler with REINFORCE and the difficulty-aware reward, the MLLM frozen.
+
+For each item (a similarity matrix ``S`` and a difficulty ``c``, the base MLLM's pass rate with uniform frames),
+the sampler draws K frames without replacement from ``p = softmax(logits)``, a frozen answerer answers from them,
+and the sampler is pushed towards the draws that led to a correct answer (paper)::
+
+    A    = 1 / c if correct, -1 / (1 - c) if wrong            (msjoe.rl.rewards.difficulty_advantage, |A| <= clip)
+    loss = -A · log P(selected frames)                          (msjoe.rl.losses.reinforce_loss)
+
+The difficulty-aware advantage is itself a baseline of sorts: under the uniform sampler its expectation is
+``c · 1/c - (1 - c) · 1/(1 - c) = 0``, so only doing *better than uniform* earns a positive signal. Two choices are
+ours (both configurable in :class:`Stage1Config`):
+
+- ``samples_per_item`` draws per item share one forward pass. With ``baseline="group_mean"`` each draw's advantage
+  is reduced by the mean advantage of its item's group (the standard REINFORCE variance reduction; it removes the
+  item-level luck — an item the sampler already solves, or cannot solve — and keeps only "this draw was better
+  than the other draws of the same item"). ``samples_per_item=1, baseline="none"`` is the paper's form.
+- the log-probability is the exact Plackett–Luce one by default (``estimator="independent"``: the paper's sum).
+
+The answerer is an interface, :class:`Answerer` (``answer_correct(item, chosen_indices) -> bool``), so the same
+loop trains against :class:`msjoe.rl.simulator.SimulatedAnswerer` on CPU or against a real MLLM. Items are any
+objects with ``sim`` and ``difficulty`` (:class:`Stage1Item`); the answerer receives the item itself, so it can
+carry whatever the answerer needs (the video, the question and options, the gold letter).
+
+:class:`Stage1Trainer` owns the optimiser and the sampling RNG; :meth:`Stage1Trainer.state_dict` captures both
+with the step count, so a run resumes exactly (the answerer's own RNG, if any, is the caller's to save).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+
+from msjoe.rl.losses import reinforce_loss, sampler_log_prob
+from msjoe.rl.rewards import difficulty_advantage
+from msjoe.samplers.selection import gumbel_topk
+from msjoe.samplers.usampler import ESTIMATORS, USampler
+
+logger = logging.getLogger(__name__)
+
+Baseline = Literal["none", "group_mean"]
+BASELINES = ("none", "group_mean")
+LRSchedule = Literal["constant", "cosine"]
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@runtime_checkable
+class Stage1Item(Protocol):
+    """What stage 1 needs from a training item."""
+
+    @property
+    def sim(self) -> torch.Tensor:
+        """Query-frame similarities ``[Nq, T]``."""
+        ...
+
+    @property
+    def difficulty(self) -> float:
+        """The base MLLM's pass rate ``c`` in [0, 1] with uniform frames, at the training budget."""
+        ...
+
+
+@runtime_checkable
+class Answerer(Protocol):
+    """The frozen MLLM of stage 1, reduced to what REINFORCE needs: was the answer from these frames correct?"""
+
+    def answer_correct(self, item: Any, chosen_indices: torch.Tensor) -> bool:
+        """Answer ``item``'s question from the candidates ``chosen_indices`` (sorted by time); True if correct."""
+        ...
+
+
+@dataclass
+class Stage1Config:
+    """Hyper-parameters of stage-1 sampler training (saved with checkpoints; see :meth:`to_dict`)."""
+
+    learning_rate: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    lr_schedule: LRSchedule = "cosine"
+    """``"constant"`` or ``"cosine"`` (decay to ``min_lr_ratio`` of the peak over ``steps``); both after warmup.
+    REINFORCE on a softmax over thousands of frames drifts once the policy is good; decaying the rate keeps the
+    late updates from undoing the early ones."""
+    warmup_steps: int = 20
+    """Linear warmup from 0 to ``learning_rate`` over this many steps."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate of the cosine schedule as a fraction of ``learning_rate``."""
+    entropy_coef: float = 0.0
+    """Weight of an entropy bonus ``-entropy_coef * mean H(p)`` (nats) in the loss; 0 (default) is the paper's
+    loss. It resists the collapse of ``p`` onto a few frames."""
+    steps: int = 300
+    """Optimiser steps :meth:`Stage1Trainer.train` runs."""
+    k: int = 16
+    """Frames drawn per rollout (the training budget; the items' difficulty should refer to it)."""
+    batch_size: int = 8
+    """Items per optimiser step."""
+    samples_per_item: int = 4
+    """Draws of K frames per item, sharing one forward pass (G). The paper's form is 1."""
+    baseline: Baseline = "group_mean"
+    """``"none"`` (paper): the advantage is the difficulty-aware reward. ``"group_mean"``: minus the mean of the
+    item's G advantages (needs ``samples_per_item >= 2``)."""
+    estimator: str = "plackett_luce"
+    """``log P(selected frames)``: ``"plackett_luce"`` (exact for draws without replacement) or ``"independent"``
+    (the paper's ``sum_k log p(x_k)``)."""
+    advantage_clip: float = 10.0
+    """``|A|`` bound of the difficulty-aware advantage (paper: A = 10 for c = 0)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this (None: no clipping)."""
+    seed: int = 0
+    """Seeds the draws of frames (the trainer's own generator; the global RNG is not used)."""
+    log_interval: int = 10
+    """Log (and record in the history) the running means every this many steps; 0 disables logging."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        for name in ("steps", "k", "batch_size", "samples_per_item"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "steps" else 1):
+                raise ValueError(
+                    f"{name} must be a {'non-negative' if name == 'steps' else 'positive'} int, got {value!r}"
+                )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
+        if not (math.isfinite(self.entropy_coef) and self.entropy_coef >= 0):
+            raise ValueError(f"entropy_coef must be >= 0, got {self.entropy_coef!r}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if self.baseline == "group_mean" and self.samples_per_item < 2:
+            raise ValueError("baseline='group_mean' needs samples_per_item >= 2 (a group of one has zero advantage)")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if not (math.isfinite(self.advantage_clip) and self.advantage_clip > 0):
+            raise ValueError(f"advantage_clip must be a positive number, got {self.advantage_clip!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be None or > 0, got {self.max_grad_norm!r}")
+        if isinstance(self.log_interval, bool) or not isinstance(self.log_interval, int) or self.log_interval < 0:
+            raise ValueError(f"log_interval must be a non-negative int, got {self.log_interval!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``learning_rate`` for update number ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        if self.lr_schedule == "constant":
+            return 1.0
+        span = max(1, self.steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class Stage1StepStats:
+    """What one optimiser step saw (plain floats, detached)."""
+
+    step: int
+    """The step number after this update (1 for the first)."""
+    loss: float
+    accuracy: float
+    """Fraction of this step's rollouts answered correctly."""
+    mean_advantage: float
+    """Mean difficulty-aware advantage before any baseline (> 0 on average means better than uniform)."""
+    mean_difficulty: float
+    grad_norm: float
+    """Global gradient norm before clipping."""
+    seconds: float
+
+
+class Stage1Trainer:
+    """REINFORCE over a frozen answerer: draw K frames per rollout, ask the answerer, update the sampler.
+
+    ``trainer.train(items)`` runs ``config.steps`` steps over an iterable of :class:`Stage1Item` (an endless
+    stream is fine: exactly ``steps * batch_size`` items are consumed); ``trainer.step(batch)`` does one update
+    on a given batch, for callers that drive the loop themselves. The sampler's :attr:`~USampler.training_steps`
+    counts the updates, so a :meth:`~USampler.save_pretrained` afterwards is marked trained.
+    """
+
+    def __init__(
+        self,
+        sampler: USampler,
+        answerer: Answerer,
+        config: Stage1Config | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        if not isinstance(answerer, Answerer):
+            raise TypeError(f"answerer must have an answer_correct(item, chosen_indices) method, got {answerer!r}")
+        self.sampler = sampler
+        self.answerer = answerer
+        self.config = config or Stage1Config()
+        self.optimizer = optimizer or torch.optim.AdamW(
+            sampler.module.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
+        )
+        # Draws come from the trainer's own generator (on the sampler's device), never from the global RNG.
+        self.generator = torch.Generator(device=sampler.device).manual_seed(self.config.seed)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.config.lr_factor)
+        self.step_count = 0
+
+    def step(self, items: Sequence[Stage1Item]) -> Stage1StepStats:
+        """One optimiser step on ``items``: ``samples_per_item`` rollouts each, one backward pass."""
+        if not items:
+            raise ValueError("a stage-1 step needs at least one item")
+        config = self.config
+        started = time.perf_counter()
+        self.sampler.module.train()
+        log_probs, advantages, raw_advantages, correct, entropies = [], [], [], [], []
+        for item in items:
+            difficulty = float(item.difficulty)
+            logits = self.sampler.logits(item.sim)  # one forward pass serves the item's whole group
+            if config.entropy_coef:
+                log_p = torch.log_softmax(logits, dim=-1)
+                entropies.append(-(log_p.exp() * log_p).sum())
+            group_log_probs, group_advantages = [], []
+            for _ in range(config.samples_per_item):
+                order = gumbel_topk(logits, config.k, generator=self.generator)
+                chosen = torch.sort(order).values
+                hit = bool(self.answerer.answer_correct(item, chosen))
+                group_log_probs.append(sampler_log_prob(logits, order, config.estimator))
+                group_advantages.append(difficulty_advantage(hit, difficulty, clip=config.advantage_clip))
+                correct.append(hit)
+            group = torch.stack(group_advantages).float()
+            raw_advantages.append(group)
+            advantages.append(group - group.mean() if config.baseline == "group_mean" else group)
+            log_probs += group_log_probs
+        loss = reinforce_loss(torch.stack(log_probs), torch.cat(advantages).to(self.sampler.device))
+        if entropies:
+            loss = loss - config.entropy_coef * torch.stack(entropies).mean()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        parameters = [p for p in self.sampler.module.parameters() if p.grad is not None]
+        max_norm = config.max_grad_norm if config.max_grad_norm is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_count += 1
+        self.sampler.training_steps += 1
+        raw = torch.cat(raw_advantages)
+        return Stage1StepStats(
+            step=self.step_count,
+            loss=float(loss.detach()),
+            accuracy=sum(correct) / len(correct),
+            mean_advantage=float(raw.mean()),
+            mean_difficulty=sum(float(item.difficulty) for item in items) / len(items),
+            grad_norm=grad_norm,
+            seconds=time.perf_counter() - started,
+        )
+
+    def train(
+        self, items: Iterable[Stage1Item], callback: Callable[[Stage1StepStats], None] | None = None
+    ) -> list[Stage1StepStats]:
+        """Run ``config.steps`` steps over ``items`` (batches of ``config.batch_size``); return every step's stats.
+
+        Stops early, with a warning, if ``items`` runs out. ``callback`` gets each step's stats (e.g. to evaluate
+        or checkpoint every N steps). Running means are logged every ``config.log_interval`` steps.
+        """
+        history: list[Stage1StepStats] = []
+        iterator = iter(items)
+        for _ in range(self.config.steps):
+            batch = _take(iterator, self.config.batch_size)
+            if not batch:
+                logger.warning("stage 1: items ran out after %d steps", self.step_count)
+                break
+            stats = self.step(batch)
+            history.append(stats)
+            if callback is not None:
+                callback(stats)
+            interval = self.config.log_interval
+            if interval and stats.step % interval == 0:
+                recent = history[-interval:]
+                logger.info(
+                    "stage 1 step %d: loss %.4f, rollout accuracy %.3f, mean advantage %+.3f, grad norm %.3f, "
+                    "%.2f s/step",
+                    stats.step,
+                    _mean(s.loss for s in recent),
+                    _mean(s.accuracy for s in recent),
+                    _mean(s.mean_advantage for s in recent),
+                    _mean(s.grad_norm for s in recent),
+                    _mean(s.seconds for s in recent),
+                )
+        return history
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimiser, sampling RNG and step count; with the sampler's weights this resumes a run exactly."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "step": self.step_count,
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (load the sampler's weights separately, e.g. with ``from_pretrained``)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.step_count = int(state["step"])
+
+
+def _take(iterator: Iterator[Stage1Item], count: int) -> list[Stage1Item]:
+    batch = []
+    for item in iterator:
+        batch.append(item)
+        if len(batch) == count:
+            break
+    return batch
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
