@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from msjoe.atomic import write_text_atomically
 from msjoe.mllm.prompts import option_letters
 
 MIN_OPTIONS = 2
@@ -296,23 +295,5 @@ def write_qa_jsonl(path: str | Path, items: Iterable[QAItem], *, relative_to: st
         except (TypeError, ValueError) as err:
             raise QAFormatError(f"item {item.id!r} cannot be written as JSON: {err}", field="meta") from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, "".join(line + "\n" for line in lines))
+    write_text_atomically(path, "".join(line + "\n" for line in lines))
     return path
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file next to ``path``, fsync it, then rename it onto ``path``.
-
-    (:func:`msjoe.cache.atomic_writer` does the same but lives in a module that imports torch; the data layer
-    stays importable without it.)
-    """
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise

@@ -39,10 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msjoe.atomic import write_text_atomically
 from msjoe.data.benchmarks import get_benchmark
 from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult
 from msjoe.data.schema import QAItem
-from msjoe.eval.report import render_markdown, write_text_atomically
+from msjoe.eval.report import render_markdown
 from msjoe.mllm.errors import BackendConnectionError, BackendHTTPError
 from msjoe.pipeline import VideoQA
 from msjoe.samplers import available_samplers

@@ -1,4 +1,4 @@
-"""Markdown rendering of evaluation scores, and atomic text writes for the report files.
+"""Markdown rendering of evaluation scores.
 
 The input is the ``scores.json`` document the harness writes (see :mod:`msjoe.eval.harness`):
 ``{"benchmarks": {name: {"runs": [...], "missing_items": [...], ...}}}``. Rendering is a pure function of it, so
@@ -7,32 +7,11 @@ a report can be rebuilt from ``scores.json`` alone.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 # Lists longer than this are cut in the markdown (scores.json keeps them whole).
 MAX_LISTED = 50
-
-
-def write_text_atomically(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, fsync it and rename it onto ``path``, so a reader (or
-    a crash) never sees half a report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _percent(value: float | None) -> str:
