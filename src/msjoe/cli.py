@@ -40,6 +40,11 @@ StoreFramesOption = Annotated[
         help="Also keep every candidate frame as a JPEG (~25-130 MB per hour) so later questions skip seeking.",
     ),
 ]
+MllmOption = Annotated[
+    str, typer.Option("--mllm", help="MLLM: Hugging Face id, local folder, or an OpenAI-compatible http(s) URL.")
+]
+ModelOption = Annotated[str | None, typer.Option("--model", help="Model name to request from an HTTP server.")]
+DtypeOption = Annotated[str, typer.Option("--dtype", help="MLLM dtype: auto, bfloat16, float16, float32.")]
 DeviceOption = Annotated[
     str, typer.Option("--device", help="Torch device for the models: cpu, cuda, cuda:1, auto (CUDA when available).")
 ]
@@ -190,16 +195,14 @@ def ask(
     sampler_checkpoint: Annotated[
         Path | None, typer.Option(help="U-Sampler weights folder (required for --sampler usampler).")
     ] = None,
-    mllm: Annotated[
-        str, typer.Option(help="MLLM: Hugging Face id, local folder, or an OpenAI-compatible http(s) URL.")
-    ] = "Qwen/Qwen2.5-VL-7B-Instruct",
-    model: Annotated[str | None, typer.Option(help="Model name to request from an HTTP server.")] = None,
+    mllm: MllmOption = "Qwen/Qwen2.5-VL-7B-Instruct",
+    model: ModelOption = None,
     clip: ClipOption = "openai/clip-vit-large-patch14",
     fps: FpsOption = video_io.DEFAULT_FPS,
     max_frames: MaxFramesOption = video_io.DEFAULT_MAX_FRAMES,
     cache_dir: CacheOption = None,
     device: DeviceOption = "cpu",
-    dtype: Annotated[str, typer.Option(help="MLLM dtype: auto, bfloat16, float16, float32.")] = "auto",
+    dtype: DtypeOption = "auto",
     seed: Annotated[int, typer.Option(help="Seed for stochastic samplers.")] = 0,
     store_frames: StoreFramesOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
@@ -302,16 +305,14 @@ def evaluate(
     sampler_checkpoint: Annotated[
         Path | None, typer.Option(help="U-Sampler weights folder (required when --sampler lists usampler).")
     ] = None,
-    mllm: Annotated[
-        str, typer.Option(help="MLLM: Hugging Face id, local folder, or an OpenAI-compatible http(s) URL.")
-    ] = "Qwen/Qwen2.5-VL-7B-Instruct",
-    model: Annotated[str | None, typer.Option(help="Model name to request from an HTTP server.")] = None,
+    mllm: MllmOption = "Qwen/Qwen2.5-VL-7B-Instruct",
+    model: ModelOption = None,
     clip: ClipOption = "openai/clip-vit-large-patch14",
     fps: FpsOption = video_io.DEFAULT_FPS,
     max_frames: MaxFramesOption = video_io.DEFAULT_MAX_FRAMES,
     cache_dir: CacheOption = None,
     device: DeviceOption = "cpu",
-    dtype: Annotated[str, typer.Option(help="MLLM dtype: auto, bfloat16, float16, float32.")] = "auto",
+    dtype: DtypeOption = "auto",
     seed: Annotated[int, typer.Option(help="Seed for stochastic samplers and the random fallback.")] = 0,
     store_frames: StoreFramesOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print this benchmark's scores as JSON.")] = False,
