@@ -93,14 +93,15 @@ class Stage1Config:
     entropy_coef: float = 0.0
     """Weight of an entropy bonus ``-entropy_coef * mean H(p)`` (nats) in the loss; 0 (default) is the paper's
     loss. It resists the collapse of ``p`` onto a few frames."""
-    steps: int = 300
-    """Optimiser steps :meth:`Stage1Trainer.train` runs."""
+    steps: int = 600
+    """Optimiser steps :meth:`Stage1Trainer.train` runs (also the length of the cosine schedule)."""
     k: int = 16
     """Frames drawn per rollout (the training budget; the items' difficulty should refer to it)."""
     batch_size: int = 8
     """Items per optimiser step."""
-    samples_per_item: int = 4
-    """Draws of K frames per item, sharing one forward pass (G). The paper's form is 1."""
+    samples_per_item: int = 8
+    """Draws of K frames per item, sharing one forward pass (G). The paper's form is 1. More draws cost little
+    (one forward and backward pass per item whatever G) and give the group baseline a better mean."""
     baseline: Baseline = "group_mean"
     """``"none"`` (paper): the advantage is the difficulty-aware reward. ``"group_mean"``: minus the mean of the
     item's G advantages (needs ``samples_per_item >= 2``)."""
