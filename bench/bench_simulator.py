@@ -121,7 +121,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    command = "python bench/bench_simulator.py " + shlex.join(sys.argv[1:])
+    command = shlex.join(["python", "bench/bench_simulator.py", *sys.argv[1:]])
     config = Stage1Config(
         learning_rate=args.lr,
         steps=args.steps,

@@ -335,3 +335,14 @@ def test_stage1_resumes_exactly_from_its_state(tmp_path: Path) -> None:
 def test_stage1_config_rejects_bad_values(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Stage1Config(**changes)
+
+
+def test_learning_rate_schedule_by_hand() -> None:
+    config = Stage1Config(steps=12, warmup_steps=2, min_lr_ratio=0.1, lr_schedule="cosine")
+    factors = [config.lr_factor(step) for step in range(13)]
+    assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])  # linear warmup, then the peak
+    assert factors[7] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # half way: 0.55
+    assert factors[12] == pytest.approx(0.1)
+    assert all(a >= b for a, b in itertools.pairwise(factors[2:]))
+    constant = Stage1Config(steps=12, warmup_steps=0, lr_schedule="constant")
+    assert [constant.lr_factor(step) for step in (0, 5, 11)] == [1.0, 1.0, 1.0]
