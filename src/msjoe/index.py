@@ -33,6 +33,7 @@ from msjoe.cache import CacheKey, FeatureCache, FrameFeatures, fingerprint
 from msjoe.errors import CacheError, ModelLoadError
 from msjoe.features import DualEncoder
 from msjoe.frame_store import FrameStore
+from msjoe.progress import progress_bar
 from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VideoInfo, candidate_timestamps, iter_frames, probe
 
 __all__ = ["IndexFailure", "IndexReport", "index_video", "index_videos"]
@@ -92,8 +93,8 @@ def index_video(
             features = cache.put(key, features)
     if frame_store is not None:
         video_fingerprint = key.fingerprint if key is not None else None
-        progress_bar = functools.partial(_frame_progress, progress)
-        _store_frames(frame_store, path, video_fingerprint, fps, max_frames, threads, progress_bar)
+        frame_bar = functools.partial(_frame_progress, progress)
+        _store_frames(frame_store, path, video_fingerprint, fps, max_frames, threads, frame_bar)
     return features
 
 
@@ -231,12 +232,12 @@ def _store_frames(
     fps: float,
     max_frames: int,
     threads: int,
-    progress_bar: Callable[[str], AbstractContextManager[ProgressCallback | None]],
+    frame_bar: Callable[[str], AbstractContextManager[ProgressCallback | None]],
 ) -> bool:
     """Build ``path``'s frame store entry unless a usable one exists; return whether it was built."""
     if frame_store.has(path, fps=fps, max_frames=max_frames, fingerprint=video_fingerprint):
         return False
-    with progress_bar(f"{Path(path).name} (frames)") as on_frames:
+    with frame_bar(f"{Path(path).name} (frames)") as on_frames:
         frame_store.build(
             path, fps=fps, max_frames=max_frames, threads=threads, fingerprint=video_fingerprint, progress=on_frames
         )
@@ -276,35 +277,13 @@ def _compute(
     )
 
 
-def _rich_progress():  # rich is imported lazily, only when a bar is asked for
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),  # stdout stays clean for machine-readable output
-        transient=False,
-    )
-
-
 @contextmanager
 def _frame_progress(progress: bool | ProgressCallback, name: str) -> Iterator[ProgressCallback | None]:
     """A ``(done, total)`` callback for one video's frames: a rich bar, the user's callback, or nothing."""
     if callable(progress):
         yield progress
     elif progress:
-        with _rich_progress() as bar:
+        with progress_bar() as bar:
             task = bar.add_task(f"indexing {name}", total=None)
             yield lambda done, total: bar.update(task, completed=done, total=total)
     else:
@@ -318,7 +297,7 @@ def _batch_progress(
     """``(on_video_done, frame_progress(name))`` for :func:`index_videos`."""
     videos_done = 0
     if progress is True:
-        with _rich_progress() as bar:
+        with progress_bar() as bar:
             videos_task = bar.add_task("videos", total=num_videos)
 
             def on_video_done() -> None:

@@ -46,6 +46,7 @@ from msjoe.data.schema import QAItem
 from msjoe.eval.report import render_markdown
 from msjoe.mllm.errors import BackendConnectionError, BackendHTTPError
 from msjoe.pipeline import VideoQA
+from msjoe.progress import progress_bar
 from msjoe.samplers import available_samplers
 
 logger = logging.getLogger(__name__)
@@ -363,29 +364,6 @@ def write_reports(output_dir: str | Path, scores: Mapping[str, Any]) -> tuple[Pa
     return scores_path, report_path
 
 
-def _progress(enabled: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-
-
 def run_eval(
     qa: VideoQA, config: EvalConfig, *, progress: bool = True, loaded: LoadResult | None = None
 ) -> dict[str, Any]:
@@ -427,7 +405,7 @@ def run_eval(
             pending[sampler, k] = [item for item in items if item.id not in done]
 
     total = sum(len(todo) for todo in pending.values())
-    with _progress(progress) as bar:
+    with progress_bar(enabled=progress) as bar:
         task = bar.add_task(f"{bench.name}", total=total)
         for (sampler, k), todo in pending.items():
             bar.update(task, description=f"{bench.name} {sampler} K={k}")
