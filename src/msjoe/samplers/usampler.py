@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from msjoe.errors import ModelLoadError
 from msjoe.samplers import register_sampler
@@ -239,11 +240,13 @@ class USampler(Sampler):
         sim = check_similarity(sim, 1).to(self.device)
         return self.module(sim) / self.config.temperature
 
-    def logits_batch(self, sims: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def logits_batch(self, sims: Sequence[torch.Tensor], *, module: nn.Module | None = None) -> list[torch.Tensor]:
         """Logits of several items (any T and Nq each) in one forward pass; one ``[T_i]`` tensor per item.
 
         Items are right-padded to the longest T and the largest Nq and masked, so each result equals
         ``logits(sims[i])`` up to float rounding. Differentiable; use it to score a group of rollouts at once.
+        ``module`` runs a wrapper of :attr:`module` instead (a DDP/FSDP-prepared copy: its forward is what
+        synchronises gradients across processes).
         """
         if not sims:
             raise ValueError("logits_batch needs at least one similarity matrix")
@@ -257,7 +260,8 @@ class USampler(Sampler):
             batch[b, : sim.shape[0], : sim.shape[1]] = sim
             query_mask[b, : sim.shape[0]] = True
             frame_mask[b, : sim.shape[1]] = True
-        logits = self.module(batch, query_mask=query_mask, frame_mask=frame_mask) / self.config.temperature
+        network = self.module if module is None else module
+        logits = network(batch, query_mask=query_mask, frame_mask=frame_mask) / self.config.temperature
         return [logits[b, : sim.shape[1]] for b, sim in enumerate(checked)]
 
     def probs(self, sim: torch.Tensor) -> torch.Tensor:
