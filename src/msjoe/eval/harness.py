@@ -6,6 +6,7 @@ Layout of an output folder ``out``::
     out/predictions/<benchmark>/<sampler>_k<K>.run.json    the settings the lines were made with
     out/scores.json                                        every benchmark's runs and official reports
     out/report.md                                          the same as markdown tables
+    out/accuracy_vs_frames_<benchmark>.png                 headline metric vs K, one line per sampler
 
 Crash safety: a prediction line is written with one ``write`` then flushed and fsynced, so a crash loses at most
 the items in flight. On a rerun the file is read back, a trailing partial line (a crash mid-write) is cut off,
@@ -43,6 +44,7 @@ from msjoe.atomic import write_text_atomically
 from msjoe.data.benchmarks import get_benchmark
 from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult
 from msjoe.data.schema import QAItem
+from msjoe.eval.plots import write_plots
 from msjoe.eval.report import render_markdown
 from msjoe.mllm.errors import BackendConnectionError, BackendHTTPError
 from msjoe.pipeline import VideoQA
@@ -357,9 +359,11 @@ def _load_scores(path: Path) -> dict[str, Any]:
 
 
 def write_reports(output_dir: str | Path, scores: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write ``scores.json`` and ``report.md`` atomically; return their paths."""
+    """Write ``scores.json``, the accuracy-versus-frames plots and ``report.md`` (which links the plots), each
+    atomically; return the paths of ``scores.json`` and ``report.md``."""
     out = Path(output_dir)
     scores_path = write_text_atomically(out / SCORES_FILE, json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
+    write_plots(out, scores)
     report_path = write_text_atomically(out / REPORT_FILE, render_markdown(scores))
     return scores_path, report_path
 
@@ -368,7 +372,7 @@ def run_eval(
     qa: VideoQA, config: EvalConfig, *, progress: bool = True, loaded: LoadResult | None = None
 ) -> dict[str, Any]:
     """Run every (sampler, K) of ``config`` over the benchmark's items, resuming finished ones, then score and
-    write ``scores.json`` and ``report.md``. Returns this benchmark's entry of ``scores.json``.
+    write ``scores.json``, ``report.md`` and the plots. Returns this benchmark's entry of ``scores.json``.
 
     ``loaded`` skips loading the annotations (tests, or callers that filtered the items themselves).
     Raises the backend error when the model server fails (see :func:`is_run_fatal`); finished items are saved.

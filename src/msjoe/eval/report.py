@@ -2,13 +2,16 @@
 
 The input is the ``scores.json`` document the harness writes (see :mod:`msjoe.eval.harness`):
 ``{"benchmarks": {name: {"runs": [...], "missing_items": [...], ...}}}``. Rendering is a pure function of it, so
-a report can be rebuilt from ``scores.json`` alone.
+a report can be rebuilt from ``scores.json`` alone. Benchmarks with a scored run embed their accuracy-versus-frames
+plot (:mod:`msjoe.eval.plots`), which the harness writes beside ``report.md``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from msjoe.eval.plots import accuracy_series, plot_filename
 
 # Lists longer than this are cut in the markdown (scores.json keeps them whole).
 MAX_LISTED = 50
@@ -125,7 +128,8 @@ def _listing(title: str, values: Sequence[object]) -> list[str]:
 
 def render_markdown(scores: Mapping[str, Any]) -> str:
     """The report: a summary table benchmark × sampler × K with each benchmark's headline metric, then per
-    benchmark the counts, missing videos, failed items and per-category breakdowns."""
+    benchmark the counts, its accuracy-versus-frames plot, missing videos, failed items and per-category
+    breakdowns."""
     benchmarks: Mapping[str, Mapping[str, Any]] = scores.get("benchmarks", {})
     lines = ["# msjoe evaluation", ""]
     if not benchmarks:
@@ -148,6 +152,9 @@ def render_markdown(scores: Mapping[str, Any]) -> str:
                 "",
             ]
         lines += ["### Runs", "", *_run_table(bench["runs"]), ""]
+        metric, series = accuracy_series(bench)
+        if series:
+            lines += [f"![{name}: {metric} vs frames]({plot_filename(name)})", ""]
         lines += _listing("Failed items (counted as wrong)", _failures(bench["runs"]))
         lines += _listing("Missing videos", bench["missing_videos"])
         lines += _listing(
