@@ -42,3 +42,16 @@ class CacheError(MsjoeError):
 # --- models ------------------------------------------------------------------------------------------------
 class ModelLoadError(MsjoeError):
     """A model or processor could not be loaded from a Hugging Face id or a local folder."""
+
+
+class NonFiniteLossError(MsjoeError):
+    """A training loss (or gradient norm) came out NaN or infinite; the optimiser was not stepped.
+
+    ``step`` is the update that failed (1-based) and ``batch`` what the runner saves for inspection (item ids,
+    rollouts, statistics: anything picklable by ``torch.save``).
+    """
+
+    def __init__(self, message: str, *, step: int, batch: object = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.batch = batch

@@ -33,14 +33,18 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 
+from msjoe.errors import NonFiniteLossError
 from msjoe.rl.losses import reinforce_loss, sampler_log_prob
 from msjoe.rl.rewards import difficulty_advantage
 from msjoe.samplers.selection import gumbel_topk
 from msjoe.samplers.usampler import ESTIMATORS, USampler
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +187,13 @@ class Stage1StepStats:
     mean_difficulty: float
     grad_norm: float
     """Global gradient norm before clipping."""
+    entropy: float
+    """Mean entropy (nats) of the sampler's distribution over candidates (``log T`` when uniform)."""
+    learning_rate: float
+    """Learning rate of the next update."""
     seconds: float
+    frame_positions: tuple[float, ...] = ()
+    """This process's drawn frames as fractions of their video, ``(index + 0.5) / T`` (for histograms)."""
 
 
 class Stage1Trainer:
@@ -201,6 +211,7 @@ class Stage1Trainer:
         answerer: Answerer,
         config: Stage1Config | None = None,
         optimizer: torch.optim.Optimizer | None = None,
+        accelerator: Accelerator | None = None,
     ) -> None:
         if not isinstance(answerer, Answerer):
             raise TypeError(f"answerer must have an answer_correct(item, chosen_indices) method, got {answerer!r}")
@@ -210,29 +221,45 @@ class Stage1Trainer:
         self.optimizer = optimizer or torch.optim.AdamW(
             sampler.module.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
         )
-        # Draws come from the trainer's own generator (on the sampler's device), never from the global RNG.
-        self.generator = torch.Generator(device=sampler.device).manual_seed(self.config.seed)
+        # Not prepared by accelerate: its scheduler wrapper would step num_processes times per update.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.config.lr_factor)
+        self.accelerator = accelerator
+        # ``model`` runs the forward pass: the network itself, or its DDP/FSDP wrapper under accelerate.
+        self.model: torch.nn.Module = sampler.module
+        rank = 0
+        if accelerator is not None:
+            self.model, self.optimizer = accelerator.prepare(sampler.module, self.optimizer)
+            rank = accelerator.process_index
+        # Draws come from the trainer's own generator (on the sampler's device), never from the global RNG; each
+        # process draws differently.
+        self.generator = torch.Generator(device=sampler.device).manual_seed(self.config.seed + rank)
         self.step_count = 0
 
     def step(self, items: Sequence[Stage1Item]) -> Stage1StepStats:
-        """One optimiser step on ``items``: ``samples_per_item`` rollouts each, one backward pass."""
+        """One optimiser step on ``items``: ``samples_per_item`` rollouts each, one batched forward and backward.
+
+        Under ``accelerate`` each process passes its own items; gradients are averaged across processes and the
+        returned statistics are the means over all processes. Raises :class:`~msjoe.errors.NonFiniteLossError`
+        (without stepping) if the loss or the gradient norm is NaN or infinite.
+        """
         if not items:
             raise ValueError("a stage-1 step needs at least one item")
         config = self.config
         started = time.perf_counter()
-        self.sampler.module.train()
+        self.model.train()
+        # One forward pass for the whole batch (a DDP module must see one forward per backward).
+        all_logits = self.sampler.logits_batch([item.sim for item in items], module=self.model)
         log_probs, advantages, raw_advantages, correct, entropies = [], [], [], [], []
-        for item in items:
+        positions: list[float] = []
+        for item, logits in zip(items, all_logits, strict=True):
             difficulty = float(item.difficulty)
-            logits = self.sampler.logits(item.sim)  # one forward pass serves the item's whole group
-            if config.entropy_coef:
-                log_p = torch.log_softmax(logits, dim=-1)
-                entropies.append(-(log_p.exp() * log_p).sum())
+            log_p = torch.log_softmax(logits, dim=-1)
+            entropies.append(-(log_p.exp() * log_p).sum())
             group_log_probs, group_advantages = [], []
             for _ in range(config.samples_per_item):
-                order = gumbel_topk(logits, config.k, generator=self.generator)
+                order = gumbel_topk(logits.detach(), config.k, generator=self.generator)
                 chosen = torch.sort(order).values
+                positions += ((chosen.float() + 0.5) / logits.shape[-1]).tolist()
                 hit = bool(self.answerer.answer_correct(item, chosen))
                 group_log_probs.append(sampler_log_prob(logits, order, config.estimator))
                 group_advantages.append(difficulty_advantage(hit, difficulty, clip=config.advantage_clip))
@@ -241,29 +268,71 @@ class Stage1Trainer:
             raw_advantages.append(group)
             advantages.append(group - group.mean() if config.baseline == "group_mean" else group)
             log_probs += group_log_probs
+        entropy = torch.stack(entropies).mean()
         loss = reinforce_loss(torch.stack(log_probs), torch.cat(advantages).to(self.sampler.device))
-        if entropies:
-            loss = loss - config.entropy_coef * torch.stack(entropies).mean()
+        if config.entropy_coef:
+            loss = loss - config.entropy_coef * entropy
 
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        parameters = [p for p in self.sampler.module.parameters() if p.grad is not None]
+        if self.accelerator is not None:
+            self.accelerator.backward(loss)
+        else:
+            loss.backward()
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = config.max_grad_norm if config.max_grad_norm is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+        if self.accelerator is not None:
+            grad_norm = float(self.accelerator.clip_grad_norm_(parameters, max_norm))
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+        raw = torch.cat(raw_advantages)
+        mean_item_difficulty = sum(float(item.difficulty) for item in items) / len(items)
+        local = torch.tensor(
+            [
+                float(loss.detach()),
+                sum(correct) / len(correct),
+                float(raw.mean()),
+                float(entropy.detach()),
+                mean_item_difficulty,
+            ],
+            dtype=torch.float64,
+        )
+        loss_value, accuracy, mean_advantage, mean_entropy, mean_difficulty = self._mean_over_processes(local)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"stage-1 step {self.step_count + 1}: loss {loss_value}, gradient norm {grad_norm}; not stepped",
+                step=self.step_count + 1,
+                batch={
+                    "item_ids": [getattr(item, "id", None) for item in items],
+                    "sims": [item.sim.detach().cpu() for item in items],
+                    "difficulties": [float(item.difficulty) for item in items],
+                    "logits": [logits.detach().cpu() for logits in all_logits],
+                    "loss": loss_value,
+                    "grad_norm": grad_norm,
+                },
+            )
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
         self.sampler.training_steps += 1
-        raw = torch.cat(raw_advantages)
         return Stage1StepStats(
             step=self.step_count,
-            loss=float(loss.detach()),
-            accuracy=sum(correct) / len(correct),
-            mean_advantage=float(raw.mean()),
-            mean_difficulty=sum(float(item.difficulty) for item in items) / len(items),
+            loss=loss_value,
+            accuracy=accuracy,
+            mean_advantage=mean_advantage,
+            mean_difficulty=mean_difficulty,
             grad_norm=grad_norm,
+            entropy=mean_entropy,
+            learning_rate=self.scheduler.get_last_lr()[0],
             seconds=time.perf_counter() - started,
+            frame_positions=tuple(positions),
         )
+
+    def _mean_over_processes(self, values: torch.Tensor) -> list[float]:
+        """Means over processes of per-process statistics (each process runs the same number of items)."""
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values.to(self.accelerator.device), reduction="mean").cpu()
+        return [float(v) for v in values]
 
     def train(
         self, items: Iterable[Stage1Item], callback: Callable[[Stage1StepStats], None] | None = None

@@ -1,0 +1,189 @@
+"""Checkpoints that resume a run exactly, written atomically, on one process or many.
+
+A checkpoint is a folder ``<output_dir>/checkpoints/step-00000100/`` holding:
+
+- what ``accelerate.Accelerator.save_state`` writes: every prepared model and optimiser (sharded the FSDP /
+  DeepSpeed way when those are used) and each process's Python / NumPy / torch RNG states;
+- ``trainer_state_rank{R}.pt``: each process's trainer state (step count, its own sampling generators, the lr
+  scheduler), from ``trainer.state_dict()``;
+- for a ``peft`` model, only its adapter (``adapter_<i>/``), not the frozen base weights;
+- ``checkpoint.json``: step, number of processes, time — written last, so its presence marks a complete checkpoint.
+
+Atomicity: everything is written to ``.incomplete-step-...`` and renamed once every process has finished, so a
+crash leaves either the previous checkpoints or a complete new one (stale ``.incomplete-*`` folders are removed on
+the next save). Only the newest ``keep_last`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from msjoe.errors import MsjoeError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+_PREFIX = "step-"
+_INCOMPLETE = ".incomplete-"
+_MARKER = "checkpoint.json"
+
+
+class CheckpointError(MsjoeError):
+    """A checkpoint that cannot be resumed from (incomplete, from another world size, unreadable)."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{_PREFIX}{step:08d}"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = Path(output_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [path for path in folder.iterdir() if path.name.startswith(_PREFIX) and (path / _MARKER).is_file()]
+    return sorted(found, key=lambda path: path.name)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def read_checkpoint_info(folder: str | Path) -> dict[str, Any]:
+    """``checkpoint.json`` of a checkpoint folder (raises :class:`CheckpointError` if it is not one)."""
+    marker = Path(folder) / _MARKER
+    if not marker.is_file():
+        raise CheckpointError(f"{str(folder)!r} is not a complete msjoe checkpoint (no {_MARKER})")
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"cannot read {marker}: {error}") from error
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: str | Path,
+    step: int,
+    trainer_state: dict[str, Any],
+    *,
+    keep_last: int = 0,
+    exports: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint of ``step``; every process must call this (collective).
+
+    ``trainer_state`` is this process's ``trainer.state_dict()``. ``exports`` maps a sub-folder name to an object
+    with ``save_pretrained(folder)`` (e.g. the U-Sampler), written by the main process for use outside training.
+    Returns the checkpoint folder.
+    """
+    root = Path(output_dir) / CHECKPOINT_DIR
+    final = root / checkpoint_name(step)
+    temporary = root / f"{_INCOMPLETE}{checkpoint_name(step)}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(f"{_INCOMPLETE}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():  # a re-run of the same step (resumed from an older checkpoint): replace it
+            shutil.rmtree(final)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    torch.save(trainer_state, temporary / f"trainer_state_rank{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        for name, obj in (exports or {}).items():
+            obj.save_pretrained(temporary / name)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        info = {"step": step, "num_processes": accelerator.num_processes, "saved_at": time.time()}
+        (temporary / _MARKER).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        os.replace(temporary, final)
+        _fsync_dir(root)
+        if keep_last > 0:
+            for old in list_checkpoints(output_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        logger.info("checkpoint written: %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, folder: str | Path) -> dict[str, Any]:
+    """Restore models, optimisers and RNG states from ``folder``; return this process's trainer state."""
+    folder = Path(folder)
+    info = read_checkpoint_info(folder)
+    if info.get("num_processes") != accelerator.num_processes:
+        raise CheckpointError(
+            f"{folder} was written by {info.get('num_processes')} process(es) but this run has "
+            f"{accelerator.num_processes}: resume with the same number of processes (each keeps its own RNG state)"
+        )
+    accelerator.load_state(str(folder))
+    state_file = folder / f"trainer_state_rank{accelerator.process_index}.pt"
+    if not state_file.is_file():
+        raise CheckpointError(f"{folder} has no {state_file.name}")
+    # The file holds tensors, ints and dicts of our own making (generator states, optimiser-free trainer state).
+    return torch.load(state_file, map_location="cpu", weights_only=False)
+
+
+def register_peft_hooks(accelerator: Accelerator) -> None:
+    """Save and load only the adapter of ``peft`` models in :func:`save_checkpoint` (not the frozen base).
+
+    accelerate names model files by position (``model.safetensors``, ``model_1.safetensors``...), so taking a
+    model out of its list shifts the later ones: ``peft`` models must be prepared after every other model.
+    """
+
+    def peft_positions(models: list[Any]) -> list[int]:
+        positions = [i for i, model in enumerate(models) if _is_peft(accelerator.unwrap_model(model))]
+        if positions and positions != list(range(len(models) - len(positions), len(models))):
+            raise CheckpointError("prepare peft models after all other models (checkpoint files are positional)")
+        return positions
+
+    def save_adapters(models: list[Any], weights: list[Any], output_dir: str) -> None:
+        # ``models`` is the accelerator's own list: leave it alone, drop only the full weights from this save.
+        for index in reversed(peft_positions(models)):
+            accelerator.unwrap_model(models[index]).save_pretrained(Path(output_dir) / f"adapter_{index}")
+            if index < len(weights):
+                weights.pop(index)
+
+    def load_adapters(models: list[Any], input_dir: str) -> None:
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        for index in reversed(peft_positions(models)):
+            adapter = Path(input_dir) / f"adapter_{index}"
+            if not adapter.is_dir():
+                raise CheckpointError(f"{input_dir} has no {adapter.name}/ for the peft model")
+            weights = load_peft_weights(str(adapter), device=str(accelerator.device))
+            set_peft_model_state_dict(accelerator.unwrap_model(models[index]), weights)
+            models.pop(index)  # a copy of the accelerator's list: this model is now loaded
+
+    accelerator.register_save_state_pre_hook(save_adapters)
+    accelerator.register_load_state_pre_hook(load_adapters)
+
+
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
