@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from msjoe import video as video_io
+from msjoe.train.cli import app as train_app
 
 app = typer.Typer(
     help="Question answering over long videos with query-driven key-frame selection (MSJoE).",
@@ -21,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+app.add_typer(train_app, name="train")
 
 ClipOption = Annotated[
     str, typer.Option("--clip", help="Frozen CLIP/SigLIP dual encoder: Hugging Face id or local folder.")

@@ -15,6 +15,7 @@ mapping, ``run_config_to_dict`` writes one back (the run saves it as ``config.ya
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -148,8 +149,12 @@ def run_config_class(stage: int) -> type:
     return STAGE_CONFIGS[stage]
 
 
-def load_run_config(path: str | Path, *, stage: int | None = None) -> Any:
-    """Read a YAML run config. ``stage`` (from the CLI) must agree with the file's ``stage`` key if it has one."""
+def load_run_config(path: str | Path, *, stage: int | None = None, overrides: list[str] | None = None) -> Any:
+    """Read a YAML run config. ``stage`` (from the CLI) must agree with the file's ``stage`` key if it has one.
+
+    ``overrides`` are ``section.key=value`` strings applied on top of the file (values parsed as YAML), e.g.
+    ``["trainer.steps=20", "run.output_dir=runs/try"]``.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -161,10 +166,33 @@ def load_run_config(path: str | Path, *, stage: int | None = None) -> Any:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
     try:
         return run_config_from_dict(data, stage=stage)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``data`` with each ``dotted.key=value`` override set (the value parsed as YAML)."""
+    result = copy.deepcopy(data)
+    for override in overrides:
+        key, separator, text = override.partition("=")
+        if not separator or not key.strip():
+            raise ConfigError(f"override {override!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {override!r}: the value is not valid YAML: {error}") from error
+        *parents, leaf = key.strip().split(".")
+        node = result
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {override!r}: {part} is not a section")
+            node = child
+        node[leaf] = value
+    return result
 
 
 def run_config_from_dict(data: dict[str, Any], *, stage: int | None = None) -> Any:
