@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,6 +85,13 @@ def make_accelerator(mixed_precision: str = "no") -> Any:
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=mixed_precision)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        # Without this check each process would train alone and all would write the same checkpoints.
+        raise MsjoeError(
+            f"launched as {launched} processes but accelerate set up a single one (no GPU?): on CPU run "
+            "`ACCELERATE_USE_CPU=true torchrun --nproc_per_node N -m msjoe train ...`"
+        )
     register_peft_hooks(accelerator)
     return accelerator
 
@@ -109,11 +117,11 @@ def train_stage1(
     config: Stage1RunConfig,
     *,
     accelerator: Any = None,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int, Any], None] | None = None,
 ) -> RunSummary:
     """Stage 1: train the U-Sampler against the frozen MLLM (DESIGN.md §4) on ``config.data.train``.
 
-    ``on_step(step)`` is called after every update (tests use it to interrupt runs).
+    ``on_step(step, trainer)`` is called on every process after every update (to inspect or interrupt a run).
     """
     from msjoe.cache import FeatureCache
     from msjoe.data.schema import read_qa_jsonl
@@ -222,7 +230,7 @@ def train_stage1(
                     exports={SAMPLER_EXPORT: sampler},
                 )
             if on_step is not None:
-                on_step(stats.step)
+                on_step(stats.step, trainer)
 
     final = save_checkpoint(
         accelerator,
