@@ -1,0 +1,460 @@
+"""The frozen MLLM as stage 1's answerer, and the difficulty ``c`` of training items.
+
+:class:`MLLMAnswerer` implements :class:`msjoe.rl.stage1.Answerer` over :class:`~msjoe.train.examples.TrainExample`:
+it shows the MLLM the chosen candidate frames with the question (the answer turn of
+:func:`msjoe.pipeline.answer_question`), parses the option letter and compares it with the gold one. With greedy
+decoding the answer to a given (item, frame set) never changes, so it is cached on disk: a sampler that draws the
+same frames again (common once it concentrates on the evidence) costs a dictionary lookup instead of a forward
+pass of the MLLM.
+
+:func:`estimate_difficulty` measures an item's ``c``: the MLLM's pass rate with K uniformly spaced frames (paper);
+:func:`fill_difficulty` does it for a whole QA list and writes a new QA JSONL with the ``difficulty`` field set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from msjoe.data.schema import QAItem, write_qa_jsonl
+from msjoe.errors import VideoError
+from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore
+from msjoe.mllm import MLLM, GenerationConfig
+from msjoe.pipeline import answer_question
+from msjoe.progress import progress_bar
+from msjoe.samplers.uniform import uniform_indices
+from msjoe.train.data import (
+    ReplyCache,
+    SkippedItem,
+    VideoFingerprints,
+    describe_mllm,
+    load_candidate_frames,
+    prompt_version,
+    question_digest,
+)
+from msjoe.train.examples import TrainExample
+from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, candidate_timestamps, probe
+
+__all__ = [
+    "AnswerOutcome",
+    "AnswererStats",
+    "DifficultyReport",
+    "MLLMAnswerer",
+    "estimate_difficulty",
+    "fill_difficulty",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ANSWER_GENERATION = GenerationConfig(max_new_tokens=32)
+"""Greedy, 32 new tokens: the answer turn asks for a letter only (as :class:`msjoe.pipeline.PipelineConfig`)."""
+
+
+@dataclass(frozen=True)
+class AnswerOutcome:
+    """One answer: the parsed letter (None when the reply has no usable letter), the parse status, the reply."""
+
+    letter: str | None
+    status: str
+    """``"ok"``, ``"ambiguous"`` or ``"unparsed"`` (see :class:`msjoe.mllm.parsing.AnswerParse`)."""
+    reply: str
+    correct: bool
+    cached: bool
+    """Read from the cache (no model call)."""
+
+
+@dataclass
+class AnswererStats:
+    """Running counts of an :class:`MLLMAnswerer` (for logs; saved by :meth:`MLLMAnswerer.state_dict`)."""
+
+    answers: int = 0
+    """Answers given (cache hits included)."""
+    cache_hits: int = 0
+    model_calls: int = 0
+    """Cache misses, or every answer when sampling."""
+    correct: int = 0
+    unparsed: int = 0
+    """Replies without a usable letter (unparsed or ambiguous): counted as wrong."""
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cache_hits / self.answers if self.answers else 0.0
+
+
+class MLLMAnswerer:
+    """Stage 1's frozen answerer: ``answer_correct(example, chosen_indices)`` asks the MLLM about the chosen frames.
+
+    Args:
+        mllm: the frozen MLLM (any backend).
+        frame_max_pixels: pixel budget of each frame shown (the inference setting, e.g. 448²).
+        frame_store: read frames from this store when it holds the video (else they are decoded).
+        cache_path: JSONL file of cached answers (greedy decoding only); ``None`` caches in memory for this run.
+        generation: decoding of the answer turn; greedy (temperature 0) with 32 new tokens by default.
+        model_id: names the model in cache keys; ``None`` uses :func:`msjoe.train.data.describe_mllm`.
+
+    Caching (greedy only). An answer is keyed by the item (id, and a digest of its question and options), the
+    video's content fingerprint, the chosen frames (their timestamps, sorted), the model, ``frame_max_pixels``,
+    ``max_new_tokens`` and the answer prompt's version; each new answer is appended to ``cache_path`` at once
+    (:class:`~msjoe.train.data.ReplyCache`: reloaded on start, damaged lines skipped with a warning). With greedy
+    decoding the reply is a function of these inputs, so the same draw is never asked twice.
+
+    With sampling (``temperature > 0``) nothing is cached: each answer must be a fresh draw from the model's answer
+    distribution, whose expectation is the success probability REINFORCE estimates; replaying a cached draw would
+    turn one random outcome into a fixed reward for that frame set. Sampled answers are seeded
+    ``generation.seed + n`` for the n-th sampled answer (:meth:`state_dict` keeps ``n``, so a resumed run draws the
+    same answers); with ``generation.seed=None`` the backend's global RNG is used.
+    """
+
+    def __init__(
+        self,
+        mllm: MLLM,
+        *,
+        frame_max_pixels: int = DEFAULT_MAX_PIXELS,
+        frame_store: FrameStore | None = None,
+        cache_path: str | Path | None = None,
+        generation: GenerationConfig | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        if isinstance(frame_max_pixels, bool) or not isinstance(frame_max_pixels, int) or frame_max_pixels < 1:
+            raise ValueError(f"frame_max_pixels must be a positive int, got {frame_max_pixels!r}")
+        self.mllm = mllm
+        self.frame_max_pixels = frame_max_pixels
+        self.frame_store = frame_store
+        self.generation = generation or DEFAULT_ANSWER_GENERATION
+        self.sampling = self.generation.temperature > 0
+        self.stats = AnswererStats()
+        self.sampled_answers = 0
+        self.model_name = model_id or describe_mllm(mllm)
+        self._prompt = prompt_version("answer")
+        self._fingerprints = VideoFingerprints()
+        self._cache: ReplyCache | None = None
+        self._memory: dict[str, dict[str, Any]] = {}
+        if cache_path is not None:
+            if self.sampling:
+                logger.warning(
+                    "answer cache %s is not used: answers are sampled (temperature %g), each must be a fresh draw",
+                    cache_path,
+                    self.generation.temperature,
+                )
+            else:
+                self._cache = ReplyCache(cache_path)
+
+    # --- the Answerer protocol ----------------------------------------------------------------------------------
+    def answer_correct(self, item: TrainExample, chosen_indices: torch.Tensor | Sequence[int]) -> bool:
+        """Answer ``item``'s question from its candidate frames ``chosen_indices``; True if the letter is the gold."""
+        return self.answer(item, chosen_indices).correct
+
+    def answer(
+        self, example: TrainExample, chosen_indices: torch.Tensor | Sequence[int], *, seed: int | None = None
+    ) -> AnswerOutcome:
+        """The full outcome of answering ``example`` from ``chosen_indices`` (see :meth:`answer_frames`)."""
+        features = example.features
+        return self.answer_frames(
+            example.qa, features.timestamps, chosen_indices, fps=features.fps, max_frames=features.max_frames, seed=seed
+        )
+
+    def answer_frames(
+        self,
+        qa: QAItem,
+        candidate_timestamps: Sequence[float] | np.ndarray,
+        chosen_indices: torch.Tensor | Sequence[int],
+        *,
+        fps: float,
+        max_frames: int,
+        seed: int | None = None,
+    ) -> AnswerOutcome:
+        """Answer ``qa`` from the candidates ``chosen_indices`` of the grid ``candidate_timestamps`` (``fps``,
+        ``max_frames``); frames are shown in time order whatever the order of ``chosen_indices``.
+
+        ``seed`` overrides the seed of a sampled answer (ignored when greedy). Raises ``ValueError`` if ``qa`` has
+        no gold letter, ``IndexError`` for an index outside the grid, VideoError subclasses for a bad video.
+        """
+        if qa.answer is None:
+            raise ValueError(f"item {qa.id!r} has no gold answer letter: its answers cannot be scored")
+        indices = sorted({int(i) for i in (_as_list(chosen_indices))})
+        if not indices:
+            raise ValueError(f"no frames chosen for item {qa.id!r}")
+        times = np.asarray(candidate_timestamps, dtype=np.float64)
+        if indices[0] < 0 or indices[-1] >= len(times):
+            raise IndexError(f"candidate indices {indices} are outside [0, {len(times)}) for item {qa.id!r}")
+        video_fingerprint = self._fingerprints(qa.video)
+        key = None if self.sampling else self._key(qa, video_fingerprint, [float(times[i]) for i in indices])
+        self.stats.answers += 1
+        record = None if key is None else self._lookup(key)
+        cached = record is not None
+        if record is None:
+            record = self._ask(qa, times, indices, fps, max_frames, video_fingerprint, seed)
+            if key is not None:
+                self._store(key, record)
+        else:
+            self.stats.cache_hits += 1
+        correct = record["letter"] is not None and record["letter"] == qa.answer
+        self.stats.correct += correct
+        if record["letter"] is None:
+            self.stats.unparsed += 1
+        return AnswerOutcome(record["letter"], record["status"], record["reply"], correct, cached)
+
+    # --- resuming ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The sampled-answer counter (the seed of the next sampled answer) and the running stats."""
+        return {"sampled_answers": self.sampled_answers, "stats": asdict(self.stats)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampled_answers = int(state["sampled_answers"])
+        self.stats = AnswererStats(**state["stats"])
+
+    # --- internals --------------------------------------------------------------------------------------------
+    def _key(self, qa: QAItem, video_fingerprint: str, chosen_times: list[float]) -> str:
+        return ReplyCache.key(
+            {
+                "id": qa.id,
+                "source": qa.source,
+                "question": question_digest(qa),
+                "video_fingerprint": video_fingerprint,
+                "chosen_timestamps": [round(t, 3) for t in chosen_times],
+                "model": self.model_name,
+                "frame_max_pixels": self.frame_max_pixels,
+                "max_new_tokens": self.generation.max_new_tokens,
+                "prompt": self._prompt,
+            }
+        )
+
+    def _lookup(self, key: str) -> dict[str, Any] | None:
+        return self._cache.get(key) if self._cache is not None else self._memory.get(key)
+
+    def _store(self, key: str, record: dict[str, Any]) -> None:
+        if self._cache is not None:
+            self._cache.put(key, record)
+        else:
+            self._memory[key] = record
+
+    def _ask(
+        self,
+        qa: QAItem,
+        times: np.ndarray,
+        indices: list[int],
+        fps: float,
+        max_frames: int,
+        video_fingerprint: str,
+        seed: int | None,
+    ) -> dict[str, Any]:
+        frames = load_candidate_frames(
+            qa.video,
+            times,
+            indices,
+            self.frame_max_pixels,
+            fps=fps,
+            max_frames=max_frames,
+            frame_store=self.frame_store,
+            fingerprint=video_fingerprint,
+        )
+        generation = self.generation
+        if self.sampling:
+            if seed is None and generation.seed is not None:
+                seed = generation.seed + self.sampled_answers
+            generation = replace(generation, seed=seed)
+            self.sampled_answers += 1
+        parse, reply = answer_question(
+            self.mllm,
+            qa.question,
+            qa.options,
+            list(frames),
+            [float(times[i]) for i in indices],
+            frame_max_pixels=self.frame_max_pixels,
+            generation=generation,
+        )
+        self.stats.model_calls += 1
+        letter = parse.letter if parse is not None and parse.ok else None
+        status = parse.status if parse is not None else "unparsed"
+        if letter is None:
+            logger.debug("item %s: no usable letter in the reply (%s): %r", qa.id, status, reply[:200])
+        return {
+            "id": qa.id,
+            "video_fingerprint": video_fingerprint,
+            "indices": indices,
+            "model": self.model_name,
+            "frame_max_pixels": self.frame_max_pixels,
+            "prompt": self._prompt,
+            "letter": letter,
+            "status": status,
+            "reply": reply,
+        }
+
+
+def _as_list(indices: torch.Tensor | Sequence[int]) -> list[int]:
+    if isinstance(indices, torch.Tensor):
+        if indices.dim() != 1:
+            raise ValueError(f"chosen_indices must be 1-D, got shape {tuple(indices.shape)}")
+        return [int(i) for i in indices.tolist()]
+    return [int(i) for i in indices]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Difficulty: the pass rate with uniform frames
+# --------------------------------------------------------------------------------------------------------------
+def uniform_pass_rate(
+    answerer: MLLMAnswerer,
+    qa: QAItem,
+    candidate_timestamps: Sequence[float] | np.ndarray,
+    *,
+    k: int,
+    samples: int = 1,
+    fps: float,
+    max_frames: int,
+) -> float:
+    """The fraction of correct answers to ``qa`` from ``k`` uniformly spaced candidates (the item's ``c``).
+
+    Greedy decoding answers the same way every time, so one answer is the exact pass rate (``samples`` is not
+    used). With sampling, the mean over ``samples`` answers seeded ``seed + 0 .. seed + samples - 1``
+    (``seed = answerer.generation.seed``, 0 if unset), so the estimate is reproducible.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    chosen = uniform_indices(len(candidate_timestamps), k).tolist()
+    if not answerer.sampling:
+        outcome = answerer.answer_frames(qa, candidate_timestamps, chosen, fps=fps, max_frames=max_frames)
+        return float(outcome.correct)
+    base = answerer.generation.seed or 0
+    hits = sum(
+        answerer.answer_frames(
+            qa, candidate_timestamps, chosen, fps=fps, max_frames=max_frames, seed=base + draw
+        ).correct
+        for draw in range(samples)
+    )
+    return hits / samples
+
+
+def estimate_difficulty(
+    mllm: MLLM,
+    example: TrainExample,
+    *,
+    k: int,
+    samples: int = 1,
+    generation: GenerationConfig | None = None,
+    frame_max_pixels: int = DEFAULT_MAX_PIXELS,
+    frame_store: FrameStore | None = None,
+) -> float:
+    """``example``'s difficulty ``c``: the pass rate of ``mllm`` with ``k`` uniformly spaced candidate frames.
+
+    With greedy decoding (the default) one answer is exact; with sampling (``generation.temperature > 0``), the
+    mean over ``samples`` seeded answers (see :func:`uniform_pass_rate`). ``k`` should be the training budget: the
+    reward compares the sampler's frames with uniform frames at the same K. For many items use
+    :func:`fill_difficulty` (one answerer, an answer cache, no feature indexing).
+    """
+    answerer = MLLMAnswerer(mllm, frame_max_pixels=frame_max_pixels, frame_store=frame_store, generation=generation)
+    features = example.features
+    return uniform_pass_rate(
+        answerer,
+        example.qa,
+        features.timestamps,
+        k=k,
+        samples=samples,
+        fps=features.fps,
+        max_frames=features.max_frames,
+    )
+
+
+@dataclass
+class DifficultyReport:
+    """The outcome of :func:`fill_difficulty`."""
+
+    path: Path
+    """The QA JSONL written."""
+    rated: int = 0
+    """Items whose difficulty was measured now."""
+    kept: int = 0
+    """Items that already had a difficulty (kept without ``overwrite``)."""
+    skipped: list[SkippedItem] = field(default_factory=list)
+    """Items left without a new difficulty (no answer letter, bad video); written unchanged."""
+    mean_difficulty: float = math.nan
+    """Mean of the difficulties measured now."""
+
+    def summary(self) -> str:
+        line = f"{self.rated} items rated (mean difficulty {self.mean_difficulty:.3f}), {self.kept} kept"
+        if self.skipped:
+            line += f", {len(self.skipped)} skipped"
+        return f"{line}; written to {self.path}"
+
+
+def fill_difficulty(
+    items: Sequence[QAItem],
+    output: str | Path,
+    *,
+    mllm: MLLM,
+    k: int,
+    samples: int = 1,
+    generation: GenerationConfig | None = None,
+    fps: float = DEFAULT_FPS,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    frame_max_pixels: int = DEFAULT_MAX_PIXELS,
+    frame_store: FrameStore | None = None,
+    cache_path: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> DifficultyReport:
+    """Measure every item's difficulty ``c`` (pass rate with ``k`` uniform frames) and write a new QA JSONL.
+
+    Only the video's header is read to place the candidate grid (``fps``, ``max_frames``: use the training run's
+    values); no features are computed. Items keep their order; those that cannot be rated (no answer letter, a
+    missing or broken video) are written unchanged and reported, each with a warning. Items that already have a
+    difficulty are kept unless ``overwrite``. With greedy decoding, ``cache_path`` (an answer cache, see
+    :class:`MLLMAnswerer`) makes an interrupted run resume without asking again; sampled answers are not cached.
+    Video paths inside the output's folder are written relative to it.
+    """
+    output = Path(output)
+    answerer = MLLMAnswerer(
+        mllm, frame_max_pixels=frame_max_pixels, frame_store=frame_store, cache_path=cache_path, generation=generation
+    )
+    report = DifficultyReport(path=output)
+    grids: dict[str, np.ndarray | VideoError] = {}
+    measured: list[float] = []
+    written: list[QAItem] = []
+    with progress_bar(enabled=progress) as bar:
+        task = bar.add_task("rating difficulty", total=len(items))
+        for item in items:
+            bar.advance(task)
+            if item.difficulty is not None and not overwrite:
+                report.kept += 1
+                written.append(item)
+                continue
+            if item.answer is None:
+                _skip(report, item, "no_answer", "no answer letter: its pass rate cannot be measured")
+                written.append(item)
+                continue
+            grid = grids.get(item.video)
+            if grid is None:
+                try:
+                    grid = candidate_timestamps(probe(item.video), fps=fps, max_frames=max_frames)
+                except VideoError as err:
+                    grid = err
+                grids[item.video] = grid
+            try:
+                if isinstance(grid, VideoError):
+                    raise grid
+                rate = uniform_pass_rate(answerer, item, grid, k=k, samples=samples, fps=fps, max_frames=max_frames)
+            except VideoError as err:
+                _skip(report, item, type(err).__name__, f"{type(err).__name__}: {err}")
+                written.append(item)
+                continue
+            measured.append(rate)
+            report.rated += 1
+            written.append(replace(item, difficulty=rate))
+    if measured:
+        report.mean_difficulty = sum(measured) / len(measured)
+    write_qa_jsonl(output, written, relative_to=output.parent)
+    (logger.warning if report.skipped else logger.info)("difficulty: %s", report.summary())
+    return report
+
+
+def _skip(report: DifficultyReport, item: QAItem, kind: str, reason: str) -> None:
+    logger.warning("cannot rate item %s (video %s): %s", item.id, item.video, reason)
+    report.skipped.append(SkippedItem(item.id, item.video, reason, kind))

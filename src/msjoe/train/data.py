@@ -1,0 +1,551 @@
+"""Training data: QA items -> :class:`~msjoe.train.examples.TrainExample` (features, queries, similarities).
+
+:func:`prepare_examples` joins each QA item with its video's cached frame features (each video is indexed once,
+however many items ask about it) and, for stage 1, with the frozen MLLM's queries and their similarity matrix::
+
+    prepared = prepare_examples(read_qa_jsonl("train.jsonl"), encoder=encoder, cache=FeatureCache(),
+                                queries=QueryWriter(mllm, k=16, cache_path="run/queries.jsonl"),
+                                require_difficulty=True)
+    prepared.examples        # list[TrainExample], ready for Stage1Trainer
+    prepared.skipped         # list[SkippedItem]: missing / corrupt videos, items without answer or difficulty
+
+Items that cannot be used are skipped, each with a warning naming the reason, and counted; a summary line follows.
+Problems that would fail every item (the cache cannot be written, a model cannot run) raise instead.
+
+Queries for stage 1 come from one of two sources: ``"question"`` (the question text is the single query: no MLLM
+call, the cheapest start) or a :class:`QueryWriter` (the frozen MLLM writes up to 4 queries from ``K/2`` preview
+frames with greedy decoding, exactly as at inference). Written queries are cached in an append-only JSONL file
+(:class:`ReplyCache`), so a rerun or a second run on the same data asks the MLLM nothing. Stage 2 writes its own
+queries in every rollout: pass ``queries=None`` for examples with features only.
+
+Frames of an example are loaded with :func:`load_example_frames` (the example's candidate grid, an optional
+:class:`~msjoe.frame_store.FrameStore`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from msjoe.cache import FeatureCache, FrameFeatures, fingerprint, key_digest
+from msjoe.data.schema import QAItem
+from msjoe.errors import VideoError
+from msjoe.features import DualEncoder, folder_revision
+from msjoe.frame_store import FrameStore
+from msjoe.index import index_video
+from msjoe.mllm import MLLM, GenerationConfig
+from msjoe.mllm.base import Message
+from msjoe.mllm.prompts import MAX_QUERIES, PREVIEW_MAX_PIXELS, answer_prompt, query_prompt
+from msjoe.pipeline import load_frames, preview_indices, query_similarity, write_queries
+from msjoe.progress import progress_bar
+from msjoe.train.examples import TrainExample
+from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
+
+__all__ = [
+    "PreparedData",
+    "QueryWriter",
+    "ReplyCache",
+    "SkippedItem",
+    "VideoFingerprints",
+    "describe_mllm",
+    "load_candidate_frames",
+    "load_example_frames",
+    "prepare_examples",
+    "prompt_version",
+]
+
+logger = logging.getLogger(__name__)
+
+QuerySource = Literal["question"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What a cached model reply depends on
+# --------------------------------------------------------------------------------------------------------------
+def describe_mllm(mllm: MLLM) -> str:
+    """A stable name of the model behind ``mllm``, for cache keys of its replies.
+
+    Local folders get :func:`msjoe.features.folder_revision` appended (names, sizes and mtimes of the files), so a
+    checkpoint rewritten in place (e.g. after fine-tuning) does not reuse the old model's replies. A hub id names
+    its weights only up to the revision; served models (HTTP) are named by the served model name. Pass an explicit
+    ``model_id`` to the caches when neither is precise enough.
+    """
+    model_id = getattr(mllm, "model_id", None)
+    if isinstance(model_id, str):
+        folder = Path(model_id).expanduser()
+        if folder.is_dir():
+            return f"{folder.resolve()}@{folder_revision(folder)}"
+        return model_id
+    served = getattr(mllm, "model", None)  # HTTPMLLM: the served model name (a property that may ask the server)
+    if isinstance(served, str):
+        return f"{getattr(mllm, 'name', type(mllm).__name__)}:{served}"
+    return type(mllm).__qualname__
+
+
+def prompt_version(kind: Literal["query", "answer"]) -> str:
+    """A digest of the prompt text of one MLLM turn, rendered for a fixed probe input.
+
+    Cached replies are keyed by it, so editing the wording of :mod:`msjoe.mllm.prompts` (or the timestamp labels)
+    invalidates them automatically instead of silently reusing replies to another prompt.
+    """
+    probe = np.zeros((28, 28, 3), dtype=np.uint8)
+    if kind == "query":
+        messages = query_prompt("<question>", ["<option a>", "<option b>"], [probe], [0.0], max_queries=MAX_QUERIES)
+    elif kind == "answer":
+        messages = answer_prompt("<question>", ["<option a>", "<option b>"], [probe], [0.0])
+    else:
+        raise ValueError(f"kind must be 'query' or 'answer', got {kind!r}")
+    return f"{kind}-{hashlib.sha256(_render(messages).encode()).hexdigest()[:12]}"
+
+
+def _render(messages: Sequence[Message]) -> str:
+    return json.dumps([[m.role, [p if isinstance(p, str) else "<image>" for p in m.content]] for m in messages])
+
+
+def question_digest(item: QAItem) -> str:
+    """A digest of the question and options: an edited question must not reuse replies to the old one."""
+    return hashlib.sha256(json.dumps([item.question, list(item.options)]).encode()).hexdigest()[:16]
+
+
+class VideoFingerprints:
+    """Memoised :func:`msjoe.cache.fingerprint` of video files (re-read only when a file's size or mtime changes).
+
+    Cache keys of replies need the video's content fingerprint on every call (thousands of rollouts per video);
+    fingerprinting reads 3 MiB, a ``stat`` costs microseconds.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[int, int, str]] = {}
+
+    def __call__(self, path: str | Path) -> str:
+        """The fingerprint of ``path``; raises :class:`~msjoe.errors.VideoNotFoundError` if it is missing."""
+        name = str(path)
+        try:
+            stat = os.stat(name)
+        except OSError:
+            return fingerprint(name)  # raises VideoNotFoundError naming the path
+        known = self._known.get(name)
+        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            return known[2]
+        value = fingerprint(name)
+        self._known[name] = (stat.st_size, stat.st_mtime_ns, value)
+        return value
+
+
+class ReplyCache:
+    """Model replies keyed by what they depend on, kept in an append-only JSONL file (one record a line).
+
+    Each record is a JSON object with a ``"key"`` (a digest of the inputs, see :meth:`key`) and whatever the
+    caller stores (the reply, the parse, the inputs in readable form for inspection). :meth:`put` appends one line
+    with a single ``write`` on an ``O_APPEND`` descriptor: once it returns, the record survives a crash of the
+    process (not a power loss: records are not fsynced, since a lost record only costs one model call again).
+
+    Loading tolerates damage, because a cache entry is only ever a saved model call: a last line without its
+    newline (a crash mid-write) is kept when it is a whole record and cut off otherwise; any other unreadable line
+    is skipped. Both are logged as warnings. Later records of a key supersede earlier ones.
+
+    One writing process per file: under ``accelerate``, give each rank its own file (the items are sharded per
+    rank anyway), since a rank repairing a torn last line could cut another rank's append.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.records: dict[str, dict[str, Any]] = {}
+        self.skipped_lines = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self._load()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    @staticmethod
+    def key(fields: Mapping[str, Any]) -> str:
+        """The digest naming a record: SHA-256 of the canonical JSON of ``fields``."""
+        return key_digest(dict(fields))
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.records.get(key)
+
+    def put(self, key: str, record: Mapping[str, Any]) -> None:
+        """Store ``record`` under ``key`` in memory and append it to the file."""
+        full = {"key": key, **record}
+        line = (json.dumps(full, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, line)
+            if written != len(line):  # a short write (disk full): finish it, or the next record shares the line
+                os.write(fd, line[written:])
+        finally:
+            os.close(fd)
+        self.records[key] = full
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        body, newline, tail = data.rpartition(b"\n")
+        if tail.strip():
+            record = _parse_record(tail)
+            with self.path.open("r+b") as file:
+                if record is not None:  # the crash hit between the record and its newline
+                    file.seek(0, os.SEEK_END)
+                    file.write(b"\n")
+                else:
+                    logger.warning(
+                        "%s: dropping a partial last line (a crash mid-write); that reply will be asked again",
+                        self.path,
+                    )
+                    file.truncate(len(body) + len(newline))
+            data = self.path.read_bytes()
+        for number, line in enumerate(data.splitlines(), start=1):
+            if not line.strip():
+                continue
+            record = _parse_record(line)
+            if record is None:
+                self.skipped_lines += 1
+                logger.warning("%s:%d: skipping an unreadable cache line", self.path, number)
+                continue
+            self.records[record["key"]] = record
+
+
+def _parse_record(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("key"), str) else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Frames of an example
+# --------------------------------------------------------------------------------------------------------------
+def load_candidate_frames(
+    video: str | Path,
+    timestamps: Sequence[float] | np.ndarray,
+    indices: Sequence[int] | torch.Tensor,
+    max_pixels: int,
+    *,
+    fps: float,
+    max_frames: int,
+    frame_store: FrameStore | None = None,
+    fingerprint: str | None = None,
+) -> np.ndarray:
+    """The candidate frames ``indices`` of ``video`` (candidate times ``timestamps`` on the grid ``fps`` /
+    ``max_frames``), uint8 ``[N, H, W, 3]`` sized for ``max_pixels``, in the order of ``indices``.
+
+    Read from ``frame_store`` when it holds the video's grid, else decoded (:func:`msjoe.pipeline.load_frames`).
+    Raises ``IndexError`` for an index outside ``[0, len(timestamps))`` and VideoError subclasses for a bad video.
+    """
+    times = np.asarray(timestamps, dtype=np.float64)
+    positions = [int(i) for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices)]
+    bad = [i for i in positions if not 0 <= i < len(times)]
+    if bad:
+        raise IndexError(f"candidate indices {bad} are outside [0, {len(times)}) for {video}")
+    return load_frames(
+        video,
+        [float(times[i]) for i in positions],
+        max_pixels,
+        store=frame_store,
+        fps=fps,
+        max_frames=max_frames,
+        fingerprint=fingerprint,
+    )
+
+
+def load_example_frames(
+    example: TrainExample,
+    indices: Sequence[int] | torch.Tensor,
+    max_pixels: int,
+    *,
+    frame_store: FrameStore | None = None,
+    fingerprint: str | None = None,
+) -> np.ndarray:
+    """The candidate frames ``indices`` of ``example``'s video at ``max_pixels`` (see :func:`load_candidate_frames`;
+    the grid is the example's features' ``fps`` / ``max_frames``). ``fingerprint`` saves the store a 3 MiB read."""
+    return load_candidate_frames(
+        example.qa.video,
+        example.features.timestamps,
+        indices,
+        max_pixels,
+        fps=example.features.fps,
+        max_frames=example.features.max_frames,
+        frame_store=frame_store,
+        fingerprint=fingerprint,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Queries of the frozen MLLM (stage 1)
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class QueryWriter:
+    """Stage-1 queries written by the frozen MLLM, as at inference: the question, its options and ``K/2``
+    low-resolution preview frames in, up to ``max_queries`` visual queries out, greedy decoding.
+
+    Greedy decoding makes the queries a function of the item, so they are computed once and cached on disk
+    (``cache_path``, a :class:`ReplyCache`) keyed by the item id, the video's content fingerprint, the model
+    (:func:`describe_mllm`), the prompt version (:func:`prompt_version`), a digest of the question and options, and
+    the preview settings below. A rerun asks the model nothing. When no query can be parsed from the reply, the
+    question itself is the single query (as in :class:`msjoe.pipeline.VideoQA`); the record says so.
+
+    Attributes:
+        mllm: the frozen MLLM.
+        k: the training budget K; the preview shows ``K/2`` uniformly spaced candidates (paper).
+        cache_path: the JSONL cache of queries; ``None`` keeps them in memory only.
+        max_queries: at most this many queries (paper: 4).
+        preview_max_pixels: pixel budget of a preview frame (paper: about 32 visual tokens).
+        max_new_tokens: generation cap of the query turn.
+        model_id: names the model in cache keys; ``None`` uses :func:`describe_mllm`.
+    """
+
+    mllm: MLLM
+    k: int
+    cache_path: str | Path | None = None
+    max_queries: int = MAX_QUERIES
+    preview_max_pixels: int = PREVIEW_MAX_PIXELS
+    max_new_tokens: int = 128
+    model_id: str | None = None
+    calls: int = field(default=0, init=False)
+    """Model calls made (cache misses)."""
+    cache_hits: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"QueryWriter.k must be a positive int (the training budget K), got {self.k!r}")
+        if not 1 <= self.max_queries <= MAX_QUERIES:
+            raise ValueError(f"QueryWriter.max_queries must be 1 to {MAX_QUERIES}, got {self.max_queries!r}")
+        if self.preview_max_pixels < 1 or self.max_new_tokens < 1:
+            raise ValueError(
+                f"QueryWriter.preview_max_pixels and max_new_tokens must be positive, got "
+                f"{self.preview_max_pixels!r} and {self.max_new_tokens!r}"
+            )
+        self._cache = ReplyCache(self.cache_path) if self.cache_path is not None else None
+        self._memory: dict[str, dict[str, Any]] = {}
+        self._model_name = self.model_id or describe_mllm(self.mllm)
+        self._prompt = prompt_version("query")
+
+    def queries(
+        self, item: QAItem, features: FrameFeatures, video_fingerprint: str, frame_store: FrameStore | None = None
+    ) -> tuple[str, ...]:
+        """The queries for ``item`` (from the cache, else written by the model and cached).
+
+        Raises VideoError subclasses if the preview frames cannot be decoded.
+        """
+        num_candidates = len(features.timestamps)
+        previews = preview_indices(num_candidates, self.k)
+        key = ReplyCache.key(
+            {
+                "id": item.id,
+                "source": item.source,
+                "question": question_digest(item),
+                "video_fingerprint": video_fingerprint,
+                "model": self._model_name,
+                "prompt": self._prompt,
+                "preview_timestamps": [round(float(features.timestamps[i]), 3) for i in previews],
+                "preview_max_pixels": self.preview_max_pixels,
+                "max_queries": self.max_queries,
+                "max_new_tokens": self.max_new_tokens,
+            }
+        )
+        record = self._cache.get(key) if self._cache is not None else self._memory.get(key)
+        if record is not None:
+            self.cache_hits += 1
+            return tuple(record["queries"])
+
+        preview_times = [float(features.timestamps[i]) for i in previews]
+        frames = load_frames(
+            item.video,
+            preview_times,
+            self.preview_max_pixels,
+            store=frame_store,
+            fps=features.fps,
+            max_frames=features.max_frames,
+            fingerprint=video_fingerprint,
+        )
+        written, reply = write_queries(
+            self.mllm,
+            item.question,
+            item.options,
+            list(frames),
+            preview_times,
+            max_queries=self.max_queries,
+            preview_max_pixels=self.preview_max_pixels,
+            generation=GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=0.0),
+        )
+        self.calls += 1
+        record = {
+            "id": item.id,
+            "video_fingerprint": video_fingerprint,
+            "model": self._model_name,
+            "prompt": self._prompt,
+            "queries": written or [item.question],
+            "from_question": not written,
+            "reply": reply,
+        }
+        if self._cache is not None:
+            self._cache.put(key, record)
+        else:
+            self._memory[key] = record
+        return tuple(record["queries"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Examples
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SkippedItem:
+    """A QA item :func:`prepare_examples` could not use, and why.
+
+    ``kind`` groups reasons for counting: a VideoError class name (``"VideoNotFoundError"``,
+    ``"CorruptVideoError"``, ...), ``"no_answer"``, ``"no_difficulty"`` or ``"too_few_frames"``.
+    """
+
+    id: str
+    video: str
+    reason: str
+    kind: str
+
+
+@dataclass
+class PreparedData:
+    """The outcome of :func:`prepare_examples`: every input item lands in ``examples`` or in ``skipped``."""
+
+    examples: list[TrainExample] = field(default_factory=list)
+    skipped: list[SkippedItem] = field(default_factory=list)
+    videos: int = 0
+    """Distinct videos the usable items refer to (each indexed once)."""
+
+    def skipped_counts(self) -> dict[str, int]:
+        """How many items were skipped, by :attr:`SkippedItem.kind`."""
+        return dict(Counter(s.kind for s in self.skipped))
+
+    def summary(self) -> str:
+        """One line: examples prepared, videos, and skipped items by kind."""
+        line = f"{len(self.examples)} examples from {self.videos} videos"
+        if self.skipped:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.skipped_counts().items()))
+            line += f"; skipped {len(self.skipped)} items ({kinds})"
+        return line
+
+
+def prepare_examples(
+    items: Sequence[QAItem],
+    *,
+    encoder: DualEncoder,
+    cache: FeatureCache | None,
+    fps: float = DEFAULT_FPS,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    queries: QuerySource | QueryWriter | None = "question",
+    frame_store: FrameStore | None = None,
+    require_difficulty: bool = False,
+    min_frames: int = 1,
+    progress: bool = False,
+) -> PreparedData:
+    """Join QA items with their videos' frame features (and, for stage 1, queries and similarities).
+
+    Each distinct video is indexed once (:func:`msjoe.index.index_video`: cached features are read, missing ones
+    computed and stored), and its :class:`~msjoe.cache.FrameFeatures` object is shared by all its items.
+
+    Args:
+        items: the QA items, e.g. from :func:`msjoe.data.read_qa_jsonl`.
+        encoder: the frozen dual encoder (its image tower indexes videos, its text tower embeds queries).
+        cache: feature cache; ``None`` computes features in memory (every run decodes every video again).
+        fps, max_frames: the candidate grid (see :func:`msjoe.video.candidate_timestamps`).
+        queries: ``"question"`` (the question is the single query), a :class:`QueryWriter` (the frozen MLLM's
+            greedy queries, cached), or ``None`` (no queries and no ``sim``: stage 2 writes its own).
+        frame_store: if given, indexing also stores every candidate frame as a JPEG (unless already stored), and
+            preview frames are read from it: training loads frames for every rollout, and reading JPEGs is ~20x
+            faster than seeking in the video.
+        require_difficulty: skip items without a difficulty (stage 1's ``c``).
+        min_frames: skip items whose video has fewer candidates (pass the training budget K: a sampler cannot
+            draw K distinct frames out of fewer).
+        progress: show a progress bar over the items.
+
+    Items are skipped, with a warning each and a summary line, when they have no answer letter (they cannot be
+    rewarded), no difficulty (with ``require_difficulty``), too few candidates, or a video that is missing,
+    not a video, corrupt, truncated or undecodable (the :class:`~msjoe.errors.VideoError` class names the kind).
+    Errors that would fail every item (:class:`~msjoe.errors.CacheError`, :class:`~msjoe.errors.ModelLoadError`)
+    propagate.
+    """
+    if queries is not None and queries != "question" and not isinstance(queries, QueryWriter):
+        raise ValueError(f"queries must be 'question', a QueryWriter or None, got {queries!r}")
+    if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
+        raise ValueError(f"min_frames must be a positive int, got {min_frames!r}")
+    prepared = PreparedData()
+
+    def skip(item: QAItem, kind: str, reason: str) -> None:
+        logger.warning("skipping item %s (video %s): %s", item.id, item.video, reason)
+        prepared.skipped.append(SkippedItem(item.id, item.video, reason, kind))
+
+    # Group usable items by video, in first-appearance order, so each video is indexed once.
+    by_video: dict[str, list[tuple[int, QAItem]]] = {}
+    for position, item in enumerate(items):
+        if item.answer is None:
+            skip(item, "no_answer", "no answer letter: a rollout on it cannot be rewarded")
+        elif require_difficulty and item.difficulty is None:
+            skip(item, "no_difficulty", "no difficulty (stage 1 needs the base model's pass rate c)")
+        else:
+            by_video.setdefault(str(Path(item.video).expanduser().resolve()), []).append((position, item))
+
+    fingerprints = VideoFingerprints()
+    examples: dict[int, TrainExample] = {}  # position in `items` -> example, to keep the input order
+    with progress_bar(enabled=progress) as bar:
+        task = bar.add_task("preparing examples", total=sum(len(group) for group in by_video.values()))
+        for group in by_video.values():
+            video = group[0][1].video
+            try:
+                features = index_video(video, encoder, cache, fps=fps, max_frames=max_frames, frame_store=frame_store)
+                video_fingerprint = fingerprints(video)
+            except VideoError as err:
+                for _, item in group:
+                    skip(item, type(err).__name__, f"{type(err).__name__}: {err}")
+                bar.advance(task, len(group))
+                continue
+            if features.num_frames < min_frames:
+                for _, item in group:
+                    skip(item, "too_few_frames", f"{features.num_frames} candidate frames, fewer than {min_frames}")
+                bar.advance(task, len(group))
+                continue
+            used = False
+            for position, item in group:
+                try:
+                    example = _example(item, features, video_fingerprint, encoder, queries, frame_store)
+                except VideoError as err:  # e.g. a truncated file that fails only at a late preview frame
+                    skip(item, type(err).__name__, f"{type(err).__name__}: {err}")
+                else:
+                    examples[position] = example
+                    used = True
+                bar.advance(task)
+            prepared.videos += used
+    prepared.examples = [examples[n] for n in sorted(examples)]
+    (logger.warning if prepared.skipped else logger.info)("prepared training data: %s", prepared.summary())
+    return prepared
+
+
+def _example(
+    item: QAItem,
+    features: FrameFeatures,
+    video_fingerprint: str,
+    encoder: DualEncoder,
+    queries: QuerySource | QueryWriter | None,
+    frame_store: FrameStore | None,
+) -> TrainExample:
+    if queries is None:
+        return TrainExample(qa=item, features=features)
+    if isinstance(queries, QueryWriter):
+        texts = queries.queries(item, features, video_fingerprint, frame_store)
+    else:
+        texts = (item.question,)
+    return TrainExample(qa=item, features=features, queries=texts, sim=query_similarity(encoder, texts, features))
