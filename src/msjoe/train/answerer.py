@@ -49,6 +49,7 @@ __all__ = [
     "MLLMAnswerer",
     "estimate_difficulty",
     "fill_difficulty",
+    "uniform_pass_rate",
 ]
 
 logger = logging.getLogger(__name__)
@@ -134,17 +135,14 @@ class MLLMAnswerer:
         self.model_name = model_id or describe_mllm(mllm)
         self._prompt = prompt_version("answer")
         self._fingerprints = VideoFingerprints()
-        self._cache: ReplyCache | None = None
-        self._memory: dict[str, dict[str, Any]] = {}
-        if cache_path is not None:
-            if self.sampling:
-                logger.warning(
-                    "answer cache %s is not used: answers are sampled (temperature %g), each must be a fresh draw",
-                    cache_path,
-                    self.generation.temperature,
-                )
-            else:
-                self._cache = ReplyCache(cache_path)
+        if cache_path is not None and self.sampling:
+            logger.warning(
+                "answer cache %s is not used: answers are sampled (temperature %g), each must be a fresh draw",
+                cache_path,
+                self.generation.temperature,
+            )
+        # Sampled answers are never looked up (see the class note); greedy ones go to the file, or to memory.
+        self._cache = ReplyCache(None if self.sampling else cache_path)
 
     # --- the Answerer protocol ----------------------------------------------------------------------------------
     def answer_correct(self, item: TrainExample, chosen_indices: torch.Tensor | Sequence[int]) -> bool:
@@ -187,12 +185,12 @@ class MLLMAnswerer:
         video_fingerprint = self._fingerprints(qa.video)
         key = None if self.sampling else self._key(qa, video_fingerprint, [float(times[i]) for i in indices])
         self.stats.answers += 1
-        record = None if key is None else self._lookup(key)
+        record = None if key is None else self._cache.get(key)
         cached = record is not None
         if record is None:
             record = self._ask(qa, times, indices, fps, max_frames, video_fingerprint, seed)
             if key is not None:
-                self._store(key, record)
+                self._cache.put(key, record)
         else:
             self.stats.cache_hits += 1
         correct = record["letter"] is not None and record["letter"] == qa.answer
@@ -225,15 +223,6 @@ class MLLMAnswerer:
                 "prompt": self._prompt,
             }
         )
-
-    def _lookup(self, key: str) -> dict[str, Any] | None:
-        return self._cache.get(key) if self._cache is not None else self._memory.get(key)
-
-    def _store(self, key: str, record: dict[str, Any]) -> None:
-        if self._cache is not None:
-            self._cache.put(key, record)
-        else:
-            self._memory[key] = record
 
     def _ask(
         self,
@@ -415,7 +404,7 @@ def fill_difficulty(
         mllm, frame_max_pixels=frame_max_pixels, frame_store=frame_store, cache_path=cache_path, generation=generation
     )
     report = DifficultyReport(path=output)
-    grids: dict[str, np.ndarray | VideoError] = {}
+    grids: dict[str, np.ndarray] = {}
     measured: list[float] = []
     written: list[QAItem] = []
     with progress_bar(enabled=progress) as bar:
@@ -430,17 +419,12 @@ def fill_difficulty(
                 _skip(report, item, "no_answer", "no answer letter: its pass rate cannot be measured")
                 written.append(item)
                 continue
-            grid = grids.get(item.video)
-            if grid is None:
-                try:
-                    grid = candidate_timestamps(probe(item.video), fps=fps, max_frames=max_frames)
-                except VideoError as err:
-                    grid = err
-                grids[item.video] = grid
             try:
-                if isinstance(grid, VideoError):
-                    raise grid
-                rate = uniform_pass_rate(answerer, item, grid, k=k, samples=samples, fps=fps, max_frames=max_frames)
+                if item.video not in grids:  # probe each video once, however many items ask about it
+                    grids[item.video] = candidate_timestamps(probe(item.video), fps=fps, max_frames=max_frames)
+                rate = uniform_pass_rate(
+                    answerer, item, grids[item.video], k=k, samples=samples, fps=fps, max_frames=max_frames
+                )
             except VideoError as err:
                 _skip(report, item, type(err).__name__, f"{type(err).__name__}: {err}")
                 written.append(item)

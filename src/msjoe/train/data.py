@@ -62,6 +62,7 @@ __all__ = [
     "load_example_frames",
     "prepare_examples",
     "prompt_version",
+    "question_digest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -156,15 +157,18 @@ class ReplyCache:
 
     One writing process per file: under ``accelerate``, give each rank its own file (the items are sharded per
     rank anyway), since a rank repairing a torn last line could cut another rank's append.
+
+    With ``path=None`` the cache lives in memory only (for one run).
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).expanduser()
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path).expanduser() if path is not None else None
         self.records: dict[str, dict[str, Any]] = {}
         self.skipped_lines = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            self._load()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                self._load()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -183,6 +187,9 @@ class ReplyCache:
     def put(self, key: str, record: Mapping[str, Any]) -> None:
         """Store ``record`` under ``key`` in memory and append it to the file."""
         full = {"key": key, **record}
+        if self.path is None:
+            self.records[key] = full
+            return
         line = (json.dumps(full, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -194,6 +201,7 @@ class ReplyCache:
         self.records[key] = full
 
     def _load(self) -> None:
+        assert self.path is not None
         data = self.path.read_bytes()
         body, newline, tail = data.rpartition(b"\n")
         if tail.strip():
@@ -331,8 +339,7 @@ class QueryWriter:
                 f"QueryWriter.preview_max_pixels and max_new_tokens must be positive, got "
                 f"{self.preview_max_pixels!r} and {self.max_new_tokens!r}"
             )
-        self._cache = ReplyCache(self.cache_path) if self.cache_path is not None else None
-        self._memory: dict[str, dict[str, Any]] = {}
+        self._cache = ReplyCache(self.cache_path)
         self._model_name = self.model_id or describe_mllm(self.mllm)
         self._prompt = prompt_version("query")
 
@@ -359,7 +366,7 @@ class QueryWriter:
                 "max_new_tokens": self.max_new_tokens,
             }
         )
-        record = self._cache.get(key) if self._cache is not None else self._memory.get(key)
+        record = self._cache.get(key)
         if record is not None:
             self.cache_hits += 1
             return tuple(record["queries"])
@@ -394,10 +401,7 @@ class QueryWriter:
             "from_question": not written,
             "reply": reply,
         }
-        if self._cache is not None:
-            self._cache.put(key, record)
-        else:
-            self._memory[key] = record
+        self._cache.put(key, record)
         return tuple(record["queries"])
 
 
