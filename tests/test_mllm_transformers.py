@@ -232,3 +232,47 @@ def test_the_checkpoints_own_sampling_settings_do_not_override_ours(
     assert loaded.chat(messages, GREEDY) == mllm.chat(messages, GREEDY)
     samples = {loaded.chat(messages, GenerationConfig(max_new_tokens=8, temperature=1.0, seed=s)) for s in range(4)}
     assert len(samples) == 4
+
+
+def test_image_placeholder_tokens_are_never_generated_nor_scored(mllm: TransformersMLLM) -> None:
+    image_pad = mllm.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert image_pad in mllm.placeholder_token_ids
+    messages = ask(frame(max_pixels=3136), "Describe.")
+    first = mllm.complete(messages, GREEDY).token_ids[0]
+    weight = mllm.model.lm_head.weight
+    saved = weight[image_pad].detach().clone()
+    try:
+        with torch.no_grad():
+            weight[image_pad] = 10 * weight[first]  # the placeholder is now the most likely next token by far
+            logits = mllm.model(**mllm.encode(messages)).logits[0, -1]
+        assert int(logits.argmax()) == image_pad
+        assert image_pad not in mllm.complete(messages, GREEDY).token_ids
+        sampled = mllm.complete(messages, GenerationConfig(max_new_tokens=12, temperature=1.0, seed=0))
+        assert image_pad not in sampled.token_ids
+    finally:
+        with torch.no_grad():
+            weight[image_pad] = saved
+    with pytest.raises(ValueError, match="placeholder"):
+        mllm.token_logprobs(messages, [first, image_pad])
+
+
+def test_token_logprobs_can_run_through_a_wrapping_module(mllm: TransformersMLLM) -> None:
+    class Recording(torch.nn.Module):
+        """Stands in for a DDP or peft wrapper: forwards to the same model and counts the calls."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.calls = 0
+
+        def forward(self, **inputs: object) -> object:
+            self.calls += 1
+            return self.inner(**inputs)
+
+    wrapper = Recording(mllm.model)
+    messages = ask(frame(max_pixels=3136), "Which option?")
+    with torch.no_grad():
+        direct = mllm.token_logprobs(messages, "The answer is A")
+        wrapped = mllm.token_logprobs(messages, "The answer is A", model=wrapper)
+    assert wrapper.calls == 1
+    torch.testing.assert_close(wrapped, direct, rtol=0, atol=0)

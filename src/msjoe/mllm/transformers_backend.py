@@ -23,6 +23,9 @@ from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# Config fields naming the tokens that mark where images and videos go in the input (Qwen2-VL / 2.5-VL, LLaVA...).
+_PLACEHOLDER_TOKEN_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -111,6 +114,11 @@ class TransformersMLLM(MLLM):
             eos_token_id=shipped.eos_token_id or self.tokenizer.eos_token_id,
             pad_token_id=shipped.pad_token_id if shipped.pad_token_id is not None else self.tokenizer.pad_token_id,
         )
+        # A reply containing an image placeholder could not be scored (the forward pass would look for an image
+        # behind it), and is never meaningful: generation suppresses these tokens.
+        placeholders = {getattr(self.model.config, name, None) for name in _PLACEHOLDER_TOKEN_FIELDS}
+        placeholders |= {getattr(self.processor, name, None) for name in ("image_token_id", "video_token_id")}
+        self.placeholder_token_ids: frozenset[int] = frozenset(i for i in placeholders if isinstance(i, int))
         image_processor = self.processor.image_processor
         patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
         self.image_multiple: int = patch * merge if isinstance(patch, int) and isinstance(merge, int) else 1
@@ -158,7 +166,10 @@ class TransformersMLLM(MLLM):
 
     # --- generation -----------------------------------------------------------------------------------------
     def complete(self, messages: list[Message], generation: GenerationConfig | None = None) -> Completion:
-        """Generate a reply and return its text and token ids."""
+        """Generate a reply and return its text and token ids.
+
+        The model's image/video placeholder tokens (:attr:`placeholder_token_ids`) are never generated.
+        """
         generation = generation or GenerationConfig()
         inputs = self.encode(messages)
         sampling = generation.temperature > 0
@@ -168,6 +179,7 @@ class TransformersMLLM(MLLM):
             temperature=generation.temperature if sampling else None,
             top_p=generation.top_p if sampling else None,
             top_k=None,
+            suppress_tokens=sorted(self.placeholder_token_ids) or None,
             eos_token_id=self.model.generation_config.eos_token_id,
             pad_token_id=self.model.generation_config.pad_token_id,
         )
@@ -192,7 +204,12 @@ class TransformersMLLM(MLLM):
 
     # --- scoring --------------------------------------------------------------------------------------------
     def token_logprobs(
-        self, messages: list[Message], completion: str | Sequence[int], temperature: float = 1.0
+        self,
+        messages: list[Message],
+        completion: str | Sequence[int],
+        temperature: float = 1.0,
+        *,
+        model: torch.nn.Module | None = None,
     ) -> torch.Tensor:
         """Log-probabilities ``[N]`` (float32) of the completion's tokens given the chat, in one forward pass.
 
@@ -201,10 +218,20 @@ class TransformersMLLM(MLLM):
         the sampler did (GRPO ratios must use the sampling distribution). The result carries gradients when
         autograd is on (the default outside ``torch.no_grad()``); wrap calls in ``torch.no_grad()`` when only
         the values are needed.
+
+        ``model`` runs the forward pass instead of :attr:`model`: a wrapper around the same weights, such as a
+        ``peft`` model or the ``DistributedDataParallel`` module ``accelerate`` prepared (its forward is what
+        synchronises gradients). It must take the keyword inputs of :attr:`model` and return ``.logits``.
         """
         ids = self.completion_token_ids(completion) if isinstance(completion, str) else list(completion)
         if not ids:
             raise ValueError("token_logprobs needs a non-empty completion")
+        placeholders = sorted(self.placeholder_token_ids.intersection(ids))
+        if placeholders:
+            raise ValueError(
+                f"the completion contains image/video placeholder token(s) {placeholders}, which cannot be scored "
+                "as text (complete() never generates them)"
+            )
         if temperature <= 0:
             raise ValueError(f"temperature must be positive to define probabilities, got {temperature}")
         inputs = self.encode(messages)
@@ -218,6 +245,7 @@ class TransformersMLLM(MLLM):
                 )
                 inputs[key] = torch.cat([value, extension.to(value.dtype)], dim=1)
         # Only the last N+1 positions' logits are needed: avoids a [sequence, vocabulary] tensor for long prompts.
-        logits = self.model(**inputs, use_cache=False, logits_to_keep=len(ids) + 1).logits[0, :-1]
+        forward = self.model if model is None else model
+        logits = forward(**inputs, use_cache=False, logits_to_keep=len(ids) + 1).logits[0, :-1]
         logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
         return logprobs.gather(-1, completion_ids[0, :, None]).squeeze(-1)

@@ -1,0 +1,1047 @@
+"""Stage 2 of MSJoE: joint evolution of the MLLM (GRPO) and the U-Sampler (REINFORCE) on shared rollouts.
+
+For every training item the trainer runs a group of G rollouts (DESIGN.md §4)::
+
+    question + K/2 low-res previews ─MLLM samples─▶ query reply ─parse─▶ queries (the question if none parse)
+    queries ─frozen text tower─▶ S = cos(queries, cached frame embeddings)   [Nq, T]
+    S ─U-Sampler─▶ logits ─Gumbel-top-k─▶ K frames (without replacement)
+    K frames (time-ordered, timestamped) + question ─MLLM samples─▶ answer reply
+    reward r = w_acc · r_acc + w_format · r_format + w_info · r_info           (msjoe.rl.rewards.rollout_reward)
+
+and then updates both models from the same rollouts:
+
+- MLLM (paper: GRPO): ``A_i = (r_i - mean(r)) / (std(r) + eps)`` within the group, and the PPO-clip surrogate over
+  the MLLM's *own* tokens in both turns (the query reply and the answer reply), one token-mean over all tokens of
+  the step (:func:`~msjoe.rl.losses.ppo_clip_token_loss`), optionally plus ``kl_beta`` times the k3 KL to the
+  reference model (the base model: the LoRA adapter disabled, or a frozen copy for full fine-tuning).
+- U-Sampler (paper: REINFORCE): ``-A · log P(draw)`` with ``A`` the total reward (``"raw"``, paper) or the group-
+  normalised reward (``"group"``), ``log P`` the exact Plackett–Luce log-probability or the paper's sum.
+
+Separate optimisers, learning rates and gradient clips. Rollouts record the exact generated token ids and their
+log-probabilities under the policy that produced them (scored in the same forward path the update uses), so the
+PPO ratio is exact: with one PPO epoch (the default) it is 1 at the gradient and the update is REINFORCE's
+``-A ∇log π`` averaged over tokens.
+
+Choices of ours, beyond the paper:
+
+- The PPO ratio uses the temperature-scaled softmax (as the sampler did), also when ``top_p < 1`` truncates the
+  sampling distribution (TRL does the same); keep ``top_p = 1`` for an exact on-policy ratio.
+- A rollout whose query reply parses to no query searches with the question (as at inference), and its
+  ``r_info`` is 0: the MLLM wrote no query that could be informative. Its format reward is 0 anyway.
+- Frame positions are reported as ``(index + 0.5) / T``: the fraction of the candidate timeline (uniform in time
+  at a fixed candidate fps), for histograms of where the sampler looks.
+
+Distribution (``accelerate``): each process runs its own items; the trainer prepares the U-Sampler network and the
+policy model (in that order: peft models last, see msjoe.train.checkpoint) and both optimisers. DDP sees exactly
+one synchronised forward/backward per model and optimiser step: every MLLM turn is backpropagated on its own inside
+``accelerator.no_sync`` except the very last one (which also keeps memory flat: one turn's graph at a time), and the
+U-Sampler scores all rollouts in one batched forward. Generation runs on the unwrapped model; scoring (old
+log-probabilities and the update) runs through the prepared module. The token-mean denominator is the token count
+of the whole step over all processes, so the averaged gradient is exactly the global token mean. Only DDP (and
+single-device) training is supported: FSDP / DeepSpeed ZeRO-3 would need gathered weights for generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+
+from msjoe.errors import NonFiniteLossError
+from msjoe.features import DualEncoder
+from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore
+from msjoe.mllm.base import GenerationConfig, Message
+from msjoe.mllm.parsing import answer_follows_format, parse_answer, parse_queries, queries_follow_format
+from msjoe.mllm.prompts import MAX_QUERIES, PREVIEW_MAX_PIXELS, answer_prompt, query_prompt
+from msjoe.mllm.transformers_backend import TransformersMLLM
+from msjoe.pipeline import load_frames, preview_indices, query_similarity
+from msjoe.rl.advantages import SamplerAdvantageMode, group_advantages, sampler_advantages
+from msjoe.rl.losses import LogProbEstimator, ppo_clip_token_loss, reinforce_loss, sampler_log_prob
+from msjoe.rl.rewards import DEFAULT_INFO_THRESHOLD, RewardWeights, answer_is_correct, informative_fraction
+from msjoe.rl.rewards import rollout_reward as compute_rollout_reward
+from msjoe.samplers.selection import gumbel_topk
+from msjoe.samplers.usampler import ESTIMATORS, USampler
+from msjoe.train.examples import TrainExample
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+__all__ = [
+    "LORA_TARGET_MODULES",
+    "Rollout",
+    "Stage2Config",
+    "Stage2StepStats",
+    "Stage2Trainer",
+]
+
+logger = logging.getLogger(__name__)
+
+Finetune = Literal["lora", "full"]
+FINETUNE_MODES = ("lora", "full")
+LRSchedule = Literal["constant", "cosine"]
+LR_SCHEDULES = ("constant", "cosine")
+SAMPLER_ADVANTAGE_MODES = ("raw", "group")
+
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""The attention and MLP projections of Qwen2/Llama-style language models."""
+VISION_MODULES = ("visual", "vision_tower", "vision_model")
+"""Sub-module names of the vision tower in transformers' VLMs (Qwen2/2.5-VL: ``visual``; LLaVA: ``vision_tower``)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Stage2Config:
+    """Hyper-parameters of stage-2 joint training (saved with checkpoints; see :meth:`to_dict`).
+
+    Values marked "paper" come from MSJoE; the others are ours and documented. Per-process quantities
+    (``batch_size``) multiply by the number of processes under ``accelerate``.
+    """
+
+    # --- schedule -------------------------------------------------------------------------------------------
+    steps: int = 500
+    """Optimiser steps of a run (also the length of the cosine schedule)."""
+    batch_size: int = 2
+    """Training items per step *per process*; each gets ``group_size`` rollouts."""
+    group_size: int = 8
+    """G: rollouts per item, the GRPO group (paper-like; at least 2, a group of one has no advantage)."""
+    seed: int = 0
+    """Seeds the trainer's generators (generation seeds, the sampler's draws, the LoRA initialisation); each process
+    derives its own streams from it."""
+
+    # --- rollouts -------------------------------------------------------------------------------------------
+    k: int = 32
+    """K: frames the U-Sampler draws for the answer turn (paper's main table: 32 and 64)."""
+    max_queries: int = MAX_QUERIES
+    """Most queries the MLLM may write (paper: 4)."""
+    preview_max_pixels: int = PREVIEW_MAX_PIXELS
+    """Pixel budget of each of the K/2 preview frames of the query turn (paper: about 32 visual tokens)."""
+    frame_max_pixels: int = DEFAULT_MAX_PIXELS
+    """Pixel budget of each key frame of the answer turn (the pipeline's default)."""
+    temperature: float = 1.0
+    """Sampling temperature of both MLLM turns (> 0: GRPO needs diverse rollouts and defined probabilities)."""
+    top_p: float = 1.0
+    """Nucleus mass of both turns. The PPO ratio ignores the truncation (see the module notes): keep 1.0 for an exact
+    on-policy ratio."""
+    query_max_new_tokens: int = 128
+    """Token budget of the query reply (the pipeline's default)."""
+    answer_max_new_tokens: int = 32
+    """Token budget of the answer reply (the pipeline's default)."""
+
+    # --- rewards and advantages -----------------------------------------------------------------------------
+    reward_weights: RewardWeights = field(default_factory=RewardWeights)
+    """Weights of r_acc, r_format and r_info (see :class:`~msjoe.rl.rewards.RewardWeights`)."""
+    info_threshold: float = DEFAULT_INFO_THRESHOLD
+    """Prominence (robust sigmas) a query's similarity peak needs to count as informative (r_info)."""
+    info_min_gap: float = 0.0
+    """Optional absolute floor on a peak's height above the row median (r_info)."""
+    advantage_eps: float = 1e-6
+    """Added to the group's reward standard deviation in the GRPO advantage."""
+    sampler_advantage: SamplerAdvantageMode = "raw"
+    """The sampler's advantage: ``"raw"`` (paper: the total reward) or ``"group"`` (group-normalised)."""
+    estimator: LogProbEstimator = "plackett_luce"
+    """``log P(draw)`` of the sampler: ``"plackett_luce"`` (exact for draws without replacement) or
+    ``"independent"`` (the paper's ``sum_k log p(x_k)``)."""
+
+    # --- MLLM update ----------------------------------------------------------------------------------------
+    clip_epsilon: float = 0.2
+    """PPO clip range."""
+    kl_beta: float = 0.0
+    """Weight of the k3 KL to the reference model (paper: configurable, default 0). With LoRA the reference is the
+    base model (adapter disabled, no extra memory); with full fine-tuning a frozen copy of the starting weights."""
+    ppo_epochs: int = 1
+    """Optimiser steps of the MLLM on each batch of rollouts (1: on-policy, the ratio is 1 at the gradient)."""
+    finetune: Finetune = "lora"
+    """``"lora"`` (``peft`` adapters on the language model) or ``"full"`` (every language-model weight)."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input. 0 by default: dropout makes the first-epoch PPO ratio differ from 1."""
+    lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES
+    """Names of the linear layers that get adapters (matched as the last component of a module's name)."""
+    frozen_modules: tuple[str, ...] = VISION_MODULES
+    """Sub-modules never trained, matched as a component of a module's name: the vision tower (with its
+    projector/merger) by default. LoRA excludes them from its targets; full fine-tuning freezes them."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (saves memory on large models, costs about one more forward)."""
+    mllm_learning_rate: float = 1e-5
+    """AdamW peak learning rate of the MLLM's trainable weights (ours; LoRA. Full fine-tuning wants ~1e-6)."""
+    mllm_weight_decay: float = 0.0
+    """AdamW weight decay of the MLLM's trainable weights."""
+    mllm_max_grad_norm: float | None = 1.0
+    """Clip the MLLM's global gradient norm (None: no clipping)."""
+
+    # --- sampler update -------------------------------------------------------------------------------------
+    sampler_learning_rate: float = 1e-4
+    """AdamW peak learning rate of the U-Sampler (ours: a tenth of stage 1's, which this stage continues)."""
+    sampler_weight_decay: float = 0.0
+    """AdamW weight decay of the U-Sampler."""
+    sampler_max_grad_norm: float | None = 1.0
+    """Clip the U-Sampler's global gradient norm (None: no clipping)."""
+
+    # --- learning-rate schedule (both optimisers) ------------------------------------------------------------
+    lr_schedule: LRSchedule = "constant"
+    """``"constant"`` or ``"cosine"`` (to ``min_lr_ratio`` of the peak over ``steps``); both after warmup."""
+    warmup_steps: int = 10
+    """Linear warmup from 0 to the peak over this many steps."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate of the cosine schedule as a fraction of the peak."""
+
+    def __post_init__(self) -> None:
+        # YAML gives lists and mappings: normalise them so configs compare equal and stay hashable.
+        if isinstance(self.reward_weights, dict):
+            self.reward_weights = RewardWeights(**self.reward_weights)
+        if not isinstance(self.reward_weights, RewardWeights):
+            raise ValueError(f"reward_weights must be a RewardWeights or a mapping, got {self.reward_weights!r}")
+        self.lora_target_modules = _names(self.lora_target_modules, "lora_target_modules", allow_empty=False)
+        self.frozen_modules = _names(self.frozen_modules, "frozen_modules", allow_empty=True)
+        for name in (
+            "steps",
+            "batch_size",
+            "group_size",
+            "k",
+            "max_queries",
+            "preview_max_pixels",
+            "frame_max_pixels",
+            "query_max_new_tokens",
+            "answer_max_new_tokens",
+            "ppo_epochs",
+            "lora_r",
+            "warmup_steps",
+            "seed",
+        ):
+            value = getattr(self, name)
+            minimum = 0 if name in ("steps", "warmup_steps", "seed") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (GRPO normalises rewards within a group), got {self.group_size}")
+        if self.max_queries > MAX_QUERIES:
+            raise ValueError(f"max_queries must be at most {MAX_QUERIES}, got {self.max_queries}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be > 0 (rollouts are sampled), got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
+        for name in ("info_threshold", "info_min_gap", "advantage_eps", "kl_beta", "mllm_weight_decay",
+                     "sampler_weight_decay"):  # fmt: skip
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not 0 < self.clip_epsilon < 1:
+            raise ValueError(f"clip_epsilon must lie in (0, 1), got {self.clip_epsilon!r}")
+        if self.sampler_advantage not in SAMPLER_ADVANTAGE_MODES:
+            raise ValueError(
+                f"sampler_advantage must be one of {SAMPLER_ADVANTAGE_MODES}, got {self.sampler_advantage!r}"
+            )
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.finetune not in FINETUNE_MODES:
+            raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout!r}")
+        for name in ("mllm_learning_rate", "sampler_learning_rate"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        for name in ("mllm_max_grad_norm", "sampler_max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be None or a positive number, got {value!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML/JSON-ready mapping (tuples as lists, the reward weights as a mapping)."""
+        data = asdict(self)
+        data["lora_target_modules"] = list(self.lora_target_modules)
+        data["frozen_modules"] = list(self.frozen_modules)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stage2Config:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown Stage2Config fields: {unknown}")
+        return cls(**data)
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of both peak learning rates for update number ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        if self.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _names(value: Any, name: str, *, allow_empty: bool) -> tuple[str, ...]:
+    if isinstance(value, str) or not all(isinstance(item, str) and item for item in value):
+        raise ValueError(f"{name} must be a list of module names, got {value!r}")
+    names = tuple(value)
+    if not names and not allow_empty:
+        raise ValueError(f"{name} must name at least one module")
+    return names
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rollouts and statistics
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class Rollout:
+    """One joint rollout: what the MLLM and the sampler did, what it earned, and what the update needs.
+
+    Token tensors are on the CPU. ``*_messages`` hold the chats (with their frames) the replies answer; they are
+    what the update re-scores and are left out of :meth:`to_dict`.
+    """
+
+    example_id: str
+    index: int
+    """Position in its item's group (0 .. G-1)."""
+    query_seed: int
+    answer_seed: int
+    # query turn
+    query_reply: str
+    query_token_ids: list[int]
+    query_old_logprobs: torch.Tensor
+    """``[Lq]`` log-probabilities of the query tokens under the policy that generated them (temperature-scaled)."""
+    queries: list[str]
+    queries_from_question: bool
+    """No query parsed from the reply: the question itself was the search query."""
+    # sampler
+    sim: torch.Tensor = field(repr=False)
+    """``[Nq, T]`` similarities of the queries to the candidate frames."""
+    draw_order: list[int]
+    """The sampler's K draws in draw order (what the Plackett–Luce log-probability needs)."""
+    chosen_indices: list[int]
+    """The same frames in time order (what the MLLM saw)."""
+    chosen_timestamps: list[float]
+    num_candidates: int
+    sampler_entropy: float
+    """Entropy (nats) of the sampler's distribution over the T candidates for this rollout's ``sim``."""
+    # answer turn
+    answer_reply: str
+    answer_token_ids: list[int]
+    answer_old_logprobs: torch.Tensor
+    answer_letter: str | None
+    answer_status: str
+    # reward
+    correct: bool
+    queries_well_formed: bool
+    answer_well_formed: bool
+    info_fraction: float
+    reward_accuracy: float
+    reward_format: float
+    reward_info: float
+    reward: float
+    """The total reward (sum of the three weighted parts)."""
+    query_ref_logprobs: torch.Tensor | None = None
+    """``[Lq]`` log-probabilities under the reference model (only when ``kl_beta > 0``)."""
+    answer_ref_logprobs: torch.Tensor | None = None
+    query_messages: list[Message] = field(default_factory=list, repr=False)
+    answer_messages: list[Message] = field(default_factory=list, repr=False)
+
+    @property
+    def num_tokens(self) -> int:
+        """The MLLM's own tokens in both turns (what the PPO loss averages over)."""
+        return len(self.query_token_ids) + len(self.answer_token_ids)
+
+    def frame_positions(self) -> list[float]:
+        """Where the chosen frames lie, as fractions ``(index + 0.5) / T`` of the candidate timeline."""
+        return [(index + 0.5) / self.num_candidates for index in self.chosen_indices]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record for logs and for inspecting a bad batch (no frames, no similarity matrix)."""
+        record: dict[str, Any] = {}
+        for item in fields(self):
+            if item.name in ("query_messages", "answer_messages", "sim"):
+                continue
+            value = getattr(self, item.name)
+            record[item.name] = value.tolist() if isinstance(value, torch.Tensor) else value
+        record["sim_shape"] = list(self.sim.shape)
+        return record
+
+
+@dataclass(frozen=True)
+class Stage2StepStats:
+    """What one stage-2 step saw, over all processes (plain floats; per-rollout means unless said otherwise)."""
+
+    step: int
+    """The step number after this update (1 for the first)."""
+    num_rollouts: int
+    mllm_loss: float
+    """The PPO-clip loss of the first epoch (token-mean, KL term included); its *value* is near 0 by construction
+    when the ratio is 1 (advantages are centred), only its gradient matters."""
+    sampler_loss: float
+    reward: float
+    reward_std: float
+    """Standard deviation of rewards over all rollouts of the step."""
+    reward_accuracy: float
+    """Mean weighted r_acc."""
+    reward_format: float
+    reward_info: float
+    accuracy: float
+    """Fraction of rollouts answered correctly."""
+    format_rate: float
+    """Fraction of rollouts whose two turns both follow the format."""
+    query_format_rate: float
+    answer_format_rate: float
+    info_rate: float
+    """Mean fraction of informative queries."""
+    question_fallback_rate: float
+    """Fraction of rollouts whose query reply parsed to nothing (searched with the question)."""
+    advantage_abs_mean: float
+    """Mean |A| of the GRPO advantages (their mean is 0 within each group)."""
+    tied_group_rate: float
+    """Fraction of groups whose rewards were all equal: zero advantage, no MLLM signal."""
+    sampler_advantage_mean: float
+    sampler_advantage_std: float
+    sampler_entropy: float
+    """Mean entropy (nats) of the sampler's distribution."""
+    sampler_entropy_ratio: float
+    """Mean entropy divided by ``log T`` (1 = uniform over the candidates)."""
+    kl: float | None
+    """Mean k3 KL to the reference over the MLLM's tokens (first epoch; None without a reference)."""
+    clip_fraction: float
+    """Fraction of tokens whose gradient the PPO clip removed (over all epochs; 0 with one epoch)."""
+    query_tokens: float
+    """Mean generated tokens of the query turn."""
+    answer_tokens: float
+    mllm_grad_norm: float
+    """Gradient norm before clipping (the last epoch's)."""
+    sampler_grad_norm: float
+    mllm_learning_rate: float
+    """Learning rate of the next update."""
+    sampler_learning_rate: float
+    frame_positions: tuple[float, ...] = field(repr=False)
+    """Every chosen frame's position as a fraction of its video's candidates (for a histogram)."""
+    rollout_seconds: float
+    update_seconds: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["frame_positions"] = list(self.frame_positions)
+        return data
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------------------------
+class Stage2Trainer:
+    """GRPO for the MLLM and REINFORCE for the U-Sampler on shared joint rollouts.
+
+    ``trainer.step(examples)`` runs ``group_size`` rollouts per example and updates both models; the pieces are
+    public for callers that want them apart: :meth:`rollout` (no update), :meth:`update` (from given rollouts),
+    :meth:`mllm_backward` / :meth:`sampler_backward` (gradients only, no optimiser step).
+
+    The trainer takes ownership of ``mllm``: with ``finetune="lora"`` it injects ``peft`` adapters into
+    ``mllm.model`` in place (generation through ``mllm`` then uses them), with ``"full"`` it unfreezes the language
+    model. Attributes the runner saves: :attr:`policy_model` (the trainable model: a ``peft.PeftModel`` or the
+    transformers model, unwrapped), :attr:`sampler` (``sampler.module``), :attr:`mllm_optimizer`,
+    :attr:`sampler_optimizer`; :meth:`state_dict` holds the rest (step, generators, the two lr schedulers).
+
+    Args:
+        mllm: the policy, a local transformers MLLM (fp32 or bf16 weights) on the training device.
+        sampler: the U-Sampler to train (typically stage 1's), on the training device.
+        encoder: the frozen dual encoder whose image tower made the examples' frame embeddings.
+        config: hyper-parameters; :class:`Stage2Config` defaults when None.
+        accelerator: an ``accelerate.Accelerator`` (DDP or one device) or None for a plain single process. Its
+            ``gradient_accumulation_steps`` must be 1 (the trainer accumulates over rollouts itself).
+        frame_store: where preview and key frames are read from when stored (else decoded from the videos).
+    """
+
+    def __init__(
+        self,
+        mllm: TransformersMLLM,
+        sampler: USampler,
+        encoder: DualEncoder,
+        config: Stage2Config | None = None,
+        *,
+        accelerator: Accelerator | None = None,
+        frame_store: FrameStore | None = None,
+    ) -> None:
+        if not isinstance(mllm, TransformersMLLM):
+            raise TypeError(f"mllm must be a TransformersMLLM (a local model that can be trained), got {mllm!r}")
+        self.config = config = config or Stage2Config()
+        self.mllm = mllm
+        self.sampler = sampler
+        self.encoder = encoder
+        self.frame_store = frame_store
+        self.accelerator = accelerator
+        rank = 0
+        if accelerator is not None:
+            if accelerator.gradient_accumulation_steps != 1:
+                raise ValueError(
+                    "the accelerator's gradient_accumulation_steps must be 1: stage 2 accumulates over rollouts "
+                    f"itself (got {accelerator.gradient_accumulation_steps}); raise batch_size instead"
+                )
+            if sampler.device != accelerator.device:
+                raise ValueError(
+                    f"the U-Sampler is on {sampler.device} but the accelerator on {accelerator.device}: build it "
+                    "with device=accelerator.device"
+                )
+            rank = accelerator.process_index
+
+        self.policy_model: torch.nn.Module = self._make_trainable(mllm.model, config)
+        self.reference_model: torch.nn.Module | None = None
+        if config.kl_beta > 0 and config.finetune == "full":
+            # The starting weights, frozen; copied before accelerate wraps anything.
+            self.reference_model = copy.deepcopy(mllm.model).eval().requires_grad_(False)
+        mllm_parameters = [p for p in self.policy_model.parameters() if p.requires_grad]
+        self.mllm_optimizer = torch.optim.AdamW(
+            mllm_parameters, lr=config.mllm_learning_rate, weight_decay=config.mllm_weight_decay
+        )
+        self.sampler_optimizer = torch.optim.AdamW(
+            sampler.module.parameters(), lr=config.sampler_learning_rate, weight_decay=config.sampler_weight_decay
+        )
+        # Not prepared by accelerate: its scheduler wrapper steps num_processes times per update (schedules here
+        # count optimiser steps). Their states are part of state_dict().
+        self.mllm_scheduler = torch.optim.lr_scheduler.LambdaLR(self.mllm_optimizer, config.lr_factor)
+        self.sampler_scheduler = torch.optim.lr_scheduler.LambdaLR(self.sampler_optimizer, config.lr_factor)
+        # The modules that run training forwards: the networks themselves, or their DDP wrappers.
+        self.policy_model_wrapped: torch.nn.Module = self.policy_model
+        self.sampler_model_wrapped: torch.nn.Module = sampler.module
+        if accelerator is not None:
+            # peft models last: msjoe.train.checkpoint saves models by position and treats peft ones specially.
+            (
+                self.sampler_model_wrapped,
+                self.policy_model_wrapped,
+                self.sampler_optimizer,
+                self.mllm_optimizer,
+            ) = accelerator.prepare(sampler.module, self.policy_model, self.sampler_optimizer, self.mllm_optimizer)
+            if self.reference_model is not None:
+                self.reference_model.to(accelerator.device)
+
+        # The trainer's own random streams, different on every process and independent of the global RNG:
+        # generation seeds (CPU) and the sampler's Gumbel noise (on the sampler's device).
+        self.generator = torch.Generator().manual_seed(_derive_seed(config.seed, rank, 0))
+        self.draw_generator = torch.Generator(device=sampler.device).manual_seed(_derive_seed(config.seed, rank, 1))
+        self.step_count = 0
+
+    # --- set-up ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _make_trainable(model: torch.nn.Module, config: Stage2Config) -> torch.nn.Module:
+        """LoRA adapters on the language model (a ``PeftModel``), or the model itself with its vision tower frozen."""
+        frozen = re.compile(rf"(?:^|.*\.)(?:{'|'.join(map(re.escape, config.frozen_modules))})(?:\..*)?")
+        if config.finetune == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=list(config.lora_target_modules),
+                exclude_modules=frozen.pattern if config.frozen_modules else None,
+                bias="none",
+            )
+            # Seeded, so every process (and every re-run) starts from the same adapter; the global RNG is untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                policy = get_peft_model(model, lora)
+        else:
+            policy = model
+            for name, parameter in policy.named_parameters():
+                parameter.requires_grad_(not (config.frozen_modules and frozen.fullmatch(name)))
+        if config.gradient_checkpointing:
+            base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not any(p.requires_grad for p in policy.parameters()):
+            raise ValueError("the MLLM has no trainable parameter: check lora_target_modules / frozen_modules")
+        policy.eval()
+        return policy
+
+    # --- rollouts -------------------------------------------------------------------------------------------
+    def rollout(self, examples: Sequence[TrainExample]) -> list[list[Rollout]]:
+        """``group_size`` joint rollouts of each example (one group per example), without any update."""
+        if not examples:
+            raise ValueError("a stage-2 step needs at least one example")
+        self.policy_model.eval()
+        return [self._rollout_group(example) for example in examples]
+
+    def _rollout_group(self, example: TrainExample) -> list[Rollout]:
+        config = self.config
+        qa, features = example.qa, example.features
+        if qa.answer is None:
+            raise ValueError(f"item {qa.id!r} has no answer: stage 2 rewards need the correct option")
+        candidates = np.asarray(features.timestamps, dtype=np.float64)
+        num_candidates = len(candidates)
+        frame_source = {"store": self.frame_store, "fps": features.fps, "max_frames": features.max_frames}
+
+        preview_ts = [float(candidates[i]) for i in preview_indices(num_candidates, config.k)]
+        preview = load_frames(qa.video, preview_ts, config.preview_max_pixels, **frame_source)
+        query_messages = query_prompt(
+            qa.question,
+            list(qa.options),
+            list(preview),
+            preview_ts,
+            max_queries=config.max_queries,
+            preview_max_pixels=config.preview_max_pixels,
+        )
+        seeds = [self._next_seeds() for _ in range(config.group_size)]
+
+        # Turn 1 and the sampler's draws, for the whole group.
+        drafts = []
+        for query_seed, _ in seeds:
+            completion = self.mllm.complete(query_messages, self._generation(config.query_max_new_tokens, query_seed))
+            queries = parse_queries(completion.text, max_queries=config.max_queries)
+            from_question = not queries
+            if from_question:
+                queries = [qa.question]
+            sim = query_similarity(self.encoder, queries, features)
+            with torch.no_grad():
+                logits = self.sampler.logits(sim).float()
+            order = gumbel_topk(logits, config.k, generator=self.draw_generator).cpu()
+            log_p = torch.log_softmax(logits, dim=-1)
+            drafts.append((completion, queries, from_question, sim, order, float(-(log_p.exp() * log_p).sum())))
+
+        # Key frames: the union of the group's draws, decoded once.
+        union = sorted({int(i) for *_, order, _ in drafts for i in order})
+        union_frames = load_frames(
+            qa.video, [float(candidates[i]) for i in union], config.frame_max_pixels, **frame_source
+        )
+        frame_of = dict(zip(union, union_frames, strict=True))
+
+        group = []
+        for index, ((query_seed, answer_seed), draft) in enumerate(zip(seeds, drafts, strict=True)):
+            query, queries, from_question, sim, order, entropy = draft
+            chosen = sorted(int(i) for i in order)
+            chosen_ts = [float(candidates[i]) for i in chosen]
+            answer_messages = answer_prompt(
+                qa.question,
+                list(qa.options),
+                [frame_of[i] for i in chosen],
+                chosen_ts,
+                frame_max_pixels=config.frame_max_pixels,
+            )
+            answer = self.mllm.complete(answer_messages, self._generation(config.answer_max_new_tokens, answer_seed))
+            parsed = parse_answer(answer.text, list(qa.options))
+            correct = answer_is_correct(answer.text, list(qa.options), qa.answer)
+            queries_ok = queries_follow_format(query.text, max_queries=config.max_queries)
+            answer_ok = answer_follows_format(answer.text, list(qa.options))
+            info = (
+                0.0
+                if from_question
+                else float(informative_fraction(sim, threshold=config.info_threshold, min_gap=config.info_min_gap))
+            )
+            reward = compute_rollout_reward(correct, queries_ok, answer_ok, info, config.reward_weights)
+            query_old, query_ref = self._score(query_messages, query.token_ids)
+            answer_old, answer_ref = self._score(answer_messages, answer.token_ids)
+            group.append(
+                Rollout(
+                    example_id=qa.id,
+                    index=index,
+                    query_seed=query_seed,
+                    answer_seed=answer_seed,
+                    query_reply=query.text,
+                    query_token_ids=list(query.token_ids),
+                    query_old_logprobs=query_old,
+                    queries=list(queries),
+                    queries_from_question=from_question,
+                    sim=sim.detach().cpu(),
+                    draw_order=[int(i) for i in order],
+                    chosen_indices=chosen,
+                    chosen_timestamps=chosen_ts,
+                    num_candidates=num_candidates,
+                    sampler_entropy=entropy,
+                    answer_reply=answer.text,
+                    answer_token_ids=list(answer.token_ids),
+                    answer_old_logprobs=answer_old,
+                    answer_letter=parsed.letter,
+                    answer_status=parsed.status,
+                    correct=correct,
+                    queries_well_formed=queries_ok,
+                    answer_well_formed=answer_ok,
+                    info_fraction=info,
+                    reward_accuracy=float(reward.accuracy),
+                    reward_format=float(reward.format),
+                    reward_info=float(reward.info),
+                    reward=float(reward.total),
+                    query_ref_logprobs=query_ref,
+                    answer_ref_logprobs=answer_ref,
+                    query_messages=query_messages,
+                    answer_messages=answer_messages,
+                )
+            )
+        return group
+
+    def _next_seeds(self) -> tuple[int, int]:
+        """Generation seeds of one rollout's two turns, from the trainer's generator."""
+        query_seed, answer_seed = torch.randint(0, 2**62, (2,), generator=self.generator).tolist()
+        return int(query_seed), int(answer_seed)
+
+    def _generation(self, max_new_tokens: int, seed: int) -> GenerationConfig:
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens, temperature=self.config.temperature, top_p=self.config.top_p, seed=seed
+        )
+
+    @torch.no_grad()
+    def _score(self, messages: list[Message], token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Old log-probabilities of a reply (through the module the update uses) and, with a KL term, the
+        reference's."""
+        temperature = self.config.temperature
+        old = self.mllm.token_logprobs(messages, token_ids, temperature, model=self.policy_model_wrapped)
+        reference = None
+        if self.config.kl_beta > 0:
+            with self._reference() as reference_model:
+                reference = self.mllm.token_logprobs(messages, token_ids, temperature, model=reference_model)
+            reference = reference.cpu()
+        return old.cpu(), reference
+
+    @contextlib.contextmanager
+    def _reference(self) -> Iterator[torch.nn.Module]:
+        """The reference model: the policy with its adapter disabled (LoRA), or the frozen copy (full)."""
+        if self.reference_model is not None:
+            autocast = self.accelerator.autocast() if self.accelerator is not None else contextlib.nullcontext()
+            with autocast:
+                yield self.reference_model
+            return
+        with self.policy_model.disable_adapter():
+            yield self.policy_model_wrapped
+
+    # --- update ---------------------------------------------------------------------------------------------
+    def step(self, examples: Sequence[TrainExample]) -> Stage2StepStats:
+        """Rollouts of ``examples`` (this process's share of the step), then one update of both models.
+
+        Raises :class:`~msjoe.errors.NonFiniteLossError`, carrying the rollouts, without stepping the optimisers
+        if a loss or a gradient norm is NaN or infinite.
+        """
+        started = time.perf_counter()
+        groups = self.rollout(examples)
+        return self.update(groups, rollout_seconds=time.perf_counter() - started)
+
+    def update(self, groups: Sequence[Sequence[Rollout]], *, rollout_seconds: float = 0.0) -> Stage2StepStats:
+        """Update both models from ``groups`` (one list of G rollouts per item): ``ppo_epochs`` MLLM steps and one
+        sampler step, then advance the lr schedules and the step count."""
+        started = time.perf_counter()
+        config = self.config
+        self._check_groups(groups)
+        rollouts = [rollout for group in groups for rollout in group]
+
+        self.sampler_optimizer.zero_grad(set_to_none=True)
+        sampler_stats = self.sampler_backward(groups)
+        clip_fractions: list[float] = []
+        first: dict[str, Any] = {}
+        sampler_norm = mllm_norm = math.nan
+        for epoch in range(config.ppo_epochs):
+            self.mllm_optimizer.zero_grad(set_to_none=True)
+            mllm_stats = self.mllm_backward(groups)
+            clip_fractions.append(mllm_stats["clip_fraction"])
+            losses = {"mllm_loss": mllm_stats["loss"]}
+            if epoch == 0:
+                first = mllm_stats
+                losses["sampler_loss"] = sampler_stats["loss"]
+            # Checked before any optimiser step of the epoch (the sampler's loss is already known).
+            self._raise_if_not_finite(losses, groups, epoch)
+            mllm_norm = self._clip(self.policy_model_wrapped, self.mllm_optimizer, config.mllm_max_grad_norm)
+            norms = {"mllm_grad_norm": mllm_norm}
+            if epoch == 0:
+                sampler_norm = self._clip(
+                    self.sampler_model_wrapped, self.sampler_optimizer, config.sampler_max_grad_norm
+                )
+                norms["sampler_grad_norm"] = sampler_norm
+            self._raise_if_not_finite(norms, groups, epoch)
+            if epoch == 0:
+                self.sampler_optimizer.step()
+            self.mllm_optimizer.step()
+        self.mllm_optimizer.zero_grad(set_to_none=True)
+        self.sampler_optimizer.zero_grad(set_to_none=True)
+        self.policy_model.eval()
+        self.mllm_scheduler.step()
+        self.sampler_scheduler.step()
+        self.step_count += 1
+        self.sampler.training_steps += 1
+        return self._stats(
+            rollouts,
+            groups,
+            mllm_loss=first["loss"],
+            kl=first["kl"],
+            clip_fraction=sum(clip_fractions) / len(clip_fractions),
+            sampler_stats=sampler_stats,
+            mllm_grad_norm=mllm_norm,
+            sampler_grad_norm=sampler_norm,
+            rollout_seconds=rollout_seconds,
+            update_seconds=time.perf_counter() - started,
+        )
+
+    def mllm_backward(self, groups: Sequence[Sequence[Rollout]]) -> dict[str, float]:
+        """Accumulate the gradient of the PPO-clip loss (plus the KL term) over every turn of every rollout.
+
+        Each turn is one forward and one backward (under ``no_sync`` except the last), scaled so the sum over turns
+        and processes is the token-mean over the whole step. A group with zero advantages contributes no gradient
+        and is skipped when there is no KL term (its tokens still count in the mean). Returns the loss (the sum of
+        the turns' parts, reduced over processes), ``kl`` (token mean, None without a reference) and
+        ``clip_fraction`` over the scored tokens.
+        """
+        config = self.config
+        self._check_groups(groups)
+        advantages = self.mllm_advantages(groups)
+        rollouts = [rollout for group in groups for rollout in group]
+        local_tokens = sum(rollout.num_tokens for rollout in rollouts)
+        total_tokens = self._sum_over_processes(torch.tensor([float(local_tokens)]))[0]
+        # DDP averages gradients over processes: scale by W / N so the average is the global token mean.
+        denominator = total_tokens / self._num_processes
+
+        turns = []
+        for rollout, advantage in zip(rollouts, advantages, strict=True):
+            if advantage == 0 and config.kl_beta == 0:
+                continue
+            turns.append((rollout.query_messages, rollout.query_token_ids, rollout.query_old_logprobs,
+                          rollout.query_ref_logprobs, advantage))  # fmt: skip
+            turns.append((rollout.answer_messages, rollout.answer_token_ids, rollout.answer_old_logprobs,
+                          rollout.answer_ref_logprobs, advantage))  # fmt: skip
+        if not turns:
+            # Every process must run the synchronised backward: use the last turn of the step (zero advantage).
+            last = rollouts[-1]
+            turns.append((last.answer_messages, last.answer_token_ids, last.answer_old_logprobs,
+                          last.answer_ref_logprobs, 0.0))  # fmt: skip
+
+        self.policy_model.train()
+        device = self.mllm.device
+        loss_sum, kl_sum, clipped, scored = 0.0, 0.0, 0.0, 0
+        for position, (messages, token_ids, old, reference, advantage) in enumerate(turns):
+            synchronise = position == len(turns) - 1
+            with self._no_sync(self.policy_model_wrapped, not synchronise):
+                logprobs = self.mllm.token_logprobs(
+                    messages, token_ids, config.temperature, model=self.policy_model_wrapped
+                )
+                loss, stats = ppo_clip_token_loss(
+                    logprobs[None],
+                    old.to(device)[None],
+                    torch.tensor([advantage], dtype=torch.float32, device=device),
+                    torch.ones_like(logprobs, dtype=torch.bool)[None],
+                    clip_eps=config.clip_epsilon,
+                    ref_logprobs=None if reference is None else reference.to(device)[None],
+                    kl_beta=config.kl_beta,
+                    num_tokens=denominator,
+                )
+                self._backward(loss)
+            count = len(token_ids)
+            loss_sum += float(loss.detach())
+            clipped += float(stats["clip_fraction"]) * count
+            if "kl_mean" in stats:
+                kl_sum += float(stats["kl_mean"]) * count
+            scored += count
+        # Each process's loss is its share of the global token mean; the sum over processes is the loss.
+        totals = self._sum_over_processes(torch.tensor([loss_sum, kl_sum, clipped, float(scored)]))
+        return {
+            "loss": totals[0],
+            "kl": totals[1] / max(totals[3], 1.0) if config.kl_beta > 0 else None,
+            "clip_fraction": totals[2] / max(totals[3], 1.0),
+        }
+
+    def sampler_backward(self, groups: Sequence[Sequence[Rollout]]) -> dict[str, float]:
+        """Accumulate the gradient of the sampler's REINFORCE loss: one batched forward over all rollouts."""
+        config = self.config
+        self._check_groups(groups)
+        rollouts = [rollout for group in groups for rollout in group]
+        rewards = torch.tensor([[rollout.reward for rollout in group] for group in groups], dtype=torch.float64)
+        advantages = sampler_advantages(rewards, config.sampler_advantage, eps=config.advantage_eps).flatten()
+        self.sampler_model_wrapped.train()
+        logits = self.sampler.logits_batch([rollout.sim for rollout in rollouts], module=self.sampler_model_wrapped)
+        log_probs = torch.stack(
+            [
+                sampler_log_prob(row, torch.tensor(rollout.draw_order, device=row.device), config.estimator)
+                for row, rollout in zip(logits, rollouts, strict=True)
+            ]
+        )
+        loss = reinforce_loss(log_probs, advantages.to(log_probs.device))
+        self._backward(loss)
+        return {
+            "loss": self._sum_over_processes(torch.tensor([float(loss.detach())]))[0] / self._num_processes,
+            "advantages": advantages.tolist(),
+        }
+
+    def mllm_advantages(self, groups: Sequence[Sequence[Rollout]]) -> list[float]:
+        """GRPO advantages of every rollout, flattened in group order."""
+        rewards = torch.tensor([[rollout.reward for rollout in group] for group in groups], dtype=torch.float64)
+        return group_advantages(rewards, eps=self.config.advantage_eps).flatten().tolist()
+
+    # --- helpers --------------------------------------------------------------------------------------------
+    def _check_groups(self, groups: Sequence[Sequence[Rollout]]) -> None:
+        if not groups:
+            raise ValueError("an update needs at least one group of rollouts")
+        sizes = {len(group) for group in groups}
+        if len(sizes) != 1 or min(sizes) < 2:
+            raise ValueError(f"every group needs the same number (>= 2) of rollouts, got sizes {sorted(sizes)}")
+
+    @property
+    def _num_processes(self) -> int:
+        return self.accelerator.num_processes if self.accelerator is not None else 1
+
+    def _sum_over_processes(self, values: torch.Tensor) -> list[float]:
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values.double().to(self.accelerator.device), reduction="sum").cpu()
+        return [float(value) for value in values]
+
+    def _gather(self, values: list[Any]) -> list[Any]:
+        """Concatenate per-process lists (all processes must call it)."""
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            return list(gather_object(values))
+        return values
+
+    def _no_sync(self, module: torch.nn.Module, skip_sync: bool) -> contextlib.AbstractContextManager[Any]:
+        if skip_sync and self.accelerator is not None:
+            return self.accelerator.no_sync(module)
+        return contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.accelerator is not None:
+            self.accelerator.backward(loss)
+        else:
+            loss.backward()
+
+    def _clip(self, module: torch.nn.Module, optimizer: Any, max_norm: float | None) -> float:
+        del optimizer  # the prepared module's parameters are the optimiser's
+        parameters = [p for p in module.parameters() if p.grad is not None]
+        limit = math.inf if max_norm is None else max_norm
+        if self.accelerator is not None:
+            return float(self.accelerator.clip_grad_norm_(parameters, limit))
+        return float(torch.nn.utils.clip_grad_norm_(parameters, limit))
+
+    def _raise_if_not_finite(self, values: dict[str, float], groups: Sequence[Sequence[Rollout]], epoch: int) -> None:
+        """Stop (on every process: the values are already reduced) before any optimiser step of this epoch."""
+        bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+        if not bad:
+            return
+        self.mllm_optimizer.zero_grad(set_to_none=True)
+        self.sampler_optimizer.zero_grad(set_to_none=True)
+        self.policy_model.eval()
+        step = self.step_count + 1
+        described = ", ".join(f"{name} {value}" for name, value in bad.items())
+        raise NonFiniteLossError(
+            f"stage-2 step {step} (PPO epoch {epoch + 1}): {described}; the optimisers were not stepped",
+            step=step,
+            batch={"epoch": epoch, "values": values, "rollouts": [[r.to_dict() for r in g] for g in groups]},
+        )
+
+    def _stats(
+        self,
+        rollouts: list[Rollout],
+        groups: Sequence[Sequence[Rollout]],
+        *,
+        mllm_loss: float,
+        kl: float | None,
+        clip_fraction: float,
+        sampler_stats: dict[str, Any],
+        mllm_grad_norm: float,
+        sampler_grad_norm: float,
+        rollout_seconds: float,
+        update_seconds: float,
+    ) -> Stage2StepStats:
+        advantages = self.mllm_advantages(groups)
+        local = [
+            {
+                "reward": r.reward,
+                "reward_accuracy": r.reward_accuracy,
+                "reward_format": r.reward_format,
+                "reward_info": r.reward_info,
+                "correct": float(r.correct),
+                "format": float(r.queries_well_formed and r.answer_well_formed),
+                "query_format": float(r.queries_well_formed),
+                "answer_format": float(r.answer_well_formed),
+                "info": r.info_fraction,
+                "fallback": float(r.queries_from_question),
+                "advantage_abs": abs(a),
+                "sampler_advantage": s,
+                "entropy": r.sampler_entropy,
+                "entropy_ratio": r.sampler_entropy / math.log(r.num_candidates) if r.num_candidates > 1 else 1.0,
+                "query_tokens": float(len(r.query_token_ids)),
+                "answer_tokens": float(len(r.answer_token_ids)),
+                "positions": r.frame_positions(),
+            }
+            for r, a, s in zip(rollouts, advantages, sampler_stats["advantages"], strict=True)
+        ]
+        tied = [float(len({r.reward for r in group}) == 1) for group in groups]
+        timing = [(rollout_seconds, update_seconds)]
+        everything = self._gather(local)
+        tied, timing = self._gather(tied), self._gather(timing)
+
+        def mean(key: str) -> float:
+            return sum(record[key] for record in everything) / len(everything)
+
+        def std(key: str) -> float:
+            values = torch.tensor([record[key] for record in everything], dtype=torch.float64)
+            return float(values.std(correction=0))
+
+        return Stage2StepStats(
+            step=self.step_count,
+            num_rollouts=len(everything),
+            mllm_loss=mllm_loss,
+            sampler_loss=sampler_stats["loss"],
+            reward=mean("reward"),
+            reward_std=std("reward"),
+            reward_accuracy=mean("reward_accuracy"),
+            reward_format=mean("reward_format"),
+            reward_info=mean("reward_info"),
+            accuracy=mean("correct"),
+            format_rate=mean("format"),
+            query_format_rate=mean("query_format"),
+            answer_format_rate=mean("answer_format"),
+            info_rate=mean("info"),
+            question_fallback_rate=mean("fallback"),
+            advantage_abs_mean=mean("advantage_abs"),
+            tied_group_rate=sum(tied) / len(tied),
+            sampler_advantage_mean=mean("sampler_advantage"),
+            sampler_advantage_std=std("sampler_advantage"),
+            sampler_entropy=mean("entropy"),
+            sampler_entropy_ratio=mean("entropy_ratio"),
+            kl=kl,
+            clip_fraction=clip_fraction,
+            query_tokens=mean("query_tokens"),
+            answer_tokens=mean("answer_tokens"),
+            mllm_grad_norm=mllm_grad_norm,
+            sampler_grad_norm=sampler_grad_norm,
+            mllm_learning_rate=float(self.mllm_scheduler.get_last_lr()[0]),
+            sampler_learning_rate=float(self.sampler_scheduler.get_last_lr()[0]),
+            frame_positions=tuple(p for record in everything for p in record["positions"]),
+            rollout_seconds=max(t[0] for t in timing),
+            update_seconds=max(t[1] for t in timing),
+            seconds=max(t[0] + t[1] for t in timing),
+        )
+
+    # --- state ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Step count, this process's generators and the two lr schedulers (models and optimisers are saved
+        separately, e.g. by ``accelerator.save_state``)."""
+        return {
+            "step": self.step_count,
+            "generator": self.generator.get_state(),
+            "draw_generator": self.draw_generator.get_state(),
+            "mllm_scheduler": self.mllm_scheduler.state_dict(),
+            "sampler_scheduler": self.sampler_scheduler.state_dict(),
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (load models and optimisers separately)."""
+        self.step_count = int(state["step"])
+        self.generator.set_state(state["generator"])
+        self.draw_generator.set_state(state["draw_generator"])
+        self.mllm_scheduler.load_state_dict(state["mllm_scheduler"])
+        self.sampler_scheduler.load_state_dict(state["sampler_scheduler"])
+
+
+def _derive_seed(seed: int, process_index: int, stream: int) -> int:
+    """An independent 63-bit seed per (run seed, process, stream), via NumPy's SeedSequence hashing."""
+    state = np.random.SeedSequence([seed, process_index, stream]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])

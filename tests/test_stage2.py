@@ -1,0 +1,381 @@
+"""Stage-2 joint training on a tiny random Qwen2.5-VL, a tiny CLIP and a small U-Sampler over a generated video.
+
+The random MLLM writes gibberish, so its own rewards are mostly tied; tests that need a learning signal set the
+rollouts' rewards by hand and call ``update``, which is exactly what ``step`` does after its rollouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from msjoe.data.schema import QAItem
+from msjoe.errors import NonFiniteLossError
+from msjoe.features import DualEncoder, similarity
+from msjoe.index import index_video
+from msjoe.mllm import GenerationConfig, ImagePart
+from msjoe.mllm.transformers_backend import TransformersMLLM
+from msjoe.pipeline import preview_indices
+from msjoe.rl.rewards import RewardWeights, informative_fraction, rollout_reward
+from msjoe.rl.stage2 import Rollout, Stage2Config, Stage2Trainer
+from msjoe.samplers.usampler import USampler, USamplerConfig
+from msjoe.synthetic_video import Event, event_color, read_frame_index, write_video
+from msjoe.train.examples import TrainExample
+
+VIDEO_FPS = 4.0
+OPTIONS = ("red", "green", "blue", "grey")
+# The hand-computed GRPO case: mean 0.5, sample std sqrt((0.25 + 0.25 + 0) / 2) = 0.5, so A = (1, -1, 0).
+REWARDS = (1.0, 0.0, 0.5)
+ADVANTAGES = (1.0, -1.0, 0.0)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_clip_dir: Path) -> DualEncoder:
+    return DualEncoder.from_pretrained(str(tiny_clip_dir))
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory, encoder: DualEncoder) -> TrainExample:
+    """6 s at 4 fps: 6 one-second candidates at 0.5, 1.5, ... 5.5 s (frames 2, 6, ... 22); an event at 2-4 s."""
+    folder = tmp_path_factory.mktemp("stage2-video")
+    video = write_video(
+        folder / "v.mp4", duration=6.0, fps=VIDEO_FPS, size=(128, 72), events=[Event(2.0, 4.0, event_color(0))]
+    )
+    features = index_video(video, encoder, None, fps=1.0)
+    qa = QAItem(id="item-1", video=str(video), question="What colour is the background?", options=OPTIONS, answer="A")
+    return TrainExample(qa=qa, features=features)
+
+
+def small_config(**overrides: object) -> Stage2Config:
+    settings: dict[str, object] = dict(
+        group_size=3, k=4, query_max_new_tokens=12, answer_max_new_tokens=6, warmup_steps=0, seed=0
+    )
+    return Stage2Config(**{**settings, **overrides})
+
+
+def make_trainer(qwen_dir: Path, encoder: DualEncoder, **overrides: object) -> Stage2Trainer:
+    """A fresh trainer on freshly loaded models (the trainer adds adapters to its MLLM in place)."""
+    mllm = TransformersMLLM(str(qwen_dir), dtype="float32")
+    sampler = USampler(config=USamplerConfig(widths=(8, 16), query_width=4), seed=0)
+    return Stage2Trainer(mllm, sampler, encoder, small_config(**overrides))
+
+
+def with_rewards(groups: list[list[Rollout]], rewards: tuple[float, ...]) -> list[list[Rollout]]:
+    return [[dataclasses.replace(r, reward=value) for r, value in zip(group, rewards, strict=True)] for group in groups]
+
+
+def trainable(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+
+
+def frozen(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters() if not p.requires_grad}
+
+
+def perturb_lora(trainer: Stage2Trainer, seed: int = 0) -> None:
+    """LoRA's B starts at zero (so A gets no gradient); random B makes every adapter weight matter."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in trainer.policy_model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+
+
+def images(messages: list) -> list[ImagePart]:
+    return [part for message in messages for part in message.content if isinstance(part, ImagePart)]
+
+
+# --- configuration -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"group_size": 1}, "group_size"),
+        ({"k": 0}, "k"),
+        ({"max_queries": 5}, "max_queries"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"clip_epsilon": 1.0}, "clip_epsilon"),
+        ({"kl_beta": -0.1}, "kl_beta"),
+        ({"sampler_advantage": "mean"}, "sampler_advantage"),
+        ({"estimator": "exact"}, "estimator"),
+        ({"finetune": "qlora"}, "finetune"),
+        ({"lora_target_modules": ()}, "lora_target_modules"),
+        ({"mllm_max_grad_norm": 0.0}, "mllm_max_grad_norm"),
+        ({"sampler_learning_rate": 0.0}, "sampler_learning_rate"),
+        ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"batch_size": True}, "batch_size"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(overrides: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        Stage2Config(**overrides)
+
+
+def test_config_round_trips_through_a_plain_mapping() -> None:
+    config = Stage2Config(reward_weights=RewardWeights(accuracy=0.8), lora_target_modules=("q_proj", "v_proj"))
+    data = json.loads(json.dumps(config.to_dict()))  # YAML/JSON-ready: lists and mappings only
+    assert data["reward_weights"] == {"accuracy": 0.8, "format": 0.5, "info": 0.1}
+    assert Stage2Config.from_dict(data) == config
+    with pytest.raises(ValueError, match="unknown Stage2Config fields: \\['learning_rate'\\]"):
+        Stage2Config.from_dict({**data, "learning_rate": 1.0})
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor() -> None:
+    config = Stage2Config(steps=12, warmup_steps=2, lr_schedule="cosine", min_lr_ratio=0.1)
+    assert [config.lr_factor(s) for s in (0, 1)] == [1 / 3, 2 / 3]
+    assert config.lr_factor(2) == 1.0
+    assert config.lr_factor(7) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert config.lr_factor(12) == pytest.approx(0.1) and config.lr_factor(50) == pytest.approx(0.1)
+
+
+# --- rollouts ------------------------------------------------------------------------------------------------
+def test_rollouts_record_what_was_generated_drawn_shown_and_earned(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+) -> None:
+    trainer = make_trainer(tiny_qwen_dir, encoder, info_threshold=1.0)  # low enough for random queries to count
+    config = trainer.config
+    (group,) = trainer.rollout([example])
+    assert [r.index for r in group] == [0, 1, 2] and {r.example_id for r in group} == {"item-1"}
+    candidates = example.timestamps
+    previews = [candidates[i] for i in preview_indices(len(candidates), config.k)]
+    for rollout in group:
+        # The exact tokens: regenerating with the recorded seed gives them back, and the recorded old
+        # log-probabilities are those of the scoring forward pass.
+        for messages, token_ids, old, seed, budget in (
+            (rollout.query_messages, rollout.query_token_ids, rollout.query_old_logprobs, rollout.query_seed, 12),
+            (rollout.answer_messages, rollout.answer_token_ids, rollout.answer_old_logprobs, rollout.answer_seed, 6),
+        ):
+            again = trainer.mllm.complete(messages, GenerationConfig(max_new_tokens=budget, temperature=1.0, seed=seed))
+            assert again.token_ids == token_ids
+            with torch.no_grad():
+                rescored = trainer.mllm.token_logprobs(messages, token_ids, config.temperature)
+            assert old.shape == (len(token_ids),) and bool((old <= 0).all())
+            torch.testing.assert_close(rescored, old, rtol=0, atol=1e-6)
+        # The query turn saw the K/2 previews; the answer turn saw exactly the drawn frames, in time order.
+        assert len(images(rollout.query_messages)) == len(previews)
+        shown = [read_frame_index(image.pixels) for image in images(rollout.answer_messages)]
+        assert shown == [round(t * VIDEO_FPS) for t in rollout.chosen_timestamps]
+        assert rollout.chosen_indices == sorted(rollout.draw_order) and len(set(rollout.draw_order)) == config.k
+        assert rollout.chosen_timestamps == [candidates[i] for i in rollout.chosen_indices]
+        # The similarity is that of the parsed queries (or of the question when none parsed), and r_info counts
+        # the informative ones among the MLLM's own queries.
+        queries = [example.qa.question] if rollout.queries_from_question else rollout.queries
+        expected_sim = similarity(encoder.encode_texts(queries), example.features.embeddings)
+        torch.testing.assert_close(rollout.sim, expected_sim, rtol=0, atol=0)
+        info = 0.0 if rollout.queries_from_question else float(informative_fraction(expected_sim, threshold=1.0))
+        assert rollout.info_fraction == pytest.approx(info)
+        # The reward is the reward function of the recorded outcomes.
+        expected = rollout_reward(
+            rollout.correct, rollout.queries_well_formed, rollout.answer_well_formed, rollout.info_fraction
+        )
+        assert rollout.reward == pytest.approx(float(expected.total))
+        assert rollout.reward == pytest.approx(rollout.reward_accuracy + rollout.reward_format + rollout.reward_info)
+        assert rollout.correct == (rollout.answer_letter == "A")
+        assert 0 < rollout.sampler_entropy <= math.log(len(candidates)) + 1e-6
+        json.dumps(rollout.to_dict())  # loggable as is
+    assert any(r.info_fraction > 0 for r in group)
+    # Each rollout has its own seeds, so the group explores.
+    assert len({r.query_seed for r in group}) == 3
+    assert len({tuple(r.query_token_ids) for r in group}) > 1
+
+
+# --- the update ----------------------------------------------------------------------------------------------
+def test_an_update_trains_lora_and_sampler_only_and_reports_the_rollouts(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+) -> None:
+    trainer = make_trainer(tiny_qwen_dir, encoder)
+    policy, sampler = trainer.policy_model, trainer.sampler.module
+    assert all("lora_" in name for name in trainable(policy))
+    assert not any("visual" in name for name in trainable(policy))  # no adapter on the vision tower
+    base_before, lora_before, sampler_before = frozen(policy), trainable(policy), trainable(sampler)
+    groups = with_rewards(trainer.rollout([example]), REWARDS)
+
+    stats = trainer.update(groups)
+
+    assert all(torch.equal(base_before[name], p) for name, p in frozen(policy).items())
+    lora_after = trainable(policy)
+    changed = [name for name in lora_after if not torch.equal(lora_before[name], lora_after[name])]
+    assert changed and all("lora_B" in name for name in changed)  # B = 0 at start: only B gets a gradient
+    assert any(not torch.equal(sampler_before[name], p) for name, p in trainable(sampler).items())
+    assert trainer.step_count == 1 and trainer.sampler.training_steps == 1
+    rollouts = groups[0]
+    assert stats.step == 1 and stats.num_rollouts == 3
+    assert stats.reward == pytest.approx(sum(REWARDS) / 3)
+    assert stats.advantage_abs_mean == pytest.approx(2 / 3, rel=1e-5) and stats.tied_group_rate == 0.0
+    assert stats.sampler_advantage_mean == pytest.approx(0.5)  # "raw": the reward itself
+    assert stats.accuracy == pytest.approx(sum(r.correct for r in rollouts) / 3)
+    assert stats.query_tokens == pytest.approx(sum(len(r.query_token_ids) for r in rollouts) / 3)
+    assert stats.frame_positions == tuple((i + 0.5) / 6 for r in rollouts for i in r.chosen_indices)
+    assert stats.clip_fraction == 0.0 and stats.kl is None
+    assert math.isfinite(stats.mllm_grad_norm) and stats.mllm_grad_norm > 0
+    json.dumps(stats.to_dict())
+
+
+def test_first_epoch_gradients_equal_the_hand_computed_reinforce_gradients(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+) -> None:
+    trainer = make_trainer(tiny_qwen_dir, encoder, sampler_advantage="raw", estimator="plackett_luce")
+    perturb_lora(trainer)
+    groups = with_rewards(trainer.rollout([example]), REWARDS)
+    rollouts = groups[0]
+    assert trainer.mllm_advantages(groups) == pytest.approx(ADVANTAGES, abs=1e-5)
+    policy, sampler = trainer.policy_model, trainer.sampler
+
+    trainer.mllm_optimizer.zero_grad(set_to_none=True)
+    trainer.mllm_backward(groups)
+    got = {name: p.grad.clone() for name, p in policy.named_parameters() if p.requires_grad}
+    # With ratio 1 the PPO-clip gradient is -1/N * sum_i A_i * sum_t grad log pi(token t of rollout i), N = all
+    # tokens of both turns of every rollout (token mean).
+    policy.zero_grad(set_to_none=True)
+    total_tokens = sum(r.num_tokens for r in rollouts)
+    surrogate = torch.zeros(())
+    for rollout, advantage in zip(rollouts, ADVANTAGES, strict=True):
+        for messages, ids in ((rollout.query_messages, rollout.query_token_ids),
+                              (rollout.answer_messages, rollout.answer_token_ids)):  # fmt: skip
+            surrogate = surrogate + advantage * trainer.mllm.token_logprobs(messages, ids, 1.0, model=policy).sum()
+    (-surrogate / total_tokens).backward()
+    assert {name for name, grad in got.items() if grad.abs().sum() > 0} >= {
+        name for name, _ in policy.named_parameters() if "lora_A" in name
+    }
+    for name, parameter in policy.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(got[name], parameter.grad, rtol=1e-4, atol=1e-7)
+
+    # The sampler: -1/G * sum_i r_i * log P(draw_i), log P recomputed one rollout at a time (exact Plackett-Luce).
+    trainer.sampler_optimizer.zero_grad(set_to_none=True)
+    trainer.sampler_backward(groups)
+    got = {name: p.grad.clone() for name, p in sampler.module.named_parameters()}
+    sampler.module.zero_grad(set_to_none=True)
+    reference = sum(
+        -reward * sampler.log_prob(r.sim, torch.tensor(r.draw_order))
+        for r, reward in zip(rollouts, REWARDS, strict=True)
+    )
+    (reference / 3).backward()
+    for name, parameter in sampler.module.named_parameters():
+        torch.testing.assert_close(got[name], parameter.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_a_group_of_equal_rewards_leaves_the_mllm_alone_except_for_weight_decay(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+) -> None:
+    trainer = make_trainer(tiny_qwen_dir, encoder, mllm_weight_decay=0.1, mllm_learning_rate=0.01)
+    perturb_lora(trainer)
+    groups = with_rewards(trainer.rollout([example]), (0.6, 0.6, 0.6))
+    assert trainer.mllm_advantages(groups) == [0.0, 0.0, 0.0]
+    before, sampler_before = trainable(trainer.policy_model), trainable(trainer.sampler.module)
+
+    stats = trainer.update(groups)
+
+    # AdamW with a zero gradient moves nothing but decays: p <- p * (1 - lr * weight_decay).
+    for name, parameter in trainable(trainer.policy_model).items():
+        torch.testing.assert_close(parameter, before[name] * (1 - 0.01 * 0.1), rtol=1e-6, atol=0)
+    assert stats.tied_group_rate == 1.0 and stats.advantage_abs_mean == 0.0 and stats.mllm_grad_norm == 0.0
+    # The sampler's "raw" advantage is the reward itself (paper): it still learns from a tied group.
+    assert any(not torch.equal(sampler_before[n], p) for n, p in trainable(trainer.sampler.module).items())
+
+
+def test_the_same_seed_reproduces_rollouts_and_parameters(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+) -> None:
+    runs = []
+    for seed in (3, 3, 4):
+        trainer = make_trainer(tiny_qwen_dir, encoder, seed=seed)
+        groups = with_rewards(trainer.rollout([example]), REWARDS)
+        trainer.update(groups)
+        stats = trainer.step([example])  # a whole step on the model's own rewards
+        trace = [(r.query_token_ids, r.answer_token_ids, r.draw_order) for r in groups[0]]
+        runs.append((trace, trainable(trainer.policy_model), trainable(trainer.sampler.module), stats))
+    (trace_a, lora_a, sampler_a, stats_a), (trace_b, lora_b, sampler_b, stats_b), (trace_c, *_) = runs
+    assert trace_a == trace_b and trace_a != trace_c
+    assert all(torch.equal(lora_a[name], lora_b[name]) for name in lora_a)
+    assert all(torch.equal(sampler_a[name], sampler_b[name]) for name in sampler_a)
+    timing = ("rollout_seconds", "update_seconds", "seconds")
+    assert {k: v for k, v in stats_a.to_dict().items() if k not in timing} == {
+        k: v for k, v in stats_b.to_dict().items() if k not in timing
+    }
+
+
+def test_state_dict_round_trip_restores_step_generators_and_schedules(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample, tmp_path: Path
+) -> None:
+    trainer = make_trainer(tiny_qwen_dir, encoder, warmup_steps=3)
+    torch.save(trainer.state_dict(), tmp_path / "state.pt")  # a plain, torch.save-able mapping
+    first = trainer.rollout([example])
+    trainer.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    again = trainer.rollout([example])  # the generators are back where they were: the same rollouts
+    assert [(r.query_token_ids, r.answer_token_ids, r.draw_order) for r in again[0]] == [
+        (r.query_token_ids, r.answer_token_ids, r.draw_order) for r in first[0]
+    ]
+    assert [r.query_seed for r in trainer.rollout([example])[0]] != [r.query_seed for r in first[0]]
+
+    trainer.update(with_rewards(first, REWARDS))
+    assert trainer.step_count == 1 and trainer.mllm_scheduler.get_last_lr()[0] == pytest.approx(1e-5 * 2 / 4)
+    trainer.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    assert trainer.step_count == 0
+    assert trainer.mllm_scheduler.get_last_lr()[0] == pytest.approx(1e-5 / 4)
+    assert trainer.sampler_scheduler.get_last_lr()[0] == pytest.approx(1e-4 / 4)
+
+
+def test_a_non_finite_loss_raises_with_the_rollouts_and_steps_nothing(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+) -> None:
+    trainer = make_trainer(tiny_qwen_dir, encoder)
+    groups = with_rewards(trainer.rollout([example]), REWARDS)
+    groups[0][0].query_old_logprobs[0] = float("nan")  # a poisoned rollout: its ratio is NaN
+    lora_before, sampler_before = trainable(trainer.policy_model), trainable(trainer.sampler.module)
+
+    with pytest.raises(NonFiniteLossError, match="mllm_loss nan") as raised:
+        trainer.update(groups)
+
+    assert raised.value.step == 1
+    recorded = raised.value.batch["rollouts"]
+    assert [r["query_token_ids"] for r in recorded[0]] == [r.query_token_ids for r in groups[0]]
+    assert all(torch.equal(lora_before[n], p) for n, p in trainable(trainer.policy_model).items())
+    assert all(torch.equal(sampler_before[n], p) for n, p in trainable(trainer.sampler.module).items())
+    assert not trainer.mllm_optimizer.state and not trainer.sampler_optimizer.state  # never stepped
+    assert all(p.grad is None for p in trainer.policy_model.parameters())
+    assert trainer.step_count == 0 and trainer.mllm_scheduler.last_epoch == 0
+
+
+# --- reference model and full fine-tuning --------------------------------------------------------------------
+def test_kl_reference_of_lora_is_the_base_model(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+) -> None:
+    trainer = make_trainer(tiny_qwen_dir, encoder, kl_beta=0.5)
+    perturb_lora(trainer)  # the policy now differs from the base model
+    groups = with_rewards(trainer.rollout([example]), REWARDS)
+    base = TransformersMLLM(str(tiny_qwen_dir), dtype="float32")
+    for rollout in groups[0]:
+        with torch.no_grad():
+            expected = base.token_logprobs(rollout.answer_messages, rollout.answer_token_ids, 1.0)
+        torch.testing.assert_close(rollout.answer_ref_logprobs, expected, rtol=0, atol=1e-5)
+        assert not torch.allclose(rollout.answer_ref_logprobs, rollout.answer_old_logprobs)
+    stats = trainer.update(groups)
+    assert stats.kl is not None and stats.kl > 0
+
+
+def test_full_finetuning_trains_the_language_model_not_the_vision_tower(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+) -> None:
+    trainer = make_trainer(tiny_qwen_dir, encoder, finetune="full", kl_beta=0.1, mllm_learning_rate=1e-3)
+    model = trainer.policy_model
+    names = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert names and not any(".visual." in f".{name}" for name in names)
+    assert any("language_model" in name for name in names) and "lm_head.weight" in names
+    vision_before, language_before = frozen(model), trainable(model)
+    groups = with_rewards(trainer.rollout([example]), REWARDS)
+    for rollout in groups[0]:  # the reference is the starting model: identical to the policy before any update
+        torch.testing.assert_close(rollout.query_ref_logprobs, rollout.query_old_logprobs, rtol=0, atol=0)
+
+    stats = trainer.update(groups)
+
+    assert all(torch.equal(vision_before[name], p) for name, p in frozen(model).items())
+    assert any(not torch.equal(language_before[name], p) for name, p in trainable(model).items())
+    reference = dict(trainer.reference_model.named_parameters())
+    assert all(torch.equal(reference[name], language_before[name]) for name in language_before)
+    assert stats.kl == pytest.approx(0.0, abs=1e-9)  # measured before the update: policy == reference
