@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -379,3 +382,101 @@ def test_full_finetuning_trains_the_language_model_not_the_vision_tower(
     reference = dict(trainer.reference_model.named_parameters())
     assert all(torch.equal(reference[name], language_before[name]) for name in language_before)
     assert stats.kl == pytest.approx(0.0, abs=1e-9)  # measured before the update: policy == reference
+
+
+# --- two processes -------------------------------------------------------------------------------------------
+def test_two_processes_train_on_the_global_token_mean_and_stay_identical(
+    tiny_qwen_dir: Path, tiny_clip_dir: Path, tmp_path: Path
+) -> None:
+    """DDP on two CPU processes (gloo), each with its own item: the synchronised gradients equal the single-process
+    reference over both processes' rollouts (global token mean for the MLLM, mean over rollouts for the sampler),
+    and after two updates both processes hold the same weights and report the same statistics."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__]
+    command += ["--ddp-worker", str(tiny_qwen_dir), str(tiny_clip_dir), str(tmp_path)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for report in reports:
+        assert report["mllm_gradient_error"] < 1e-4 and report["sampler_gradient_error"] < 1e-4
+        assert report["gradient_norm"] > 0
+    assert reports[0]["weights"] == reports[1]["weights"]
+    assert reports[0]["stats"] == reports[1]["stats"] and reports[0]["stats"]["num_rollouts"] == 6
+    assert reports[0]["stats"]["kl"] is not None  # the reference (adapter disabled) ran through the DDP module
+
+
+def _ddp_worker(qwen_dir: str, clip_dir: str, folder: str) -> None:
+    """One process of the two-process test (started by torch.distributed.run)."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    from msjoe.rl.advantages import group_advantages
+
+    torch.set_num_threads(1)
+    accelerator = Accelerator(cpu=True)
+    rank = accelerator.process_index
+    video = write_video(
+        Path(folder) / f"video{rank}.mp4", duration=6.0 + 2 * rank, fps=VIDEO_FPS, size=(128, 72),
+        events=[Event(2.0, 4.0, event_color(rank))],
+    )  # fmt: skip
+    encoder = DualEncoder.from_pretrained(clip_dir)
+    question = ("What colour is the background?", "Which shape moves?")[rank]
+    qa = QAItem(id=f"item-{rank}", video=str(video), question=question, options=OPTIONS, answer="A")
+    example = TrainExample(qa=qa, features=index_video(video, encoder, None, fps=1.0))
+    mllm = TransformersMLLM(qwen_dir, dtype="float32")
+    sampler = USampler(config=USamplerConfig(widths=(8, 16), query_width=4), seed=0, device=accelerator.device)
+    trainer = Stage2Trainer(mllm, sampler, encoder, small_config(kl_beta=0.1), accelerator=accelerator)
+    perturb_lora(trainer)  # same seed on both processes
+    groups = with_rewards(trainer.rollout([example]), ((1.0, 0.0, 0.5), (0.2, 0.9, 0.4))[rank])
+    everyone = gather_object([groups[0]])
+
+    trainer.mllm_optimizer.zero_grad(set_to_none=True)
+    trainer.mllm_backward(groups)
+    policy = trainer.policy_model
+    got = {name: p.grad.clone() for name, p in policy.named_parameters() if p.requires_grad}
+    trainer.sampler_optimizer.zero_grad(set_to_none=True)
+    trainer.sampler_backward(groups)
+    got_sampler = {name: p.grad.clone() for name, p in sampler.module.named_parameters()}
+
+    # The reference on the unwrapped modules (no synchronisation), over both processes' rollouts.
+    policy.zero_grad(set_to_none=True)
+    total_tokens = sum(r.num_tokens for group in everyone for r in group)
+    loss = torch.zeros(())
+    for group in everyone:
+        advantages = group_advantages(torch.tensor([r.reward for r in group], dtype=torch.float64)).tolist()
+        for r, advantage in zip(group, advantages, strict=True):
+            turns = [(r.query_messages, r.query_token_ids, r.query_ref_logprobs)]
+            turns.append((r.answer_messages, r.answer_token_ids, r.answer_ref_logprobs))
+            for messages, ids, reference in turns:
+                logprobs = mllm.token_logprobs(messages, ids, 1.0, model=policy)
+                log_ratio = reference - logprobs  # k3 KL to the base model
+                kl = (torch.exp(log_ratio) - log_ratio - 1).sum()
+                loss = loss + (-advantage * logprobs.sum() + 0.1 * kl) / total_tokens
+    loss.backward()
+    sampler.module.zero_grad(set_to_none=True)
+    draws = [r for group in everyone for r in group]
+    sampler_loss = sum(-r.reward * sampler.log_prob(r.sim, torch.tensor(r.draw_order)) for r in draws) / len(draws)
+    sampler_loss.backward()
+
+    def relative_error(got: dict[str, torch.Tensor], module: torch.nn.Module) -> float:
+        parameters = [(name, p) for name, p in module.named_parameters() if p.grad is not None]
+        return max(float((got[name] - p.grad).abs().max() / (p.grad.abs().max() + 1e-12)) for name, p in parameters)
+
+    report = {
+        "mllm_gradient_error": relative_error(got, policy),
+        "sampler_gradient_error": relative_error(got_sampler, sampler.module),
+        "gradient_norm": float(torch.cat([g.flatten() for g in got.values()]).norm()),
+    }
+    trainer.update(groups)
+    stats = trainer.step([example])
+    report["stats"] = {key: value for key, value in stats.to_dict().items() if not key.endswith("seconds")}
+    report["weights"] = [
+        float(sum(p.detach().double().sum() for p in module.parameters() if p.requires_grad))
+        for module in (policy, sampler.module)
+    ]
+    (Path(folder) / f"rank{rank}.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--ddp-worker"]:
+    _ddp_worker(*sys.argv[2:5])
