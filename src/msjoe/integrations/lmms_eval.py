@@ -241,7 +241,7 @@ class MSJoE(lmms):
         self.reply_mode = reply
         self.on_error = on_error
         self.log_file = Path(log_file) if log_file else None
-        self.failures: dict[str, str] = {}
+        self.failures: list[tuple[str, str]] = []  # (request, error) of every failed request so far
 
     # --- lmms-eval's model API -------------------------------------------------------------------------------
     def generate_until(self, requests: list[Instance]) -> list[str]:
@@ -259,7 +259,7 @@ class MSJoE(lmms):
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         failed = len(self.failures) - failed_before
         if failed:
-            listed = "; ".join(f"{k}: {v}" for k, v in list(self.failures.items())[failed_before:][:20])
+            listed = "; ".join(f"{where}: {error}" for where, error in self.failures[failed_before:][:20])
             logger.warning("msjoe: %d of %d requests failed and got an empty reply: %s", failed, len(requests), listed)
         return replies
 
@@ -288,7 +288,7 @@ class MSJoE(lmms):
             if self.on_error == "raise" or is_run_fatal(failure):
                 raise
             answer, error = None, f"{type(failure).__name__}: {failure}"
-            self.failures[where] = error
+            self.failures.append((where, error))
             logger.warning("msjoe: %s failed: %s", where, error)
         finally:
             self.qa.config = base
