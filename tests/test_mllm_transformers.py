@@ -276,3 +276,24 @@ def test_token_logprobs_can_run_through_a_wrapping_module(mllm: TransformersMLLM
         wrapped = mllm.token_logprobs(messages, "The answer is A", model=wrapper)
     assert wrapper.calls == 1
     torch.testing.assert_close(wrapped, direct, rtol=0, atol=0)
+
+
+def test_batched_completion_matches_one_chat_at_a_time(mllm: TransformersMLLM) -> None:
+    chats = [
+        ask(frame(max_pixels=3136), "Describe."),
+        ask("A longer question with more words, then two frames:", frame(seed=1), frame(112, 112, seed=2), "What?"),
+        ask("no image at all"),
+    ]
+    one_by_one = [mllm.complete(chat, GREEDY).token_ids for chat in chats]
+    batched = mllm.complete_batch(chats, GREEDY)
+    assert [c.token_ids for c in batched] == one_by_one  # left padding changes nothing
+    assert [c.text for c in batched] == [mllm.complete(chat, GREEDY).text for chat in chats]
+    end = mllm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    sampled = GenerationConfig(max_new_tokens=12, temperature=1.0, seed=3)
+    samples = mllm.complete_batch(chats[:2], sampled, samples_per_chat=3)
+    assert len(samples) == 6 and samples == mllm.complete_batch(chats[:2], sampled, samples_per_chat=3)
+    for completion in samples:  # replies stop at their first end token: no padding is returned
+        assert end not in completion.token_ids[:-1] and 1 <= len(completion.token_ids) <= 12
+    assert mllm.complete_batch([], GREEDY) == []
+    with pytest.raises(ValueError, match="samples_per_chat"):
+        mllm.complete_batch(chats, GREEDY, samples_per_chat=0)

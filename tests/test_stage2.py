@@ -112,6 +112,7 @@ def images(messages: list) -> list[ImagePart]:
         ({"sampler_learning_rate": 0.0}, "sampler_learning_rate"),
         ({"lr_schedule": "linear"}, "lr_schedule"),
         ({"batch_size": True}, "batch_size"),
+        ({"generation_batch_size": 0}, "generation_batch_size"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(overrides: dict[str, object], field: str) -> None:
@@ -146,15 +147,20 @@ def test_rollouts_record_what_was_generated_drawn_shown_and_earned(
     assert [r.index for r in group] == [0, 1, 2] and {r.example_id for r in group} == {"item-1"}
     candidates = example.timestamps
     previews = [candidates[i] for i in preview_indices(len(candidates), config.k)]
+    # The exact tokens: the group's replies come from one batched generate call per turn (seeded), and the recorded
+    # old log-probabilities are those of the scoring forward pass.
+    assert len({r.query_seed for r in group}) == 1 and len({r.answer_seed for r in group}) == 1
+    sampled = GenerationConfig(max_new_tokens=12, temperature=1.0, seed=group[0].query_seed)
+    again = trainer.mllm.complete_batch([group[0].query_messages], sampled, samples_per_chat=3)
+    assert [c.token_ids for c in again] == [r.query_token_ids for r in group]
+    sampled = GenerationConfig(max_new_tokens=6, temperature=1.0, seed=group[0].answer_seed)
+    again = trainer.mllm.complete_batch([r.answer_messages for r in group], sampled)
+    assert [c.token_ids for c in again] == [r.answer_token_ids for r in group]
     for rollout in group:
-        # The exact tokens: regenerating with the recorded seed gives them back, and the recorded old
-        # log-probabilities are those of the scoring forward pass.
-        for messages, token_ids, old, seed, budget in (
-            (rollout.query_messages, rollout.query_token_ids, rollout.query_old_logprobs, rollout.query_seed, 12),
-            (rollout.answer_messages, rollout.answer_token_ids, rollout.answer_old_logprobs, rollout.answer_seed, 6),
+        for messages, token_ids, old in (
+            (rollout.query_messages, rollout.query_token_ids, rollout.query_old_logprobs),
+            (rollout.answer_messages, rollout.answer_token_ids, rollout.answer_old_logprobs),
         ):
-            again = trainer.mllm.complete(messages, GenerationConfig(max_new_tokens=budget, temperature=1.0, seed=seed))
-            assert again.token_ids == token_ids
             with torch.no_grad():
                 rescored = trainer.mllm.token_logprobs(messages, token_ids, config.temperature)
             assert old.shape == (len(token_ids),) and bool((old <= 0).all())
@@ -182,9 +188,18 @@ def test_rollouts_record_what_was_generated_drawn_shown_and_earned(
         assert 0 < rollout.sampler_entropy <= math.log(len(candidates)) + 1e-6
         json.dumps(rollout.to_dict())  # loggable as is
     assert any(r.info_fraction > 0 for r in group)
-    # Each rollout has its own seeds, so the group explores.
-    assert len({r.query_seed for r in group}) == 3
-    assert len({tuple(r.query_token_ids) for r in group}) > 1
+    assert len({tuple(r.query_token_ids) for r in group}) == 3  # the group explores
+
+
+def test_rollouts_generated_one_at_a_time_get_their_own_seeds(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+) -> None:
+    trainer = make_trainer(tiny_qwen_dir, encoder, generation_batch_size=1)
+    (group,) = trainer.rollout([example])
+    assert len({r.query_seed for r in group}) == 3 and len({r.answer_seed for r in group}) == 3
+    for rollout in group:
+        sampled = GenerationConfig(max_new_tokens=6, temperature=1.0, seed=rollout.answer_seed)
+        assert trainer.mllm.complete(rollout.answer_messages, sampled).token_ids == rollout.answer_token_ids
 
 
 # --- the update ----------------------------------------------------------------------------------------------
@@ -343,6 +358,23 @@ def test_a_non_finite_loss_raises_with_the_rollouts_and_steps_nothing(
     assert not trainer.mllm_optimizer.state and not trainer.sampler_optimizer.state  # never stepped
     assert all(p.grad is None for p in trainer.policy_model.parameters())
     assert trainer.step_count == 0 and trainer.mllm_scheduler.last_epoch == 0
+
+
+def test_activation_checkpointing_gives_the_same_gradients(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+) -> None:
+    plain = make_trainer(tiny_qwen_dir, encoder)
+    checkpointed = make_trainer(tiny_qwen_dir, encoder, gradient_checkpointing=True)
+    assert checkpointed.policy_model.get_base_model().is_activation_checkpointing
+    groups = with_rewards(plain.rollout([example]), REWARDS)  # rollouts are plain data: any trainer can learn from them
+    gradients = []
+    for trainer in (plain, checkpointed):
+        perturb_lora(trainer)
+        trainer.mllm_backward(groups)
+        gradients.append({n: p.grad for n, p in trainer.policy_model.named_parameters() if p.requires_grad})
+    assert all(gradients[1][name].abs().sum() > 0 for name in gradients[1] if "lora_A" in name)
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient, rtol=1e-5, atol=1e-8)
 
 
 # --- reference model and full fine-tuning --------------------------------------------------------------------

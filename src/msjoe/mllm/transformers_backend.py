@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
 from transformers import GenerationConfig as HFGenerationConfig
@@ -131,6 +132,24 @@ class TransformersMLLM(MLLM):
     # --- inputs ---------------------------------------------------------------------------------------------
     def encode(self, messages: list[Message]) -> BatchFeature:
         """Model inputs for ``messages`` followed by the assistant-turn opener (the generation prompt)."""
+        prompt, images = self._render(messages)
+        inputs = self.processor(text=[prompt], images=images or None, return_tensors="pt")
+        return inputs.to(self.device)
+
+    def encode_batch(self, chats: Sequence[list[Message]]) -> BatchFeature:
+        """Inputs of several chats in one batch, left-padded (as generation needs), images in chat order."""
+        prompts, images = [], []
+        for messages in chats:
+            prompt, chat_images = self._render(messages)
+            prompts.append(prompt)
+            images += chat_images
+        inputs = self.processor(
+            text=prompts, images=images or None, return_tensors="pt", padding=True, padding_side="left"
+        )
+        return inputs.to(self.device)
+
+    def _render(self, messages: list[Message]) -> tuple[str, list[np.ndarray]]:
+        """The chat-template prompt of ``messages`` and their images, resized to their pixel budgets."""
         chat, images = [], []
         for message in messages:
             parts = []
@@ -144,8 +163,7 @@ class TransformersMLLM(MLLM):
                     raise TypeError(f"message parts must be str or ImagePart, got {type(part).__name__}")
             chat.append({"role": message.role, "content": parts})
         prompt = self.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-        inputs = self.processor(text=[prompt], images=images or None, return_tensors="pt")
-        return inputs.to(self.device)
+        return prompt, images
 
     def num_image_tokens(self, messages: list[Message]) -> int:
         """How many positions the images of ``messages`` occupy in the model's input."""
@@ -173,20 +191,54 @@ class TransformersMLLM(MLLM):
         generation = generation or GenerationConfig()
         inputs = self.encode(messages)
         sampling = generation.temperature > 0
-        hf_config = HFGenerationConfig(
+        with torch.inference_mode(), self._rng(generation.seed if sampling else None):
+            output = self.model.generate(**inputs, generation_config=self._hf_generation(generation))
+        new_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
+        return Completion(text=self.tokenizer.decode(new_ids, skip_special_tokens=True), token_ids=new_ids)
+
+    def complete_batch(
+        self, chats: Sequence[list[Message]], generation: GenerationConfig | None = None, *, samples_per_chat: int = 1
+    ) -> list[Completion]:
+        """Replies to several chats in one batched ``generate`` call (left-padded), ``samples_per_chat`` each.
+
+        Returns ``len(chats) * samples_per_chat`` completions, the samples of a chat next to each other. Much faster
+        than one :meth:`complete` per chat on a GPU (a group of GRPO rollouts at once). The ``seed`` seeds the
+        whole batch: a reply depends on the other chats of its batch, unlike :meth:`chat_many`'s contract. Each
+        reply's ``token_ids`` end at its first end token (the padding after it is dropped).
+        """
+        if samples_per_chat < 1:
+            raise ValueError(f"samples_per_chat must be >= 1, got {samples_per_chat}")
+        if not chats:
+            return []
+        generation = generation or GenerationConfig()
+        inputs = self.encode_batch(chats)
+        sampling = generation.temperature > 0
+        hf_config = self._hf_generation(generation, num_return_sequences=samples_per_chat)
+        with torch.inference_mode(), self._rng(generation.seed if sampling else None):
+            output = self.model.generate(**inputs, generation_config=hf_config)
+        eos = hf_config.eos_token_id
+        end_ids = set(eos) if isinstance(eos, list) else {eos}
+        completions = []
+        for row in output[:, inputs["input_ids"].shape[1] :].tolist():
+            end = next((i + 1 for i, token in enumerate(row) if token in end_ids), len(row))
+            ids = row[:end]
+            completions.append(Completion(text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids))
+        return completions
+
+    def _hf_generation(self, generation: GenerationConfig, num_return_sequences: int = 1) -> HFGenerationConfig:
+        """transformers' settings for ``generation``: ours alone (see the class notes), placeholders suppressed."""
+        sampling = generation.temperature > 0
+        return HFGenerationConfig(
             max_new_tokens=generation.max_new_tokens,
             do_sample=sampling,
             temperature=generation.temperature if sampling else None,
             top_p=generation.top_p if sampling else None,
             top_k=None,
+            num_return_sequences=num_return_sequences,
             suppress_tokens=sorted(self.placeholder_token_ids) or None,
             eos_token_id=self.model.generation_config.eos_token_id,
             pad_token_id=self.model.generation_config.pad_token_id,
         )
-        with torch.inference_mode(), self._rng(generation.seed if sampling else None):
-            output = self.model.generate(**inputs, generation_config=hf_config)
-        new_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
-        return Completion(text=self.tokenizer.decode(new_ids, skip_special_tokens=True), token_ids=new_ids)
 
     def chat(self, messages: list[Message], generation: GenerationConfig | None = None) -> str:
         return self.complete(messages, generation).text

@@ -49,6 +49,7 @@ import logging
 import math
 import re
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
@@ -137,6 +138,9 @@ class Stage2Config:
     """Token budget of the query reply (the pipeline's default)."""
     answer_max_new_tokens: int = 32
     """Token budget of the answer reply (the pipeline's default)."""
+    generation_batch_size: int | None = None
+    """Rollouts generated in one batched ``generate`` call per turn (None: the whole group). Lower it when a group
+    of answer prompts (K frames each) does not fit in memory at once."""
 
     # --- rewards and advantages -----------------------------------------------------------------------------
     reward_weights: RewardWeights = field(default_factory=RewardWeights)
@@ -257,6 +261,12 @@ class Stage2Config:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if self.generation_batch_size is not None and (
+            isinstance(self.generation_batch_size, bool)
+            or not isinstance(self.generation_batch_size, int)
+            or self.generation_batch_size < 1
+        ):
+            raise ValueError(f"generation_batch_size must be None or an int >= 1, got {self.generation_batch_size!r}")
         for name in ("mllm_max_grad_norm", "sampler_max_grad_norm"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -316,6 +326,7 @@ class Rollout:
     index: int
     """Position in its item's group (0 .. G-1)."""
     query_seed: int
+    """Seed of the batched ``generate`` call that wrote the query reply (shared by its generation batch)."""
     answer_seed: int
     # query turn
     query_reply: str
@@ -553,7 +564,9 @@ class Stage2Trainer:
                 bias="none",
             )
             # Seeded, so every process (and every re-run) starts from the same adapter; the global RNG is untouched.
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                # peft reads transformers' deprecated `is_gradient_checkpointing`; the warning is not the user's.
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 torch.manual_seed(config.seed)
                 policy = get_peft_model(model, lora)
         else:
@@ -562,7 +575,12 @@ class Stage2Trainer:
                 parameter.requires_grad_(not (config.frozen_modules and frozen.fullmatch(name)))
         if config.gradient_checkpointing:
             base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # Non-reentrant: works with frozen inputs (LoRA) and with DDP. transformers 5 renamed the method.
+            options = {"use_reentrant": False}
+            if hasattr(base, "activation_checkpointing_enable"):
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
         if not any(p.requires_grad for p in policy.parameters()):
             raise ValueError("the MLLM has no trainable parameter: check lora_target_modules / frozen_modules")
         policy.eval()
@@ -595,43 +613,60 @@ class Stage2Trainer:
             max_queries=config.max_queries,
             preview_max_pixels=config.preview_max_pixels,
         )
-        seeds = [self._next_seeds() for _ in range(config.group_size)]
+        batches = self._generation_batches()
+        query_seeds, answer_seeds = self._next_seeds(len(batches)), self._next_seeds(len(batches))
 
-        # Turn 1 and the sampler's draws, for the whole group.
+        # Turn 1, batched: the group's query replies to the same prompt.
+        queries_seeded = []
+        for (start, stop), seed in zip(batches, query_seeds, strict=True):
+            generation = self._generation(config.query_max_new_tokens, seed)
+            replies = self.mllm.complete_batch([query_messages], generation, samples_per_chat=stop - start)
+            queries_seeded += [(reply, seed) for reply in replies]
+
+        # The sampler's draws: one Gumbel-top-k per rollout from the logits of its own queries.
         drafts = []
-        for query_seed, _ in seeds:
-            completion = self.mllm.complete(query_messages, self._generation(config.query_max_new_tokens, query_seed))
-            queries = parse_queries(completion.text, max_queries=config.max_queries)
+        for query, query_seed in queries_seeded:
+            queries = parse_queries(query.text, max_queries=config.max_queries)
             from_question = not queries
             if from_question:
                 queries = [qa.question]
             sim = query_similarity(self.encoder, queries, features)
             with torch.no_grad():
                 logits = self.sampler.logits(sim).float()
-            order = gumbel_topk(logits, config.k, generator=self.draw_generator).cpu()
+            order = [int(i) for i in gumbel_topk(logits, config.k, generator=self.draw_generator).cpu()]
             log_p = torch.log_softmax(logits, dim=-1)
-            drafts.append((completion, queries, from_question, sim, order, float(-(log_p.exp() * log_p).sum())))
+            entropy = float(-(log_p.exp() * log_p).sum())
+            drafts.append((query, query_seed, queries, from_question, sim, order, entropy))
 
-        # Key frames: the union of the group's draws, decoded once.
-        union = sorted({int(i) for *_, order, _ in drafts for i in order})
+        # Key frames: the union of the group's draws, decoded once; then turn 2, batched.
+        union = sorted({i for *_, order, _ in drafts for i in order})
         union_frames = load_frames(
             qa.video, [float(candidates[i]) for i in union], config.frame_max_pixels, **frame_source
         )
         frame_of = dict(zip(union, union_frames, strict=True))
+        answer_chats = []
+        for *_, order, _ in drafts:
+            chosen = sorted(order)
+            frames = [frame_of[i] for i in chosen]
+            timestamps = [float(candidates[i]) for i in chosen]
+            answer_chats.append(
+                answer_prompt(
+                    qa.question, list(qa.options), frames, timestamps, frame_max_pixels=config.frame_max_pixels
+                )
+            )
+        answers_seeded = []
+        for (start, stop), seed in zip(batches, answer_seeds, strict=True):
+            generation = self._generation(config.answer_max_new_tokens, seed)
+            answers_seeded += [
+                (reply, seed) for reply in self.mllm.complete_batch(answer_chats[start:stop], generation)
+            ]
 
         group = []
-        for index, ((query_seed, answer_seed), draft) in enumerate(zip(seeds, drafts, strict=True)):
-            query, queries, from_question, sim, order, entropy = draft
-            chosen = sorted(int(i) for i in order)
-            chosen_ts = [float(candidates[i]) for i in chosen]
-            answer_messages = answer_prompt(
-                qa.question,
-                list(qa.options),
-                [frame_of[i] for i in chosen],
-                chosen_ts,
-                frame_max_pixels=config.frame_max_pixels,
-            )
-            answer = self.mllm.complete(answer_messages, self._generation(config.answer_max_new_tokens, answer_seed))
+        for index, (draft, answer_messages, (answer, answer_seed)) in enumerate(
+            zip(drafts, answer_chats, answers_seeded, strict=True)
+        ):
+            query, query_seed, queries, from_question, sim, order, entropy = draft
+            chosen = sorted(order)
             parsed = parse_answer(answer.text, list(qa.options))
             correct = answer_is_correct(answer.text, list(qa.options), qa.answer)
             queries_ok = queries_follow_format(query.text, max_queries=config.max_queries)
@@ -656,9 +691,9 @@ class Stage2Trainer:
                     queries=list(queries),
                     queries_from_question=from_question,
                     sim=sim.detach().cpu(),
-                    draw_order=[int(i) for i in order],
+                    draw_order=order,
                     chosen_indices=chosen,
-                    chosen_timestamps=chosen_ts,
+                    chosen_timestamps=[float(candidates[i]) for i in chosen],
                     num_candidates=num_candidates,
                     sampler_entropy=entropy,
                     answer_reply=answer.text,
@@ -682,10 +717,14 @@ class Stage2Trainer:
             )
         return group
 
-    def _next_seeds(self) -> tuple[int, int]:
-        """Generation seeds of one rollout's two turns, from the trainer's generator."""
-        query_seed, answer_seed = torch.randint(0, 2**62, (2,), generator=self.generator).tolist()
-        return int(query_seed), int(answer_seed)
+    def _generation_batches(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` ranges of the group's rollouts that are generated together."""
+        size = self.config.generation_batch_size or self.config.group_size
+        return [(start, min(start + size, self.config.group_size)) for start in range(0, self.config.group_size, size)]
+
+    def _next_seeds(self, count: int) -> list[int]:
+        """``count`` generation seeds from the trainer's generator."""
+        return [int(seed) for seed in torch.randint(0, 2**62, (count,), generator=self.generator).tolist()]
 
     def _generation(self, max_new_tokens: int, seed: int) -> GenerationConfig:
         return GenerationConfig(
