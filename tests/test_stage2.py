@@ -297,6 +297,18 @@ def test_a_group_of_equal_rewards_leaves_the_mllm_alone_except_for_weight_decay(
     assert any(not torch.equal(sampler_before[n], p) for n, p in trainable(trainer.sampler.module).items())
 
 
+def test_several_ppo_epochs_step_the_mllm_each_epoch_and_clip_off_policy_tokens(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+) -> None:
+    trainer = make_trainer(tiny_qwen_dir, encoder, ppo_epochs=3, clip_epsilon=0.01, mllm_learning_rate=0.05)
+    stats = trainer.update(with_rewards(trainer.rollout([example]), REWARDS))
+    assert {int(state["step"]) for state in trainer.mllm_optimizer.state.values()} == {3}
+    assert {int(state["step"]) for state in trainer.sampler_optimizer.state.values()} == {1}  # REINFORCE: once
+    # After the first epoch the policy has moved: later epochs see ratios outside 1 +- 0.01 and clip them.
+    assert 0 < stats.clip_fraction < 1
+    assert trainer.step_count == 1
+
+
 def test_the_same_seed_reproduces_rollouts_and_parameters(
     tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
 ) -> None:

@@ -398,8 +398,8 @@ class Stage2StepStats:
     """The step number after this update (1 for the first)."""
     num_rollouts: int
     mllm_loss: float
-    """The PPO-clip loss of the first epoch (token-mean, KL term included); its *value* is near 0 by construction
-    when the ratio is 1 (advantages are centred), only its gradient matters."""
+    """The PPO-clip loss of the first epoch (token-mean, KL term included). At ratio 1 its value is
+    ``-sum_i A_i n_i / N`` (n_i tokens of rollout i): a by-product of the advantages, not a measure of progress."""
     sampler_loss: float
     reward: float
     reward_std: float
@@ -468,6 +468,9 @@ class Stage2Trainer:
     model. Attributes the runner saves: :attr:`policy_model` (the trainable model: a ``peft.PeftModel`` or the
     transformers model, unwrapped), :attr:`sampler` (``sampler.module``), :attr:`mllm_optimizer`,
     :attr:`sampler_optimizer`; :meth:`state_dict` holds the rest (step, generators, the two lr schedulers).
+    :attr:`policy_model_wrapped` and :attr:`sampler_model_wrapped` are what ``accelerator.prepare`` returned (the
+    same modules without an accelerator); :attr:`reference_model` is the frozen copy of full fine-tuning with a KL
+    term (None otherwise).
 
     Args:
         mllm: the policy, a local transformers MLLM (fp32 or bf16 weights) on the training device.
@@ -591,7 +594,7 @@ class Stage2Trainer:
         """``group_size`` joint rollouts of each example (one group per example), without any update."""
         if not examples:
             raise ValueError("a stage-2 step needs at least one example")
-        self.policy_model.eval()
+        self.policy_model_wrapped.eval()
         return [self._rollout_group(example) for example in examples]
 
     def _rollout_group(self, example: TrainExample) -> list[Rollout]:
@@ -789,12 +792,10 @@ class Stage2Trainer:
                 losses["sampler_loss"] = sampler_stats["loss"]
             # Checked before any optimiser step of the epoch (the sampler's loss is already known).
             self._raise_if_not_finite(losses, groups, epoch)
-            mllm_norm = self._clip(self.policy_model_wrapped, self.mllm_optimizer, config.mllm_max_grad_norm)
+            mllm_norm = self._clip(self.policy_model_wrapped, config.mllm_max_grad_norm)
             norms = {"mllm_grad_norm": mllm_norm}
             if epoch == 0:
-                sampler_norm = self._clip(
-                    self.sampler_model_wrapped, self.sampler_optimizer, config.sampler_max_grad_norm
-                )
+                sampler_norm = self._clip(self.sampler_model_wrapped, config.sampler_max_grad_norm)
                 norms["sampler_grad_norm"] = sampler_norm
             self._raise_if_not_finite(norms, groups, epoch)
             if epoch == 0:
@@ -802,7 +803,7 @@ class Stage2Trainer:
             self.mllm_optimizer.step()
         self.mllm_optimizer.zero_grad(set_to_none=True)
         self.sampler_optimizer.zero_grad(set_to_none=True)
-        self.policy_model.eval()
+        self.policy_model_wrapped.eval()
         self.mllm_scheduler.step()
         self.sampler_scheduler.step()
         self.step_count += 1
@@ -852,7 +853,7 @@ class Stage2Trainer:
             turns.append((last.answer_messages, last.answer_token_ids, last.answer_old_logprobs,
                           last.answer_ref_logprobs, 0.0))  # fmt: skip
 
-        self.policy_model.train()
+        self.policy_model_wrapped.train()
         device = self.mllm.device
         loss_sum, kl_sum, clipped, scored = 0.0, 0.0, 0.0, 0
         for position, (messages, token_ids, old, reference, advantage) in enumerate(turns):
@@ -949,8 +950,7 @@ class Stage2Trainer:
         else:
             loss.backward()
 
-    def _clip(self, module: torch.nn.Module, optimizer: Any, max_norm: float | None) -> float:
-        del optimizer  # the prepared module's parameters are the optimiser's
+    def _clip(self, module: torch.nn.Module, max_norm: float | None) -> float:
         parameters = [p for p in module.parameters() if p.grad is not None]
         limit = math.inf if max_norm is None else max_norm
         if self.accelerator is not None:
@@ -964,7 +964,7 @@ class Stage2Trainer:
             return
         self.mllm_optimizer.zero_grad(set_to_none=True)
         self.sampler_optimizer.zero_grad(set_to_none=True)
-        self.policy_model.eval()
+        self.policy_model_wrapped.eval()
         step = self.step_count + 1
         described = ", ".join(f"{name} {value}" for name, value in bad.items())
         raise NonFiniteLossError(
