@@ -234,6 +234,8 @@ class Stage1Trainer:
         # process draws differently.
         self.generator = torch.Generator(device=sampler.device).manual_seed(self.config.seed + rank)
         self.step_count = 0
+        self.last_item_ids: list[str | None] = []
+        """Ids of the items of the last step on this process (for logging and tests)."""
 
     def step(self, items: Sequence[Stage1Item]) -> Stage1StepStats:
         """One optimiser step on ``items``: ``samples_per_item`` rollouts each, one batched forward and backward.
@@ -315,6 +317,7 @@ class Stage1Trainer:
         self.scheduler.step()
         self.step_count += 1
         self.sampler.training_steps += 1
+        self.last_item_ids = [getattr(item, "id", None) for item in items]
         return Stage1StepStats(
             step=self.step_count,
             loss=loss_value,

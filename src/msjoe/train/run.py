@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 SKIPPED_FILE = "skipped.jsonl"
 BAD_BATCH_DIR = "bad_batches"
 SAMPLER_EXPORT = "sampler"
+QUERY_CACHE = "query_cache.jsonl"
 
 
 @dataclass
@@ -131,7 +132,7 @@ def train_stage1(
     from msjoe.rl.stage1 import Stage1Trainer
     from msjoe.samplers.usampler import USampler, USamplerConfig
     from msjoe.train.answerer import MLLMAnswerer
-    from msjoe.train.data import prepare_examples
+    from msjoe.train.data import QueryWriter, prepare_examples
 
     if not config.data.train:
         raise MsjoeError("data.train is required: the training QA JSONL (see `msjoe smoke-data` for an example)")
@@ -146,7 +147,9 @@ def train_stage1(
 
     models, data = config.models, config.data
     encoder = DualEncoder.from_pretrained(models.dual_encoder, revision=models.dual_encoder_revision, device=device)
-    mllm = get_backend("transformers")(models.mllm, device=device, dtype=models.dtype, revision=models.mllm_revision)
+    mllm = get_backend(
+        "transformers", model=models.mllm, device=device, dtype=models.dtype, revision=models.mllm_revision
+    )
     if models.sampler is not None:
         sampler = USampler(checkpoint=models.sampler, device=device)
     else:
@@ -161,15 +164,21 @@ def train_stage1(
         items = items[: data.limit]
     # The main process indexes first (filling the shared cache); the others then read their features from it.
     with accelerator.main_process_first():
+        queries = (
+            "question"
+            if data.queries == "question"
+            else QueryWriter(mllm, k=config.trainer.k, cache_path=output_dir / QUERY_CACHE)
+        )
         prepared = prepare_examples(
             items,
             encoder=encoder,
             cache=cache,
             fps=data.fps,
             max_frames=data.max_frames,
-            queries="question" if data.queries == "question" else mllm,
+            queries=queries,
             frame_store=store,
             require_difficulty=True,
+            min_frames=config.trainer.k,  # fewer candidates than K leave nothing to choose
             progress=config.run.progress and is_main,
         )
     examples: list[TrainExample] = prepared.examples
@@ -190,7 +199,9 @@ def train_stage1(
     trainer = Stage1Trainer(sampler, answerer, config.trainer, accelerator=accelerator)
 
     if resume_from is not None:
-        trainer.load_state_dict(load_checkpoint(accelerator, resume_from))
+        state = load_checkpoint(accelerator, resume_from)
+        trainer.load_state_dict(state)
+        answerer.load_state_dict(state["answerer"])
         sampler.training_steps = trainer.step_count
         logger.info("resumed from %s at step %d", resume_from, trainer.step_count)
 
@@ -225,7 +236,7 @@ def train_stage1(
                     accelerator,
                     output_dir,
                     stats.step,
-                    trainer.state_dict(),
+                    {**trainer.state_dict(), "answerer": answerer.state_dict()},
                     keep_last=config.run.keep_last,
                     exports={SAMPLER_EXPORT: sampler},
                 )
@@ -236,7 +247,7 @@ def train_stage1(
         accelerator,
         output_dir,
         trainer.step_count,
-        trainer.state_dict(),
+        {**trainer.state_dict(), "answerer": answerer.state_dict()},
         keep_last=config.run.keep_last,
         exports={SAMPLER_EXPORT: sampler},
     )

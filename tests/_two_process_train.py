@@ -1,0 +1,43 @@
+"""Run stage 1 under torchrun and record, on every process, a digest of the U-Sampler's parameters after each
+step and the items the process trained on (used by tests/test_train_run.py; not a test module itself).
+
+    ACCELERATE_USE_CPU=true python -m torch.distributed.run --nproc_per_node 2 tests/_two_process_train.py CONFIG
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msjoe.train.config import load_run_config
+from msjoe.train.run import make_accelerator, train_stage1
+
+
+def main(config_path: str) -> None:
+    torch.set_num_threads(1)
+    config = load_run_config(config_path)
+    accelerator = make_accelerator()
+    digests: list[str] = []
+    items: list[list[str]] = []
+
+    def record(step: int, trainer: Any) -> None:
+        network = accelerator.unwrap_model(trainer.model)
+        digest = hashlib.sha256()
+        for name, value in sorted(network.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        digests.append(digest.hexdigest())
+        items.append(list(trainer.last_item_ids))
+
+    train_stage1(config, accelerator=accelerator, on_step=record)
+    out = Path(config.run.output_dir) / f"params_rank{accelerator.process_index}.json"
+    out.write_text(json.dumps({"num_processes": accelerator.num_processes, "digests": digests, "items": items}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,185 @@
+"""Stage-1 runs end to end with the tiny real models: outputs, skipped items, SIGKILL + resume, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from msjoe.data.schema import QAItem, read_qa_jsonl, write_qa_jsonl
+from msjoe.data.smoke import write_smoke_dataset
+from msjoe.samplers.usampler import USampler
+from msjoe.train.checkpoint import list_checkpoints
+from msjoe.train.config import run_config_from_dict
+from msjoe.train.metrics import METRICS_FILE, read_metrics
+from msjoe.train.run import train_stage1
+
+REPO = Path(__file__).resolve().parents[1]
+# Small U-Net: the runs test the training machinery, not the network.
+SMALL_SAMPLER = {"widths": [8, 16], "query_width": 4, "norm_group_size": 4}
+
+
+@pytest.fixture(scope="module")
+def smoke_train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Smoke QA items plus one whose video is missing (it must be skipped, not crash the run)."""
+    folder = tmp_path_factory.mktemp("smoke-data")
+    path = write_smoke_dataset(folder, num_items=4, seed=0)
+    items = read_qa_jsonl(path)
+    missing = QAItem(
+        id="missing-video",
+        video=str(folder / "not-there.mp4"),
+        question=items[0].question,
+        options=items[0].options,
+        answer="A",
+        difficulty=0.5,
+        source="test",
+    )
+    out = folder / "train_with_missing.jsonl"
+    write_qa_jsonl(out, [*items, missing])
+    return out
+
+
+def _config(train_file: Path, clip: Path, qwen: Path, output_dir: Path, cache_dir: Path, **trainer: object) -> dict:
+    return {
+        "stage": 1,
+        "models": {"mllm": str(qwen), "dual_encoder": str(clip), "dtype": "float32", "sampler_config": SMALL_SAMPLER},
+        "data": {"train": str(train_file), "cache_dir": str(cache_dir), "queries": "mllm", "frame_max_pixels": 3136},
+        # baseline "none" (the paper's form): the random tiny MLLM often answers a whole group alike, which the group
+        # baseline would turn into zero advantages and no update at all.
+        "trainer": {
+            "k": 3,
+            "steps": 4,
+            "batch_size": 2,
+            "samples_per_item": 2,
+            "baseline": "none",
+            "warmup_steps": 1,
+            **trainer,
+        },
+        "run": {"output_dir": str(output_dir), "save_every": 2, "keep_last": 2, "progress": False},
+    }
+
+
+def test_stage1_run_writes_metrics_checkpoints_and_a_trained_sampler(
+    smoke_train_file: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    config = run_config_from_dict(_config(smoke_train_file, tiny_clip_dir, tiny_qwen_dir, out, tmp_path / "cache"))
+    summary = train_stage1(config)
+
+    assert (summary.steps_done, summary.examples, summary.skipped) == (4, 4, 1)
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in skipped] == ["missing-video"]
+    assert "not-there.mp4" in skipped[0]["reason"]
+    records = read_metrics(out / METRICS_FILE)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for record in records:
+        assert 0 <= record["accuracy"] <= 1 and record["entropy"] > 0
+        assert sum(record["frame_position_histogram"]) == 2 * 2 * 3  # items x draws x K
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000002", "step-00000004"]
+    assert list((out / "tensorboard").iterdir())
+    assert yaml.safe_load((out / "config.yaml").read_text())["trainer"]["steps"] == 4
+
+    sampler = USampler(checkpoint=summary.exported["sampler"])
+    assert sampler.is_trained and sampler.training_steps == 4
+    initial = USampler(config=sampler.config, seed=0)
+    changed = [
+        name
+        for (name, trained), (_, fresh) in zip(
+            sampler.module.state_dict().items(), initial.module.state_dict().items(), strict=True
+        )
+        if not trained.equal(fresh)
+    ]
+    assert changed, "training changed no weight"
+
+    # Rerunning the finished run resumes at its last step and does nothing more.
+    again = train_stage1(config)
+    assert again.steps_done == 4 and again.resumed_from.name == "step-00000004"
+    assert [r["step"] for r in read_metrics(out / METRICS_FILE)] == [1, 2, 3, 4]
+
+
+def _cli(config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "msjoe", "train", "stage1", "--config", str(config_path)]
+
+
+def _env() -> dict[str, str]:
+    # One thread, as in this test process: float results must not depend on the thread count.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_losses(
+    smoke_train_file: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    steps = {"steps": 6}
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    for out in (reference_dir, killed_dir):
+        out.mkdir()
+        config = _config(smoke_train_file, tiny_clip_dir, tiny_qwen_dir, out, cache, **steps)
+        (out / "config.in.yaml").write_text(yaml.safe_dump(config))
+
+    subprocess.run(_cli(reference_dir / "config.in.yaml"), check=True, env=_env(), capture_output=True, timeout=600)
+    reference = {r["step"]: r["loss"] for r in read_metrics(reference_dir / METRICS_FILE)}
+    assert sorted(reference) == [1, 2, 3, 4, 5, 6]
+
+    # Kill the second run with SIGKILL once step 3 is logged: after the step-2 checkpoint, before step 4's.
+    process = subprocess.Popen(
+        _cli(killed_dir / "config.in.yaml"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 600
+    metrics = killed_dir / METRICS_FILE
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and any(r["step"] >= 3 for r in read_metrics(metrics)):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, f"the run ended before it could be killed: {process.stderr.read().decode()}"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    logged = [r["step"] for r in read_metrics(metrics)]
+    assert 3 in logged and 6 not in logged
+    assert list_checkpoints(killed_dir)[-1].name in {"step-00000002", "step-00000004"}
+
+    result = subprocess.run(_cli(killed_dir / "config.in.yaml"), env=_env(), capture_output=True, timeout=600)
+    assert result.returncode == 0, result.stderr.decode()
+    assert "resumed from step-" in result.stdout.decode()
+    resumed = read_metrics(metrics)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]  # redone steps are not duplicated
+    assert {r["step"]: r["loss"] for r in resumed} == reference  # exactly the uninterrupted losses
+
+
+@pytest.mark.slow
+def test_two_processes_keep_identical_parameters(
+    smoke_train_file: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ddp"
+    out.mkdir()
+    config = _config(smoke_train_file, tiny_clip_dir, tiny_qwen_dir, out, tmp_path / "cache", steps=3)
+    config["run"]["save_every"] = 0
+    (out / "config.in.yaml").write_text(yaml.safe_dump(config))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",  # a free rendezvous port on this machine
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tests" / "_two_process_train.py"),
+        str(out / "config.in.yaml"),
+    ]
+    env = {**_env(), "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, env=env, capture_output=True, timeout=900)
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+
+    ranks = [json.loads((out / f"params_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["num_processes"] == ranks[1]["num_processes"] == 2
+    assert ranks[0]["digests"] == ranks[1]["digests"]  # DDP kept the replicas identical after every step
+    assert len(set(ranks[0]["digests"])) == 3  # ... and they did change at every step
+    assert ranks[0]["items"] != ranks[1]["items"]  # each process trained on its own items
+    assert [r["step"] for r in read_metrics(out / METRICS_FILE)] == [1, 2, 3]  # only the main process logs
