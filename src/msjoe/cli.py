@@ -268,6 +268,21 @@ def smoke_models(
         typer.echo(f"{name}: {path}")
 
 
+@app.command("smoke-data")
+def smoke_data(
+    folder: Annotated[Path, typer.Argument(help="Where to write the videos and the QA JSONL.")] = Path("smoke-data"),
+    items: Annotated[int, typer.Option("--items", help="Questions to write (two per video).", min=1)] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the colours and event times.")] = 0,
+) -> None:
+    """Write SMOKE-TEST training data: short synthetic videos with coloured flashes and a QA JSONL about them.
+
+    Difficulties are stand-ins (not a model's pass rate): the data exercises the training code, nothing more.
+    """
+    from msjoe.data.smoke import write_smoke_dataset
+
+    typer.echo(write_smoke_dataset(folder, num_items=items, seed=seed))
+
+
 def _csv_list(text: str, what: str, convert: type = str) -> list:
     """``"a,b"`` -> ``["a", "b"]`` (converted), rejecting empty entries with a message naming the option."""
     parts = [part.strip() for part in text.split(",")]
