@@ -26,6 +26,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from msjoe.rl.stage1 import Stage1Config
+from msjoe.rl.stage2 import Stage2Config
 from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
 
 
@@ -115,37 +116,25 @@ class Stage1RunConfig:
     stage: Literal[1] = 1
 
 
-STAGE_CONFIGS: dict[int, type] = {1: Stage1RunConfig}
-"""Run config class by stage number (stage 2 registers itself when its trainer module is importable)."""
+@dataclass
+class Stage2RunConfig:
+    """``msjoe train stage2``: joint GRPO (MLLM) and REINFORCE (U-Sampler) training."""
+
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: Stage2Config = field(default_factory=Stage2Config)
+    run: RunConfig = field(default_factory=RunConfig)
+    stage: Literal[2] = 2
 
 
-def _stage2_config_class() -> type | None:
-    try:
-        from msjoe.rl.stage2 import Stage2Config
-    except ImportError:  # stage 2 not available in this build
-        return None
-
-    @dataclass
-    class Stage2RunConfig:
-        """``msjoe train stage2``: joint GRPO (MLLM) and REINFORCE (U-Sampler) training."""
-
-        models: ModelsConfig = field(default_factory=ModelsConfig)
-        data: DataConfig = field(default_factory=DataConfig)
-        trainer: Stage2Config = field(default_factory=Stage2Config)
-        run: RunConfig = field(default_factory=RunConfig)
-        stage: Literal[2] = 2
-
-    return Stage2RunConfig
+STAGE_CONFIGS: dict[int, type] = {1: Stage1RunConfig, 2: Stage2RunConfig}
+"""Run config class by stage number."""
 
 
 def run_config_class(stage: int) -> type:
     """The run config dataclass of ``stage`` (1 or 2)."""
-    if stage == 2 and 2 not in STAGE_CONFIGS:
-        found = _stage2_config_class()
-        if found is not None:
-            STAGE_CONFIGS[2] = found
     if stage not in STAGE_CONFIGS:
-        raise ConfigError(f"stage must be one of {sorted(STAGE_CONFIGS) or [1, 2]}, got {stage!r}")
+        raise ConfigError(f"stage must be one of {sorted(STAGE_CONFIGS)}, got {stage!r}")
     return STAGE_CONFIGS[stage]
 
 

@@ -45,6 +45,8 @@ SKIPPED_FILE = "skipped.jsonl"
 BAD_BATCH_DIR = "bad_batches"
 SAMPLER_EXPORT = "sampler"
 QUERY_CACHE = "query_cache.jsonl"
+MLLM_EXPORT = "mllm"
+MLLM_ADAPTER_EXPORT = "mllm_adapter"
 
 
 @dataclass
@@ -114,6 +116,144 @@ def resolve_resume(output_dir: Path, resume: str) -> Path | None:
     return folder
 
 
+@dataclass
+class _RunContext:
+    """What both stages share once a run has started."""
+
+    config: Any
+    accelerator: Any
+    output_dir: Path
+    resume_from: Path | None
+
+    @property
+    def device(self) -> str:
+        return str(self.accelerator.device)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def _start(config: Any, accelerator: Any) -> _RunContext:
+    if not config.data.train:
+        raise MsjoeError("data.train is required: the training QA JSONL (see `msjoe smoke-data` for an example)")
+    accelerator = accelerator or make_accelerator(config.run.mixed_precision)
+    output_dir = Path(config.run.output_dir)
+    run = _RunContext(config, accelerator, output_dir, resolve_resume(output_dir, config.run.resume))
+    if run.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(output_dir / "config.yaml", dump_run_config(config))
+    return run
+
+
+def _load_models(run: _RunContext) -> tuple[Any, Any, Any]:
+    """The frozen dual encoder, the MLLM and the U-Sampler, on this process's device."""
+    from msjoe.features import DualEncoder
+    from msjoe.mllm import get_backend
+    from msjoe.samplers.usampler import USampler, USamplerConfig
+
+    models = run.config.models
+    encoder = DualEncoder.from_pretrained(models.dual_encoder, revision=models.dual_encoder_revision, device=run.device)
+    mllm = get_backend(
+        "transformers", model=models.mllm, device=run.device, dtype=models.dtype, revision=models.mllm_revision
+    )
+    if models.sampler is not None:
+        sampler = USampler(checkpoint=models.sampler, device=run.device)
+    else:
+        sampler_config = USamplerConfig.from_dict(models.sampler_config)
+        sampler = USampler(config=sampler_config, device=run.device, seed=models.sampler_seed)
+    return encoder, mllm, sampler
+
+
+def _prepare(
+    run: _RunContext, encoder: Any, *, queries: Any, require_difficulty: bool
+) -> tuple[list[TrainExample], Any, Any]:
+    """Read the QA file, index the videos (main process first, filling the shared cache), skip bad items.
+
+    Returns the examples, the :class:`~msjoe.train.data.PreparedData` and the frame store (or None)."""
+    from msjoe.cache import FeatureCache
+    from msjoe.data.schema import read_qa_jsonl
+    from msjoe.frame_store import FrameStore
+    from msjoe.train.data import prepare_examples
+
+    data = run.config.data
+    cache = FeatureCache(data.cache_dir)
+    store = FrameStore.for_cache(cache, data.frame_max_pixels) if data.frame_store else None
+    items = read_qa_jsonl(data.train, video_root=data.video_root)
+    if data.limit is not None:
+        items = items[: data.limit]
+    with run.accelerator.main_process_first():
+        prepared = prepare_examples(
+            items,
+            encoder=encoder,
+            cache=cache,
+            fps=data.fps,
+            max_frames=data.max_frames,
+            queries=queries() if callable(queries) else queries,
+            frame_store=store,
+            require_difficulty=require_difficulty,
+            min_frames=run.config.trainer.k,  # fewer candidates than K leave nothing to choose
+            progress=run.config.run.progress and run.is_main,
+        )
+    if run.is_main:
+        _write_skipped(run.output_dir / SKIPPED_FILE, prepared.skipped)
+    if not prepared.examples:
+        raise MsjoeError(
+            f"no usable training items in {data.train} ({len(prepared.skipped)} skipped: see {SKIPPED_FILE})"
+        )
+    return prepared.examples, prepared, store
+
+
+def _train_loop(
+    run: _RunContext,
+    name: str,
+    trainer: Any,
+    examples: list[TrainExample],
+    *,
+    extra_state: Callable[[], dict[str, Any]],
+    exports: dict[str, Any],
+    on_step: Callable[[int, Any], None] | None,
+) -> dict[str, float]:
+    """Steps from ``trainer.step_count`` to ``trainer.config.steps``: batches, metrics, checkpoints, NaN stop."""
+    accelerator, settings, trainer_config = run.accelerator, run.config.run, run.config.trainer
+    steps = trainer_config.steps
+    last: dict[str, float] = {}
+
+    def checkpoint(step: int) -> Path:
+        state = {**trainer.state_dict(), **extra_state()}
+        return save_checkpoint(accelerator, run.output_dir, step, state, keep_last=settings.keep_last, exports=exports)
+
+    metrics = MetricsLogger(
+        run.output_dir, enabled=run.is_main, tensorboard=settings.tensorboard, resume_step=trainer.step_count
+    )
+    with metrics, progress_bar(enabled=settings.progress and run.is_main) as bar:
+        task = bar.add_task(name, total=steps, completed=trainer.step_count)
+        while trainer.step_count < steps:
+            indices = batch_indices(
+                trainer.step_count,
+                accelerator.process_index,
+                accelerator.num_processes,
+                trainer_config.batch_size,
+                len(examples),
+                trainer_config.seed,
+            )
+            try:
+                stats = trainer.step([examples[i] for i in indices])
+            except NonFiniteLossError as error:
+                _save_bad_batch(run.output_dir, accelerator.process_index, error)
+                raise
+            last = _scalars(stats)
+            metrics.log(stats.step, last, {"frame_position": list(stats.frame_positions)})
+            bar.update(task, completed=stats.step, description=f"{name} · acc {stats.accuracy:.2f}")
+            if settings.save_every and stats.step % settings.save_every == 0 and stats.step < steps:
+                checkpoint(stats.step)
+            if on_step is not None:
+                on_step(stats.step, trainer)
+    final = checkpoint(trainer.step_count)
+    logger.info("%s done: %d steps, last checkpoint %s", name, trainer.step_count, final)
+    return last
+
+
 def train_stage1(
     config: Stage1RunConfig,
     *,
@@ -124,147 +264,110 @@ def train_stage1(
 
     ``on_step(step, trainer)`` is called on every process after every update (to inspect or interrupt a run).
     """
-    from msjoe.cache import FeatureCache
-    from msjoe.data.schema import read_qa_jsonl
-    from msjoe.features import DualEncoder
-    from msjoe.frame_store import FrameStore
-    from msjoe.mllm import get_backend
     from msjoe.rl.stage1 import Stage1Trainer
-    from msjoe.samplers.usampler import USampler, USamplerConfig
     from msjoe.train.answerer import MLLMAnswerer
-    from msjoe.train.data import QueryWriter, prepare_examples
+    from msjoe.train.data import QueryWriter
 
-    if not config.data.train:
-        raise MsjoeError("data.train is required: the training QA JSONL (see `msjoe smoke-data` for an example)")
-    accelerator = accelerator or make_accelerator(config.run.mixed_precision)
-    output_dir = Path(config.run.output_dir)
-    resume_from = resolve_resume(output_dir, config.run.resume)
-    device = str(accelerator.device)
-    is_main = accelerator.is_main_process
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(output_dir / "config.yaml", dump_run_config(config))
+    run = _start(config, accelerator)
+    encoder, mllm, sampler = _load_models(run)
 
-    models, data = config.models, config.data
-    encoder = DualEncoder.from_pretrained(models.dual_encoder, revision=models.dual_encoder_revision, device=device)
-    mllm = get_backend(
-        "transformers", model=models.mllm, device=device, dtype=models.dtype, revision=models.mllm_revision
-    )
-    if models.sampler is not None:
-        sampler = USampler(checkpoint=models.sampler, device=device)
-    else:
-        sampler = USampler(
-            config=USamplerConfig.from_dict(models.sampler_config), device=device, seed=models.sampler_seed
-        )
+    def queries() -> Any:  # built inside main_process_first: the others then read the main process's cache
+        if config.data.queries == "question":
+            return "question"
+        return QueryWriter(mllm, k=config.trainer.k, cache_path=run.output_dir / QUERY_CACHE)
 
-    cache = FeatureCache(data.cache_dir)
-    store = FrameStore.for_cache(cache, data.frame_max_pixels) if data.frame_store else None
-    items = read_qa_jsonl(data.train, video_root=data.video_root)
-    if data.limit is not None:
-        items = items[: data.limit]
-    # The main process indexes first (filling the shared cache); the others then read their features from it.
-    with accelerator.main_process_first():
-        queries = (
-            "question"
-            if data.queries == "question"
-            else QueryWriter(mllm, k=config.trainer.k, cache_path=output_dir / QUERY_CACHE)
-        )
-        prepared = prepare_examples(
-            items,
-            encoder=encoder,
-            cache=cache,
-            fps=data.fps,
-            max_frames=data.max_frames,
-            queries=queries,
-            frame_store=store,
-            require_difficulty=True,
-            min_frames=config.trainer.k,  # fewer candidates than K leave nothing to choose
-            progress=config.run.progress and is_main,
-        )
-    examples: list[TrainExample] = prepared.examples
-    if is_main:
-        _write_skipped(output_dir / SKIPPED_FILE, prepared.skipped)
-    if not examples:
-        raise MsjoeError(
-            f"no usable training items in {data.train} ({len(prepared.skipped)} skipped: see {SKIPPED_FILE})"
-        )
-
+    examples, prepared, store = _prepare(run, encoder, queries=queries, require_difficulty=True)
     answerer = MLLMAnswerer(
         mllm,
-        frame_max_pixels=data.frame_max_pixels,
+        frame_max_pixels=config.data.frame_max_pixels,
         frame_store=store,
         # One answer cache per process: appends from several processes to one file would interleave.
-        cache_path=output_dir / "answer_cache" / f"rank{accelerator.process_index}.jsonl",
+        cache_path=run.output_dir / "answer_cache" / f"rank{run.accelerator.process_index}.jsonl",
     )
-    trainer = Stage1Trainer(sampler, answerer, config.trainer, accelerator=accelerator)
-
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)
+    trainer = Stage1Trainer(sampler, answerer, config.trainer, accelerator=run.accelerator)
+    if run.resume_from is not None:
+        state = load_checkpoint(run.accelerator, run.resume_from)
         trainer.load_state_dict(state)
         answerer.load_state_dict(state["answerer"])
         sampler.training_steps = trainer.step_count
-        logger.info("resumed from %s at step %d", resume_from, trainer.step_count)
+        logger.info("resumed from %s at step %d", run.resume_from, trainer.step_count)
 
-    steps = config.trainer.steps
-    last: dict[str, float] = {}
-    metrics = MetricsLogger(
-        output_dir, enabled=is_main, tensorboard=config.run.tensorboard, resume_step=trainer.step_count
-    )
-    with metrics, progress_bar(enabled=config.run.progress and is_main) as bar:
-        task = bar.add_task("stage 1", total=steps, completed=trainer.step_count)
-        while trainer.step_count < steps:
-            step = trainer.step_count
-            indices = batch_indices(
-                step,
-                accelerator.process_index,
-                accelerator.num_processes,
-                config.trainer.batch_size,
-                len(examples),
-                config.trainer.seed,
-            )
-            batch = [examples[i] for i in indices]
-            try:
-                stats = trainer.step(batch)
-            except NonFiniteLossError as error:
-                _save_bad_batch(output_dir, accelerator.process_index, error)
-                raise
-            last = _scalars(stats)
-            metrics.log(stats.step, last, {"frame_position": list(stats.frame_positions)})
-            bar.update(task, completed=stats.step, description=f"stage 1 · acc {stats.accuracy:.2f}")
-            if config.run.save_every and stats.step % config.run.save_every == 0 and stats.step < steps:
-                save_checkpoint(
-                    accelerator,
-                    output_dir,
-                    stats.step,
-                    {**trainer.state_dict(), "answerer": answerer.state_dict()},
-                    keep_last=config.run.keep_last,
-                    exports={SAMPLER_EXPORT: sampler},
-                )
-            if on_step is not None:
-                on_step(stats.step, trainer)
-
-    final = save_checkpoint(
-        accelerator,
-        output_dir,
-        trainer.step_count,
-        {**trainer.state_dict(), "answerer": answerer.state_dict()},
-        keep_last=config.run.keep_last,
+    last = _train_loop(
+        run,
+        "stage 1",
+        trainer,
+        examples,
+        extra_state=lambda: {"answerer": answerer.state_dict()},
         exports={SAMPLER_EXPORT: sampler},
+        on_step=on_step,
     )
     exported = {}
-    if is_main:
-        exported[SAMPLER_EXPORT] = sampler.save_pretrained(output_dir / SAMPLER_EXPORT)
-    accelerator.wait_for_everyone()
-    logger.info("stage 1 done: %d steps, last checkpoint %s", trainer.step_count, final)
+    if run.is_main:
+        exported[SAMPLER_EXPORT] = sampler.save_pretrained(run.output_dir / SAMPLER_EXPORT)
+    run.accelerator.wait_for_everyone()
     return RunSummary(
-        output_dir=output_dir,
-        steps_done=trainer.step_count,
-        resumed_from=resume_from,
-        examples=len(examples),
-        skipped=len(prepared.skipped),
-        last_metrics=last,
-        exported=exported,
+        run.output_dir, trainer.step_count, run.resume_from, len(examples), len(prepared.skipped), last, exported
     )
+
+
+def train_stage2(
+    config: Any,
+    *,
+    accelerator: Any = None,
+    on_step: Callable[[int, Any], None] | None = None,
+) -> RunSummary:
+    """Stage 2: joint GRPO (the MLLM's queries and answers) and REINFORCE (the U-Sampler), DESIGN.md §4.
+
+    Writes, besides checkpoints, ``sampler/`` (the U-Sampler), ``mllm_adapter/`` (the LoRA adapter, with
+    ``finetune: lora``) and ``mllm/`` (a full model with its processor, LoRA merged: ``msjoe ask --mllm`` and
+    vLLM load it as they load the base model).
+    """
+    from msjoe.rl.stage2 import Stage2Trainer
+
+    run = _start(config, accelerator)
+    encoder, mllm, sampler = _load_models(run)
+    examples, prepared, store = _prepare(run, encoder, queries=None, require_difficulty=False)
+    # Built before loading a checkpoint: a full fine-tuning reference model is copied from the base weights here.
+    trainer = Stage2Trainer(mllm, sampler, encoder, config.trainer, accelerator=run.accelerator, frame_store=store)
+    if run.resume_from is not None:
+        trainer.load_state_dict(load_checkpoint(run.accelerator, run.resume_from))
+        sampler.training_steps = trainer.step_count
+        logger.info("resumed from %s at step %d", run.resume_from, trainer.step_count)
+
+    last = _train_loop(
+        run,
+        "stage 2",
+        trainer,
+        examples,
+        extra_state=dict,
+        exports={SAMPLER_EXPORT: sampler},
+        on_step=on_step,
+    )
+    exported = {}
+    if run.is_main:
+        exported[SAMPLER_EXPORT] = sampler.save_pretrained(run.output_dir / SAMPLER_EXPORT)
+        exported.update(_export_mllm(trainer.policy_model, mllm, run.output_dir))
+    run.accelerator.wait_for_everyone()
+    return RunSummary(
+        run.output_dir, trainer.step_count, run.resume_from, len(examples), len(prepared.skipped), last, exported
+    )
+
+
+def _export_mllm(policy: Any, mllm: Any, output_dir: Path) -> dict[str, Path]:
+    """The trained MLLM as a loadable folder (weights + processor); with LoRA also the adapter alone.
+
+    Merging writes the LoRA update into the policy's base weights in place: it runs after the last checkpoint.
+    """
+    exported = {}
+    model = policy
+    if hasattr(policy, "merge_and_unload"):
+        policy.save_pretrained(output_dir / MLLM_ADAPTER_EXPORT)
+        exported[MLLM_ADAPTER_EXPORT] = output_dir / MLLM_ADAPTER_EXPORT
+        model = policy.merge_and_unload()
+    model.save_pretrained(output_dir / MLLM_EXPORT)
+    mllm.processor.save_pretrained(output_dir / MLLM_EXPORT)
+    exported[MLLM_EXPORT] = output_dir / MLLM_EXPORT
+    return exported
 
 
 def _scalars(stats: Any) -> dict[str, float]:
