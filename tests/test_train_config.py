@@ -265,3 +265,20 @@ def test_peft_checkpoint_stores_only_the_adapter(tmp_path: Path) -> None:
         if "lora_" in key:
             assert torch.equal(value, saved_lora[key]), key
     assert torch.equal(prepared_small.weight, saved_small["weight"])
+
+
+@pytest.mark.parametrize("name", ["ddp_1node_8gpu.yaml", "ddp_2nodes_16gpu.yaml"])
+def test_shipped_accelerate_configs_parse(name: str) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(CONFIGS / "accelerate" / name))
+    assert config.distributed_type.value == "MULTI_GPU"
+    assert config.num_processes == 8 * config.num_machines
+
+
+@pytest.mark.parametrize("name", ["stage2_paper.yaml", "stage2_tiny.yaml"])
+def test_shipped_stage2_configs_load(name: str) -> None:
+    config = load_run_config(CONFIGS / name)
+    raw = yaml.safe_load((CONFIGS / name).read_text())
+    assert config.stage == 2
+    assert (config.trainer.k, config.trainer.group_size) == (raw["trainer"]["k"], raw["trainer"]["group_size"])
