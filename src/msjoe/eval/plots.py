@@ -13,12 +13,12 @@ rendering the markdown report does not pay for it.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from msjoe.atomic import write_bytes_atomically
 
 # 640 x 400 pixels: wide enough for four budgets and a legend, small enough to sit inline in a markdown report.
 FIGURE_INCHES = (6.4, 4.0)
@@ -107,21 +107,6 @@ def write_plots(output_dir: str | Path, scores: Mapping[str, Any]) -> dict[str, 
         metric, series = accuracy_series(entry)
         if series:
             path = out / plot_filename(benchmark)
-            _write_bytes_atomically(path, plot_accuracy_vs_frames(benchmark, metric, series))
+            write_bytes_atomically(path, plot_accuracy_vs_frames(benchmark, metric, series))
             written[benchmark] = path
     return written
-
-
-def _write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Temp file beside ``path``, fsync, rename: a reader (or a crash) sees the old plot or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
