@@ -541,3 +541,17 @@ def test_sampler_log_prob_rejects_bad_draws() -> None:
         reinforce_loss(torch.zeros(0), torch.zeros(0))
     with pytest.raises(ValueError, match="advantages"):
         reinforce_loss(torch.zeros(2), torch.zeros(3))
+
+
+def test_lr_factor_warmup_then_cosine_by_hand() -> None:
+    from msjoe.rl.schedule import lr_factor
+
+    def cosine(step: int) -> float:
+        return lr_factor(step, warmup_steps=3, total_steps=13, schedule="cosine", min_lr_ratio=0.1)
+
+    assert [cosine(s) for s in range(3)] == [0.25, 0.5, 0.75]  # (s + 1) / (warmup + 1)
+    assert cosine(3) == pytest.approx(1.0)
+    assert cosine(8) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the 10 decay steps: cos(pi/2) = 0
+    assert cosine(13) == pytest.approx(0.1) and cosine(50) == pytest.approx(0.1)
+    constant = [lr_factor(s, warmup_steps=0, total_steps=5, schedule="constant", min_lr_ratio=0.1) for s in range(7)]
+    assert constant == [1.0] * 7

@@ -40,6 +40,7 @@ import torch
 from msjoe.errors import NonFiniteLossError
 from msjoe.rl.losses import reinforce_loss, sampler_log_prob
 from msjoe.rl.rewards import difficulty_advantage
+from msjoe.rl.schedule import LR_SCHEDULES, LRSchedule, lr_factor
 from msjoe.samplers.selection import gumbel_topk
 from msjoe.samplers.usampler import ESTIMATORS, USampler
 
@@ -50,8 +51,6 @@ logger = logging.getLogger(__name__)
 
 Baseline = Literal["none", "group_mean"]
 BASELINES = ("none", "group_mean")
-LRSchedule = Literal["constant", "cosine"]
-LR_SCHEDULES = ("constant", "cosine")
 
 
 @runtime_checkable
@@ -164,13 +163,13 @@ class Stage1Config:
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of ``learning_rate`` for update number ``step`` (0-based)."""
-        if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
-        if self.lr_schedule == "constant":
-            return 1.0
-        span = max(1, self.steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr_factor(
+            step,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.steps,
+            schedule=self.lr_schedule,
+            min_lr_ratio=self.min_lr_ratio,
+        )
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ from msjoe.rl.advantages import SamplerAdvantageMode, group_advantages, sampler_
 from msjoe.rl.losses import LogProbEstimator, ppo_clip_token_loss, reinforce_loss, sampler_log_prob
 from msjoe.rl.rewards import DEFAULT_INFO_THRESHOLD, RewardWeights, answer_is_correct, informative_fraction
 from msjoe.rl.rewards import rollout_reward as compute_rollout_reward
+from msjoe.rl.schedule import LR_SCHEDULES, LRSchedule, lr_factor
 from msjoe.samplers.selection import gumbel_topk
 from msjoe.samplers.usampler import ESTIMATORS, USampler
 from msjoe.train.examples import TrainExample
@@ -88,8 +89,6 @@ logger = logging.getLogger(__name__)
 
 Finetune = Literal["lora", "full"]
 FINETUNE_MODES = ("lora", "full")
-LRSchedule = Literal["constant", "cosine"]
-LR_SCHEDULES = ("constant", "cosine")
 SAMPLER_ADVANTAGE_MODES = ("raw", "group")
 
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -294,12 +293,13 @@ class Stage2Config:
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of both peak learning rates for update number ``step`` (0-based)."""
-        if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
-        if self.lr_schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr_factor(
+            step,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.steps,
+            schedule=self.lr_schedule,
+            min_lr_ratio=self.min_lr_ratio,
+        )
 
 
 def _names(value: Any, name: str, *, allow_empty: bool) -> tuple[str, ...]:
