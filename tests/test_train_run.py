@@ -183,3 +183,30 @@ def test_two_processes_keep_identical_parameters(
     assert len(set(ranks[0]["digests"])) == 3  # ... and they did change at every step
     assert ranks[0]["items"] != ranks[1]["items"]  # each process trained on its own items
     assert [r["step"] for r in read_metrics(out / METRICS_FILE)] == [1, 2, 3]  # only the main process logs
+
+
+def test_nan_loss_stops_the_run_and_saves_the_batch(
+    smoke_train_file: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from msjoe.errors import NonFiniteLossError
+    from msjoe.samplers.usampler import USamplerConfig
+
+    # A U-Sampler whose weights blew up (finite, but the logits overflow to inf and the loss to NaN) must stop the
+    # run with the batch saved, not train on. (NaN weights themselves are refused when loading.)
+    broken = USampler(config=USamplerConfig(**SMALL_SAMPLER), seed=0)
+    with torch.no_grad():
+        broken.module.head.weight.fill_(3e38)
+    broken.training_steps = 1
+    folder = broken.save_pretrained(tmp_path / "broken-sampler")
+
+    out = tmp_path / "run"
+    raw = _config(smoke_train_file, tiny_clip_dir, tiny_qwen_dir, out, tmp_path / "cache")
+    raw["models"]["sampler"] = str(folder)
+    with pytest.raises(NonFiniteLossError) as caught:
+        train_stage1(run_config_from_dict(raw))
+    assert caught.value.step == 1
+    saved = torch.load(out / "bad_batches" / "step-00000001-rank0.pt", weights_only=False)
+    assert saved["step"] == 1 and len(saved["batch"]["item_ids"]) == 2
+    assert not list_checkpoints(out)  # nothing was stepped or saved
