@@ -183,6 +183,8 @@ class Stage1StepStats:
     """Fraction of this step's rollouts answered correctly."""
     mean_advantage: float
     """Mean difficulty-aware advantage before any baseline (> 0 on average means better than uniform)."""
+    advantage_abs_mean: float
+    """Mean ``|A|`` of the advantages the loss uses (after the baseline): 0 means no learning signal this step."""
     mean_difficulty: float
     grad_norm: float
     """Global gradient norm before clipping."""
@@ -293,11 +295,14 @@ class Stage1Trainer:
                 sum(correct) / len(correct),
                 float(raw.mean()),
                 float(entropy.detach()),
+                float(torch.cat(advantages).abs().mean()),  # after the baseline: what the loss multiplies
                 mean_item_difficulty,
             ],
             dtype=torch.float64,
         )
-        loss_value, accuracy, mean_advantage, mean_entropy, mean_difficulty = self._mean_over_processes(local)
+        loss_value, accuracy, mean_advantage, mean_entropy, advantage_abs_mean, mean_difficulty = (
+            self._mean_over_processes(local)
+        )
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(
@@ -322,6 +327,7 @@ class Stage1Trainer:
             loss=loss_value,
             accuracy=accuracy,
             mean_advantage=mean_advantage,
+            advantage_abs_mean=advantage_abs_mean,
             mean_difficulty=mean_difficulty,
             grad_norm=grad_norm,
             entropy=mean_entropy,
