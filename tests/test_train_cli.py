@@ -39,6 +39,7 @@ def test_smoke_data_difficulty_and_stage1_from_the_tiny_config(
         f"run.output_dir={out}",
         "run.progress=false",
         "trainer.steps=2",
+        "data.frame_store=true",  # answers read key frames from the JPEG store built while indexing
         "models.sampler_config={widths: [8, 16], query_width: 4, norm_group_size: 4}",
     ]
     args = ["train", "stage1", "--config", str(CONFIGS / "stage1_tiny.yaml")]

@@ -68,6 +68,12 @@ def test_scientific_notation_without_dot_is_read_as_a_number(tmp_path: Path) -> 
         ({"stage": 1, "trainer": {"k": 0}}, "k must be a positive int"),
         ({"stage": 1, "trainer": 3}, "trainer must be a mapping"),
         ({"trainer": {}}, "add `stage: 1` or `stage: 2`"),
+        ({"stage": 1, "run": {"mixed_precision": False}}, "quote it"),
+        ({"stage": 1, "run": {"keep_last": -1}}, "keep_last must be >= 0"),
+        ({"stage": 1, "data": {"limit": -1}}, "limit must be None or >= 1"),
+        ({"stage": 1, "data": {"fps": 0}}, "fps must be > 0"),
+        ({"stage": 1, "models": {"sampler_config": {"widths": [8], "depth": 3}}}, "unknown USamplerConfig fields"),
+        ({"stage": 1, "models": {"dtype": "fp32"}}, "dtype must be auto"),
         ({"stage": 7}, "stage must be one of"),
     ],
 )
@@ -75,6 +81,11 @@ def test_bad_configs_name_the_offending_key(data: dict, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         run_config_from_dict(data)
     assert message in str(caught.value)
+
+
+def test_empty_sections_mean_defaults() -> None:
+    config = run_config_from_dict({"stage": 1, "run": None, "trainer": None})
+    assert config.run == RunConfig() and config.trainer == Stage1Config()
 
 
 def test_file_errors_name_the_file(tmp_path: Path) -> None:
@@ -224,6 +235,30 @@ def test_checkpoints_are_pruned_and_incomplete_ones_ignored(tmp_path: Path) -> N
     assert resolve_resume(tmp_path / "elsewhere", "never") is None
     save_checkpoint(accelerator, tmp_path, 6, {"step": 6}, keep_last=2)
     assert not (tmp_path / "checkpoints" / ".incomplete-step-00000004").exists()  # stale temp folders cleaned
+
+
+def test_resuming_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path: Path) -> None:
+    from accelerate import Accelerator
+
+    from msjoe.train.checkpoint import set_aside_newer_checkpoints
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(*_model_and_optimizer(0))
+    for step in (100, 200, 300):
+        save_checkpoint(accelerator, tmp_path, step, {"step": step})
+    older = tmp_path / "checkpoints" / "step-00000100"
+    moved = set_aside_newer_checkpoints(tmp_path, older)
+    assert [p.name for p in moved] == ["step-00000200", "step-00000300"]
+    # The new branch's checkpoint survives pruning and is what `resume: auto` picks next.
+    save_checkpoint(accelerator, tmp_path, 150, {"step": 150}, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000100", "step-00000150"]
+    assert latest_checkpoint(tmp_path).name == "step-00000150"
+    aside = [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("abandoned-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == ["step-00000200", "step-00000300"]
+    # Saving a step again replaces it whole, leaving no temporary folder behind.
+    save_checkpoint(accelerator, tmp_path, 150, {"step": 151}, keep_last=2)
+    assert torch.load(latest_checkpoint(tmp_path) / "trainer_state_rank0.pt")["step"] == 151
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".incomplete")]
 
 
 def test_checkpoint_from_another_world_size_is_refused(tmp_path: Path) -> None:

@@ -102,6 +102,7 @@ def test_stage1_run_writes_metrics_checkpoints_and_a_trained_sampler(
     again = train_stage1(config)
     assert again.steps_done == 4 and again.resumed_from.name == "step-00000004"
     assert [r["step"] for r in read_metrics(out / METRICS_FILE)] == [1, 2, 3, 4]
+    assert USampler(checkpoint=again.exported["sampler"]).training_steps == 4  # restored, not recounted
 
 
 def _cli(config_path: Path) -> list[str]:

@@ -33,7 +33,7 @@ def _config(train: Path, clip: Path, qwen: Path, out: Path, cache: Path, steps: 
                 "dtype": "float32",
                 "sampler_config": SMALL_SAMPLER,
             },
-            "data": {"train": str(train), "cache_dir": str(cache), "frame_max_pixels": 3136},
+            "data": {"train": str(train), "cache_dir": str(cache), "frame_max_pixels": 3136, "frame_store": True},
             "trainer": {
                 "k": 3,
                 "group_size": 4,

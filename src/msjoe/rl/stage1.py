@@ -107,7 +107,7 @@ class Stage1Config:
     k: int = 16
     """Frames drawn per rollout (the training budget; the items' difficulty should refer to it)."""
     batch_size: int = 8
-    """Items per optimiser step."""
+    """Items per optimiser step and process (the global batch is ``batch_size`` x the number of processes)."""
     samples_per_item: int = 8
     """Draws of K frames per item, sharing one forward pass (G). The paper's form is 1. More draws cost little
     (one forward and backward pass per item whatever G) and give the group baseline a better mean."""

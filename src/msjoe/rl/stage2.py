@@ -874,7 +874,7 @@ class Stage2Trainer:
                 )
                 self._backward(loss)
             count = len(token_ids)
-            loss_sum += float(loss.detach())
+            loss_sum += float(loss.detach()) / self._num_processes  # the backward scale is W / N, the mean 1 / N
             clipped += float(stats["clip_fraction"]) * count
             if "kl_mean" in stats:
                 kl_sum += float(stats["kl_mean"]) * count

@@ -95,8 +95,6 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(f"{_INCOMPLETE}*"):
             shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():  # a re-run of the same step (resumed from an older checkpoint): replace it
-            shutil.rmtree(final)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
     torch.save(trainer_state, temporary / f"trainer_state_rank{accelerator.process_index}.pt")
@@ -107,14 +105,37 @@ def save_checkpoint(
     if accelerator.is_main_process:
         info = {"step": step, "num_processes": accelerator.num_processes, "saved_at": time.time()}
         (temporary / _MARKER).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        replaced = None
+        if final.exists():  # the same step saved again: keep the old copy until the new one is in place
+            replaced = root / f"{_INCOMPLETE}replaced-{checkpoint_name(step)}"
+            os.replace(final, replaced)
         os.replace(temporary, final)
         _fsync_dir(root)
-        if keep_last > 0:
-            for old in list_checkpoints(output_dir)[:-keep_last]:
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
+        if keep_last > 0:  # the oldest go (names sort by step); the checkpoint just written always stays
+            existing = list_checkpoints(output_dir)
+            for old in [path for path in existing if path != final][: max(0, len(existing) - keep_last)]:
                 shutil.rmtree(old, ignore_errors=True)
         logger.info("checkpoint written: %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def set_aside_newer_checkpoints(output_dir: str | Path, resume_from: Path) -> list[Path]:
+    """Move the checkpoints newer than ``resume_from`` to ``checkpoints/abandoned-<time>/`` (main process only).
+
+    Resuming from an older checkpoint starts a new branch of the run: the newer checkpoints belong to the old
+    branch and must neither be picked by ``resume: auto`` later nor make the pruning delete the new ones.
+    """
+    newer = [path for path in list_checkpoints(output_dir) if path.name > Path(resume_from).name]
+    if newer:
+        aside = Path(output_dir) / CHECKPOINT_DIR / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in newer:
+            os.replace(path, aside / path.name)
+        logger.warning("resuming from %s: moved %d newer checkpoint(s) to %s", resume_from, len(newer), aside)
+    return newer
 
 
 def load_checkpoint(accelerator: Accelerator, folder: str | Path) -> dict[str, Any]:
@@ -150,7 +171,9 @@ def register_peft_hooks(accelerator: Accelerator) -> None:
     def save_adapters(models: list[Any], weights: list[Any], output_dir: str) -> None:
         # ``models`` is the accelerator's own list: leave it alone, drop only the full weights from this save.
         for index in reversed(peft_positions(models)):
-            accelerator.unwrap_model(models[index]).save_pretrained(Path(output_dir) / f"adapter_{index}")
+            accelerator.unwrap_model(models[index]).save_pretrained(
+                Path(output_dir) / f"adapter_{index}", is_main_process=accelerator.is_main_process
+            )
             if index < len(weights):
                 weights.pop(index)
 

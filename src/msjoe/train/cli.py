@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
+
 app = typer.Typer(help="Train the U-Sampler (stage 1) or the MLLM and the U-Sampler jointly (stage 2).")
 console = Console(stderr=True)
 
@@ -76,8 +78,12 @@ def difficulty(
         float, typer.Option("--temperature", help="0: greedy, one exact answer per item (cached).", min=0.0)
     ] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first sampled answer.")] = 0,
-    fps: Annotated[float, typer.Option("--fps", help="Candidate frames per second (as in training).", min=1e-6)] = 1.0,
-    max_frames: Annotated[int, typer.Option("--max-frames", help="Cap on candidates (as in training).", min=1)] = 4096,
+    fps: Annotated[
+        float, typer.Option("--fps", help="Candidate frames per second (as in training).", min=1e-6)
+    ] = DEFAULT_FPS,
+    max_frames: Annotated[
+        int, typer.Option("--max-frames", help="Cap on candidates (as in training).", min=1)
+    ] = DEFAULT_MAX_FRAMES,
     frame_max_pixels: Annotated[int, typer.Option("--frame-max-pixels", help="Pixel budget per frame.", min=1)] = (
         448 * 448
     ),

@@ -47,7 +47,9 @@ class ModelsConfig:
     dual_encoder_revision: str | None = None
     """Hub branch, tag or commit of ``dual_encoder``."""
     dtype: str = "auto"
-    """Weights dtype of both models: ``auto`` (the checkpoint's), ``float32``, ``bfloat16`` or ``float16``."""
+    """Weights dtype of the MLLM: ``auto`` (the checkpoint's), ``float32``, ``bfloat16`` or ``float16``. Full
+    fine-tuning in stage 2 needs ``float32`` weights (AdamW keeps no master copy; use ``run.mixed_precision:
+    bf16`` for speed); LoRA adapters train in float32 whatever the base's dtype."""
     sampler: str | None = None
     """A U-Sampler folder to start from (``save_pretrained`` layout, e.g. stage 1's output); None: a fresh network
     built from ``sampler_config``."""
@@ -55,6 +57,13 @@ class ModelsConfig:
     """Fields of :class:`msjoe.samplers.usampler.USamplerConfig` for a fresh network (ignored with ``sampler``)."""
     sampler_seed: int = 0
     """Seed of a fresh network's initialisation."""
+
+    def __post_init__(self) -> None:
+        from msjoe.samplers.usampler import USamplerConfig
+
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        USamplerConfig.from_dict(self.sampler_config)  # unknown or invalid fields fail here, before any work
 
 
 @dataclass
@@ -82,6 +91,14 @@ class DataConfig:
     limit: int | None = None
     """Use only the first N items (quick runs)."""
 
+    def __post_init__(self) -> None:
+        if not self.fps > 0 or self.max_frames < 1:
+            raise ValueError(f"fps must be > 0 and max_frames >= 1, got {self.fps} and {self.max_frames}")
+        if self.frame_max_pixels < 1:
+            raise ValueError(f"frame_max_pixels must be >= 1, got {self.frame_max_pixels}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be None or >= 1, got {self.limit}")
+
 
 @dataclass
 class RunConfig:
@@ -101,8 +118,16 @@ class RunConfig:
     """Also write TensorBoard event files (``metrics.jsonl`` is always written)."""
     progress: bool = True
     """Draw a progress bar (main process only)."""
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    """Passed to ``accelerate.Accelerator``; ``accelerate launch --mixed_precision`` overrides it."""
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    """Autocast of ``accelerate.Accelerator`` (quote ``"no"`` in YAML); None: ``accelerate launch`` /
+    ``accelerate config``'s setting, else ``"no"``. Stage 2 refuses ``fp16`` (its two optimisers cannot share one
+    loss scaler): use ``bf16``."""
+
+    def __post_init__(self) -> None:
+        if self.save_every < 0 or self.keep_last < 0:
+            raise ValueError(f"save_every and keep_last must be >= 0, got {self.save_every} and {self.keep_last}")
+        if not self.output_dir:
+            raise ValueError("output_dir must not be empty")
 
 
 @dataclass
@@ -225,7 +250,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
 def _convert(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
+        return _build(hint, {} if value is None else value, where)  # an empty YAML section means the defaults
     if origin in (Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -241,8 +266,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {hint}")
     if origin is Literal:
         allowed = typing.get_args(hint)
-        if value not in allowed:
-            raise ConfigError(f"{where} must be one of {list(allowed)}, got {value!r}")
+        if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed):
+            hint_text = (
+                " (YAML reads an unquoted no/yes/off/on as a boolean: quote it)" if isinstance(value, bool) else ""
+            )
+            raise ConfigError(f"{where} must be one of {list(allowed)}, got {value!r}{hint_text}")
         return value
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):

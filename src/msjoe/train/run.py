@@ -34,6 +34,7 @@ from msjoe.train.checkpoint import (
     read_checkpoint_info,
     register_peft_hooks,
     save_checkpoint,
+    set_aside_newer_checkpoints,
 )
 from msjoe.train.config import Stage1RunConfig, dump_run_config
 from msjoe.train.examples import TrainExample
@@ -83,8 +84,9 @@ def batch_indices(step: int, rank: int, world_size: int, batch_size: int, num_ex
     return indices
 
 
-def make_accelerator(mixed_precision: str = "no") -> Any:
-    """An ``accelerate.Accelerator`` (settings from ``accelerate launch`` / ``accelerate config`` win)."""
+def make_accelerator(mixed_precision: str | None = None) -> Any:
+    """An ``accelerate.Accelerator``; ``mixed_precision`` None takes ``accelerate launch`` / ``accelerate config``'s
+    setting (``"no"`` when there is none)."""
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=mixed_precision)
@@ -138,12 +140,48 @@ def _start(config: Any, accelerator: Any) -> _RunContext:
     if not config.data.train:
         raise MsjoeError("data.train is required: the training QA JSONL (see `msjoe smoke-data` for an example)")
     accelerator = accelerator or make_accelerator(config.run.mixed_precision)
+    _check_engine(accelerator)
     output_dir = Path(config.run.output_dir)
-    run = _RunContext(config, accelerator, output_dir, resolve_resume(output_dir, config.run.resume))
+    # The main process decides where to resume from and tells the others: a shared file system seen with a delay
+    # on another node must not give processes different starting steps.
+    decision: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            found = resolve_resume(output_dir, config.run.resume)
+            decision = [str(found) if found is not None else ""]
+            if found is not None:
+                set_aside_newer_checkpoints(output_dir, found)
+        except CheckpointError as error:
+            decision = [error]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(decision)
+    if isinstance(decision[0], Exception):
+        raise decision[0]
+    run = _RunContext(config, accelerator, output_dir, Path(decision[0]) if decision[0] else None)
     if run.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(output_dir / "config.yaml", dump_run_config(config))
     return run
+
+
+def _check_engine(accelerator: Any) -> None:
+    """Refuse set-ups the trainers do not implement, before any model is loaded."""
+    from accelerate.utils import DistributedType
+
+    unsupported = {DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM}
+    if accelerator.distributed_type in unsupported:
+        raise MsjoeError(
+            f"accelerate is set up for {accelerator.distributed_type.value}, which msjoe's trainers do not support "
+            "(stage 2 generates with the unwrapped model; stage 1 trains a 2M-parameter network): use DDP "
+            "(`accelerate launch --multi_gpu ...`)"
+        )
+    if accelerator.gradient_accumulation_steps != 1:
+        raise MsjoeError(
+            "accelerate's gradient_accumulation_steps must be 1 (the trainers accumulate over rollouts themselves); "
+            "raise trainer.batch_size instead"
+        )
 
 
 def _load_models(run: _RunContext) -> tuple[Any, Any, Any]:
@@ -178,7 +216,9 @@ def _prepare(
 
     data = run.config.data
     cache = FeatureCache(data.cache_dir)
-    store = FrameStore.for_cache(cache, data.frame_max_pixels) if data.frame_store else None
+    # Stage 2 shows answer frames at trainer.frame_max_pixels: store frames large enough for both settings.
+    store_pixels = max(data.frame_max_pixels, getattr(run.config.trainer, "frame_max_pixels", 0))
+    store = FrameStore.for_cache(cache, max_pixels=store_pixels) if data.frame_store else None
     items = read_qa_jsonl(data.train, video_root=data.video_root)
     if data.limit is not None:
         items = items[: data.limit]
@@ -217,6 +257,7 @@ def _train_loop(
     """Steps from ``trainer.step_count`` to ``trainer.config.steps``: batches, metrics, checkpoints, NaN stop."""
     accelerator, settings, trainer_config = run.accelerator, run.config.run, run.config.trainer
     steps = trainer_config.steps
+    started_at = trainer.step_count
     last: dict[str, float] = {}
 
     def checkpoint(step: int) -> Path:
@@ -249,8 +290,9 @@ def _train_loop(
                 checkpoint(stats.step)
             if on_step is not None:
                 on_step(stats.step, trainer)
-    final = checkpoint(trainer.step_count)
-    logger.info("%s done: %d steps, last checkpoint %s", name, trainer.step_count, final)
+    if trainer.step_count != started_at or latest_checkpoint(run.output_dir) is None:
+        checkpoint(trainer.step_count)
+    logger.info("%s done: %d steps (%d in this run)", name, trainer.step_count, trainer.step_count - started_at)
     return last
 
 
@@ -289,7 +331,7 @@ def train_stage1(
         state = load_checkpoint(run.accelerator, run.resume_from)
         trainer.load_state_dict(state)
         answerer.load_state_dict(state["answerer"])
-        sampler.training_steps = trainer.step_count
+        sampler.training_steps = state["sampler_training_steps"]
         logger.info("resumed from %s at step %d", run.resume_from, trainer.step_count)
 
     last = _train_loop(
@@ -297,7 +339,7 @@ def train_stage1(
         "stage 1",
         trainer,
         examples,
-        extra_state=lambda: {"answerer": answerer.state_dict()},
+        extra_state=lambda: {"answerer": answerer.state_dict(), "sampler_training_steps": sampler.training_steps},
         exports={SAMPLER_EXPORT: sampler},
         on_step=on_step,
     )
@@ -325,13 +367,19 @@ def train_stage2(
     from msjoe.rl.stage2 import Stage2Trainer
 
     run = _start(config, accelerator)
+    if run.accelerator.mixed_precision == "fp16":
+        raise MsjoeError(
+            "stage 2 does not support fp16 mixed precision (its two optimisers would share one loss scaler): "
+            "use bf16 (run.mixed_precision: bf16 or accelerate launch --mixed_precision bf16)"
+        )
     encoder, mllm, sampler = _load_models(run)
     examples, prepared, store = _prepare(run, encoder, queries=None, require_difficulty=False)
     # Built before loading a checkpoint: a full fine-tuning reference model is copied from the base weights here.
     trainer = Stage2Trainer(mllm, sampler, encoder, config.trainer, accelerator=run.accelerator, frame_store=store)
     if run.resume_from is not None:
-        trainer.load_state_dict(load_checkpoint(run.accelerator, run.resume_from))
-        sampler.training_steps = trainer.step_count
+        state = load_checkpoint(run.accelerator, run.resume_from)
+        trainer.load_state_dict(state)
+        sampler.training_steps = state["sampler_training_steps"]
         logger.info("resumed from %s at step %d", run.resume_from, trainer.step_count)
 
     last = _train_loop(
@@ -339,7 +387,7 @@ def train_stage2(
         "stage 2",
         trainer,
         examples,
-        extra_state=dict,
+        extra_state=lambda: {"sampler_training_steps": sampler.training_steps},
         exports={SAMPLER_EXPORT: sampler},
         on_step=on_step,
     )
