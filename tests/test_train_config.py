@@ -138,9 +138,11 @@ def test_batch_indices_partition_each_epoch_across_processes() -> None:
         chunk = stream[epoch * num_examples : (epoch + 1) * num_examples]
         assert sorted(chunk) == list(range(num_examples))  # every example exactly once per epoch
         expected = list(range(num_examples))
-        random.Random(4 + epoch).shuffle(expected)
+        random.Random(f"msjoe-data-order:4:{epoch}").shuffle(expected)
         assert chunk == expected
     assert stream[:10] != stream[10:20]  # epochs are reshuffled
+    # Seed 5's first epoch is not seed 4's second (as it would be with a seed + epoch scheme).
+    assert batch_indices(0, 0, 1, 10, 10, seed=5) != stream[10:20]
 
 
 def test_batch_indices_reject_empty_data() -> None:

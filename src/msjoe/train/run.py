@@ -67,8 +67,9 @@ def batch_indices(step: int, rank: int, world_size: int, batch_size: int, num_ex
     """Example indices process ``rank`` trains on at update ``step`` (0-based).
 
     The global stream is the concatenation of per-epoch permutations of ``range(num_examples)`` (epoch ``e``
-    shuffled with ``seed + e``); update ``step`` consumes ``world_size * batch_size`` consecutive positions and
-    process ``rank`` takes its ``batch_size`` of them. Pure: resuming at a step needs no saved data position.
+    shuffled by a generator seeded with the pair ``(seed, e)``); update ``step`` consumes
+    ``world_size * batch_size`` consecutive positions and process ``rank`` takes its ``batch_size`` of them.
+    Pure: resuming at a step needs no saved data position.
     """
     if num_examples < 1:
         raise ValueError("no training examples")
@@ -78,7 +79,7 @@ def batch_indices(step: int, rank: int, world_size: int, batch_size: int, num_ex
         epoch, offset = divmod(position, num_examples)
         if epoch != cached_epoch:
             order = list(range(num_examples))
-            random.Random(seed + epoch).shuffle(order)
+            random.Random(f"msjoe-data-order:{seed}:{epoch}").shuffle(order)  # (seed, epoch) pairs never collide
             cached_epoch = epoch
         indices.append(order[offset])
     return indices
@@ -177,6 +178,10 @@ def _check_engine(accelerator: Any) -> None:
             "(stage 2 generates with the unwrapped model; stage 1 trains a 2M-parameter network): use DDP "
             "(`accelerate launch --multi_gpu ...`)"
         )
+    if accelerator.mixed_precision == "fp16":
+        # A loss-scaler overflow would read as a non-finite loss (and stop the run); stage 2's two optimisers
+        # cannot share one scaler. bf16 needs no scaler.
+        raise MsjoeError("fp16 mixed precision is not supported: use bf16 (run.mixed_precision: bf16)")
     if accelerator.gradient_accumulation_steps != 1:
         raise MsjoeError(
             "accelerate's gradient_accumulation_steps must be 1 (the trainers accumulate over rollouts themselves); "
@@ -235,6 +240,17 @@ def _prepare(
             min_frames=run.config.trainer.k,  # fewer candidates than K leave nothing to choose
             progress=run.config.run.progress and run.is_main,
         )
+    if run.accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        # Every process must hold the same examples in the same order, or the data slices silently misalign.
+        main_ids = [[example.id for example in prepared.examples]]
+        broadcast_object_list(main_ids)
+        if main_ids[0] != [example.id for example in prepared.examples]:
+            raise MsjoeError(
+                f"process {run.accelerator.process_index} prepared different training items than the main process "
+                "(a video readable on one machine but not another?): check skipped.jsonl and the file systems"
+            )
     if run.is_main:
         _write_skipped(run.output_dir / SKIPPED_FILE, prepared.skipped)
     if not prepared.examples:
@@ -242,6 +258,19 @@ def _prepare(
             f"no usable training items in {data.train} ({len(prepared.skipped)} skipped: see {SKIPPED_FILE})"
         )
     return prepared.examples, prepared, store
+
+
+def _warn_if_config_changed(state: dict[str, Any], trainer_config: Any) -> None:
+    """Resuming with other hyper-parameters is allowed (e.g. more steps) but changes what an exact resume means."""
+    saved = state.get("config") or {}
+    current = trainer_config.to_dict()
+    changed = sorted(key for key in current if key != "steps" and key in saved and saved[key] != current[key])
+    if changed:
+        logger.warning(
+            "resuming with changed trainer settings %s (checkpoint: %s): the run will not match an uninterrupted one",
+            {key: current[key] for key in changed},
+            {key: saved[key] for key in changed},
+        )
 
 
 def _train_loop(
@@ -329,6 +358,7 @@ def train_stage1(
     trainer = Stage1Trainer(sampler, answerer, config.trainer, accelerator=run.accelerator)
     if run.resume_from is not None:
         state = load_checkpoint(run.accelerator, run.resume_from)
+        _warn_if_config_changed(state, config.trainer)
         trainer.load_state_dict(state)
         answerer.load_state_dict(state["answerer"])
         sampler.training_steps = state["sampler_training_steps"]
@@ -367,17 +397,13 @@ def train_stage2(
     from msjoe.rl.stage2 import Stage2Trainer
 
     run = _start(config, accelerator)
-    if run.accelerator.mixed_precision == "fp16":
-        raise MsjoeError(
-            "stage 2 does not support fp16 mixed precision (its two optimisers would share one loss scaler): "
-            "use bf16 (run.mixed_precision: bf16 or accelerate launch --mixed_precision bf16)"
-        )
     encoder, mllm, sampler = _load_models(run)
     examples, prepared, store = _prepare(run, encoder, queries=None, require_difficulty=False)
     # Built before loading a checkpoint: a full fine-tuning reference model is copied from the base weights here.
     trainer = Stage2Trainer(mllm, sampler, encoder, config.trainer, accelerator=run.accelerator, frame_store=store)
     if run.resume_from is not None:
         state = load_checkpoint(run.accelerator, run.resume_from)
+        _warn_if_config_changed(state, config.trainer)
         trainer.load_state_dict(state)
         sampler.training_steps = state["sampler_training_steps"]
         logger.info("resumed from %s at step %d", run.resume_from, trainer.step_count)
