@@ -24,6 +24,7 @@ from msjoe.index import index_video
 from msjoe.mllm import GenerationConfig, ImagePart
 from msjoe.mllm.transformers_backend import TransformersMLLM
 from msjoe.pipeline import preview_indices
+from msjoe.rl.losses import ppo_clip_token_loss
 from msjoe.rl.rewards import RewardWeights, informative_fraction, rollout_reward
 from msjoe.rl.stage2 import Rollout, Stage2Config, Stage2Trainer
 from msjoe.samplers.usampler import USampler, USamplerConfig
@@ -113,6 +114,7 @@ def images(messages: list) -> list[ImagePart]:
         ({"lr_schedule": "linear"}, "lr_schedule"),
         ({"batch_size": True}, "batch_size"),
         ({"generation_batch_size": 0}, "generation_batch_size"),
+        ({"scoring_batch_size": 0}, "scoring_batch_size"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(overrides: dict[str, object], field: str) -> None:
@@ -147,8 +149,7 @@ def test_rollouts_record_what_was_generated_drawn_shown_and_earned(
     assert [r.index for r in group] == [0, 1, 2] and {r.example_id for r in group} == {"item-1"}
     candidates = example.timestamps
     previews = [candidates[i] for i in preview_indices(len(candidates), config.k)]
-    # The exact tokens: the group's replies come from one batched generate call per turn (seeded), and the recorded
-    # old log-probabilities are those of the scoring forward pass.
+    # The exact tokens: the group's replies come from one batched generate call per turn (seeded).
     assert len({r.query_seed for r in group}) == 1 and len({r.answer_seed for r in group}) == 1
     sampled = GenerationConfig(max_new_tokens=12, temperature=1.0, seed=group[0].query_seed)
     again = trainer.mllm.complete_batch([group[0].query_messages], sampled, samples_per_chat=3)
@@ -156,15 +157,12 @@ def test_rollouts_record_what_was_generated_drawn_shown_and_earned(
     sampled = GenerationConfig(max_new_tokens=6, temperature=1.0, seed=group[0].answer_seed)
     again = trainer.mllm.complete_batch([r.answer_messages for r in group], sampled)
     assert [c.token_ids for c in again] == [r.answer_token_ids for r in group]
+    # One PPO epoch, no KL term: nothing is scored while rolling out (the update's own forward gives the old
+    # log-probabilities, see test_one_epoch_gradients_equal_the_two_pass_reference).
+    assert all(r.query_old_logprobs is None and r.answer_old_logprobs is None for r in group)
+    assert all(r.query_ref_logprobs is None and r.answer_ref_logprobs is None for r in group)
+    assert all(r.query_messages is group[0].query_messages for r in group)  # one shared chat: encoded once
     for rollout in group:
-        for messages, token_ids, old in (
-            (rollout.query_messages, rollout.query_token_ids, rollout.query_old_logprobs),
-            (rollout.answer_messages, rollout.answer_token_ids, rollout.answer_old_logprobs),
-        ):
-            with torch.no_grad():
-                rescored = trainer.mllm.token_logprobs(messages, token_ids, config.temperature)
-            assert old.shape == (len(token_ids),) and bool((old <= 0).all())
-            torch.testing.assert_close(rescored, old, rtol=0, atol=1e-6)
         # The query turn saw the K/2 previews; the answer turn saw exactly the drawn frames, in time order.
         assert len(images(rollout.query_messages)) == len(previews)
         shown = [read_frame_index(image.pixels) for image in images(rollout.answer_messages)]
@@ -278,6 +276,102 @@ def test_first_epoch_gradients_equal_the_hand_computed_reinforce_gradients(
         torch.testing.assert_close(got[name], parameter.grad, rtol=1e-4, atol=1e-7)
 
 
+def test_batched_scoring_equals_one_completion_at_a_time_and_sees_shared_frames_once(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+) -> None:
+    trainer = make_trainer(tiny_qwen_dir, encoder)
+    perturb_lora(trainer)  # the adapter matters: the shared image features must come from the adapted model
+    (group,) = trainer.rollout([example])
+    policy, mllm = trainer.policy_model, trainer.mllm
+    # The group's query turns share one chat (one list object); the answer chats differ (their own frames, and
+    # prompts of different lengths when the timestamps' digits differ). One batch mixes both.
+    chats = [r.query_messages for r in group] + [r.answer_messages for r in group]
+    completions = [r.query_token_ids for r in group] + [r.answer_token_ids for r in group]
+    vision_calls = []
+    hook = mllm.model.model.visual.register_forward_hook(lambda *_: vision_calls.append(1))
+    try:
+        with torch.no_grad():
+            one_at_a_time = [
+                mllm.token_logprobs(chat, ids, 0.7, model=policy) for chat, ids in zip(chats, completions, strict=True)
+            ]
+            separate_calls = len(vision_calls)
+            batched = mllm.token_logprobs_batch(chats, completions, 0.7, model=policy)
+    finally:
+        hook.remove()
+    assert separate_calls == 6 and len(vision_calls) == 7  # batched: one vision pass over the 4 distinct chats
+    for expected, got in zip(one_at_a_time, batched, strict=True):
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="one chat per completion"):
+        mllm.token_logprobs_batch(chats[:2], completions[:3])
+    assert mllm.token_logprobs_batch([], []) == []
+
+
+@pytest.mark.parametrize(("kl_beta", "scoring_batch_size"), [(0.0, None), (0.1, 2)])
+def test_one_epoch_gradients_equal_the_two_pass_reference(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample, kl_beta: float, scoring_batch_size: int | None
+) -> None:
+    """One PPO epoch takes the old log-probabilities from the gradient pass itself (ratio 1). The reference is the
+    former two-pass method, one rollout and turn at a time: a no-grad pass for the old log-probabilities, then the
+    PPO-clip loss of a gradient pass against them, every token of the step in the denominator. A tied group is
+    skipped without a KL term but still counts in the token mean."""
+    trainer = make_trainer(tiny_qwen_dir, encoder, kl_beta=kl_beta, scoring_batch_size=scoring_batch_size)
+    perturb_lora(trainer)
+    first, second = trainer.rollout([example, example])
+    groups = with_rewards([first], REWARDS) + with_rewards([second], (0.6, 0.6, 0.6))
+    rollouts = [rollout for group in groups for rollout in group]
+    turns = [
+        (rollout, turn, advantage)
+        for rollout, advantage in zip(rollouts, trainer.mllm_advantages(groups), strict=True)
+        for turn in ("query", "answer")
+    ]
+
+    def of(rollout: Rollout, turn: str, what: str) -> object:
+        return getattr(rollout, f"{turn}_{what}")
+
+    policy, mllm = trainer.policy_model, trainer.mllm
+    total_tokens = sum(r.num_tokens for r in rollouts)
+    with torch.no_grad():  # pass 1: the old log-probabilities (and, with a KL term, the base model's)
+        olds = [
+            mllm.token_logprobs(of(r, t, "messages"), of(r, t, "token_ids"), 1.0, model=policy) for r, t, _ in turns
+        ]
+        if kl_beta > 0:
+            with policy.disable_adapter():
+                for r, t, _ in turns:
+                    base = mllm.token_logprobs(of(r, t, "messages"), of(r, t, "token_ids"), 1.0, model=policy)
+                    torch.testing.assert_close(of(r, t, "ref_logprobs"), base, rtol=0, atol=1e-5)
+    reference_loss = torch.zeros(())
+    policy.train()
+    for old, (r, t, advantage) in zip(olds, turns, strict=True):  # pass 2
+        logprobs = mllm.token_logprobs(of(r, t, "messages"), of(r, t, "token_ids"), 1.0, model=policy)
+        loss, _ = ppo_clip_token_loss(
+            logprobs[None], old[None], torch.tensor([advantage]), torch.ones(1, len(logprobs), dtype=torch.bool),
+            ref_logprobs=of(r, t, "ref_logprobs")[None] if kl_beta > 0 else None, kl_beta=kl_beta,
+            num_tokens=total_tokens,
+        )  # fmt: skip
+        reference_loss = reference_loss + loss
+    policy.zero_grad(set_to_none=True)
+    reference_loss.backward()
+    expected = {name: p.grad.clone() for name, p in policy.named_parameters() if p.requires_grad}
+    assert any(gradient.abs().sum() > 0 for name, gradient in expected.items() if "lora_A" in name)
+
+    policy.zero_grad(set_to_none=True)
+    stats = trainer.mllm_backward(groups)
+
+    assert stats["loss"] == pytest.approx(float(reference_loss.detach()), rel=1e-4, abs=1e-7)
+    assert (stats["kl"] is None) == (kl_beta == 0)
+    for name, parameter in policy.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-4, atol=1e-7)
+    # The pass's log-probabilities are recorded as the rollouts' old ones (for logs and a NaN dump); rollouts with
+    # zero advantage (the tied group, the third of the first) are not scored without a KL term.
+    for old, (r, t, advantage) in zip(olds, turns, strict=True):
+        if kl_beta == 0 and advantage == 0:
+            assert of(r, t, "old_logprobs") is None
+        else:
+            torch.testing.assert_close(of(r, t, "old_logprobs"), old, rtol=0, atol=1e-5)
+
+
 def test_a_group_of_equal_rewards_leaves_the_mllm_alone_except_for_weight_decay(
     tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
 ) -> None:
@@ -301,7 +395,15 @@ def test_several_ppo_epochs_step_the_mllm_each_epoch_and_clip_off_policy_tokens(
     tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
 ) -> None:
     trainer = make_trainer(tiny_qwen_dir, encoder, ppo_epochs=3, clip_epsilon=0.01, mllm_learning_rate=0.05)
-    stats = trainer.update(with_rewards(trainer.rollout([example]), REWARDS))
+    groups = with_rewards(trainer.rollout([example]), REWARDS)
+    with torch.no_grad():  # the policy that generated
+        generating = [trainer.mllm.token_logprobs(r.answer_messages, r.answer_token_ids, 1.0) for r in groups[0]]
+    stats = trainer.update(groups)
+    # The old log-probabilities come from a no-grad pass before the first epoch (the generating policy), not from
+    # a later epoch: the rollout with zero advantage is not scored.
+    torch.testing.assert_close(groups[0][0].answer_old_logprobs, generating[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(groups[0][1].answer_old_logprobs, generating[1], rtol=0, atol=1e-5)
+    assert groups[0][2].answer_old_logprobs is None and groups[0][2].query_old_logprobs is None
     assert {int(state["step"]) for state in trainer.mllm_optimizer.state.values()} == {3}
     assert {int(state["step"]) for state in trainer.sampler_optimizer.state.values()} == {1}  # REINFORCE: once
     # After the first epoch the policy has moved: later epochs see ratios outside 1 +- 0.01 and clip them.
@@ -356,7 +458,9 @@ def test_a_non_finite_loss_raises_with_the_rollouts_and_steps_nothing(
 ) -> None:
     trainer = make_trainer(tiny_qwen_dir, encoder)
     groups = with_rewards(trainer.rollout([example]), REWARDS)
-    groups[0][0].query_old_logprobs[0] = float("nan")  # a poisoned rollout: its ratio is NaN
+    poisoned = torch.zeros(len(groups[0][0].query_token_ids))
+    poisoned[0] = float("nan")
+    groups[0][0].query_old_logprobs = poisoned  # a poisoned rollout (recorded values are used as given): NaN ratio
     lora_before, sampler_before = trainable(trainer.policy_model), trainable(trainer.sampler.module)
 
     with pytest.raises(NonFiniteLossError, match="mllm_loss nan") as raised:
@@ -400,8 +504,9 @@ def test_kl_reference_of_lora_is_the_base_model(
     for rollout in groups[0]:
         with torch.no_grad():
             expected = base.token_logprobs(rollout.answer_messages, rollout.answer_token_ids, 1.0)
+            policy = trainer.mllm.token_logprobs(rollout.answer_messages, rollout.answer_token_ids, 1.0)
         torch.testing.assert_close(rollout.answer_ref_logprobs, expected, rtol=0, atol=1e-5)
-        assert not torch.allclose(rollout.answer_ref_logprobs, rollout.answer_old_logprobs)
+        assert not torch.allclose(rollout.answer_ref_logprobs, policy)
     stats = trainer.update(groups)
     assert stats.kl is not None and stats.kl > 0
 
@@ -416,8 +521,12 @@ def test_full_finetuning_trains_the_language_model_not_the_vision_tower(
     assert any("language_model" in name for name in names) and "lm_head.weight" in names
     vision_before, language_before = frozen(model), trainable(model)
     groups = with_rewards(trainer.rollout([example]), REWARDS)
-    for rollout in groups[0]:  # the reference is the starting model: identical to the policy before any update
-        torch.testing.assert_close(rollout.query_ref_logprobs, rollout.query_old_logprobs, rtol=0, atol=0)
+    with torch.no_grad():  # scored as the trainer scores a group's query turn: one batch, the shared prompt once
+        policy = trainer.mllm.token_logprobs_batch(
+            [r.query_messages for r in groups[0]], [r.query_token_ids for r in groups[0]], 1.0
+        )
+    for rollout, expected in zip(groups[0], policy, strict=True):  # the reference is the starting model
+        torch.testing.assert_close(rollout.query_ref_logprobs, expected, rtol=0, atol=0)
 
     stats = trainer.update(groups)
 
@@ -434,7 +543,9 @@ def test_two_processes_train_on_the_global_token_mean_and_stay_identical(
 ) -> None:
     """DDP on two CPU processes (gloo), each with its own item: the synchronised gradients equal the single-process
     reference over both processes' rollouts (global token mean for the MLLM, mean over rollouts for the sampler),
-    and after two updates both processes hold the same weights and report the same statistics."""
+    and after two updates both processes hold the same weights and report the same statistics. Then two PPO epochs
+    without a KL term where only rank 0's group is tied: the processes score different numbers of turns (rank 0 only
+    its synchronising one) and still step alike."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__]
     command += ["--ddp-worker", str(tiny_qwen_dir), str(tiny_clip_dir), str(tmp_path)]
     result = subprocess.run(
@@ -447,7 +558,9 @@ def test_two_processes_train_on_the_global_token_mean_and_stay_identical(
         assert report["gradient_norm"] > 0
     assert reports[0]["weights"] == reports[1]["weights"]
     assert reports[0]["stats"] == reports[1]["stats"] and reports[0]["stats"]["num_rollouts"] == 6
-    assert reports[0]["stats"]["kl"] is not None  # the reference (adapter disabled) ran through the DDP module
+    assert reports[0]["stats"]["kl"] is not None  # the reference (adapter disabled) was scored on both processes
+    assert reports[0]["epochs"] == reports[1]["epochs"] and reports[0]["epochs"]["stats"]["tied_group_rate"] == 0.5
+    assert reports[0]["epochs"]["weights"] != reports[0]["weights"]
 
 
 def _ddp_worker(qwen_dir: str, clip_dir: str, folder: str) -> None:
@@ -519,6 +632,19 @@ def _ddp_worker(qwen_dir: str, clip_dir: str, folder: str) -> None:
         float(sum(p.detach().double().sum() for p in module.parameters() if p.requires_grad))
         for module in (policy, sampler.module)
     ]
+
+    mllm = TransformersMLLM(qwen_dir, dtype="float32")
+    sampler = USampler(config=USamplerConfig(widths=(8, 16), query_width=4), seed=0, device=accelerator.device)
+    trainer = Stage2Trainer(mllm, sampler, encoder, small_config(ppo_epochs=2), accelerator=accelerator)
+    perturb_lora(trainer)
+    stats = trainer.update(with_rewards(trainer.rollout([example]), ((0.5, 0.5, 0.5), (0.2, 0.9, 0.4))[rank]))
+    report["epochs"] = {
+        "stats": {key: value for key, value in stats.to_dict().items() if not key.endswith("seconds")},
+        "weights": [
+            float(sum(p.detach().double().sum() for p in module.parameters() if p.requires_grad))
+            for module in (trainer.policy_model, sampler.module)
+        ],
+    }
     (Path(folder) / f"rank{rank}.json").write_text(json.dumps(report))
 
 

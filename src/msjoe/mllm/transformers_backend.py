@@ -8,6 +8,7 @@ is what GRPO training needs.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
 from transformers import GenerationConfig as HFGenerationConfig
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from msjoe.errors import ModelLoadError
 from msjoe.mllm import register_backend
@@ -274,7 +276,107 @@ class TransformersMLLM(MLLM):
         ``model`` runs the forward pass instead of :attr:`model`: a wrapper around the same weights, such as a
         ``peft`` model or the ``DistributedDataParallel`` module ``accelerate`` prepared (its forward is what
         synchronises gradients). It must take the keyword inputs of :attr:`model` and return ``.logits``.
+        Several completions are faster scored together by :meth:`token_logprobs_batch`.
         """
+        return self.token_logprobs_batch([messages], [completion], temperature, model=model)[0]
+
+    def token_logprobs_batch(
+        self,
+        chats: Sequence[list[Message]],
+        completions: Sequence[str | Sequence[int]],
+        temperature: float = 1.0,
+        *,
+        model: torch.nn.Module | None = None,
+    ) -> list[torch.Tensor]:
+        """Log-probabilities of several completions, each given its chat, in one batched forward pass.
+
+        Returns one ``[N_i]`` float32 tensor per completion: what :meth:`token_logprobs` gives for
+        ``(chats[i], completions[i])``, up to float rounding (batched kernels). Each row is its prompt followed
+        by its completion, right-padded, so every real token keeps the positions it has alone.
+
+        Chats are deduplicated by identity: pass the *same* list object for completions of the same prompt (the
+        G replies of a GRPO group) and that prompt is rendered and preprocessed once, and, on models that accept
+        precomputed image features (transformers' ``mm_encoder_outputs``: Qwen2/2.5-VL, LLaVA, ...; see
+        :meth:`_shared_image_features`), its images go through the vision tower once, their features reused by
+        every row (gradients sum over the rows, as with separate passes).
+
+        Memory: the forward keeps logits for ``rows x (longest row - shortest prompt + 1)`` positions, so batch
+        completions whose prompts have similar lengths (one turn of one group). ``temperature`` and ``model`` are
+        as in :meth:`token_logprobs`.
+        """
+        if len(chats) != len(completions):
+            raise ValueError(f"token_logprobs_batch needs one chat per completion, got {len(chats)} chats for "
+                             f"{len(completions)} completions")  # fmt: skip
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive to define probabilities, got {temperature}")
+        if not completions:
+            return []
+        completion_ids = [self._scorable_ids(completion) for completion in completions]
+
+        # Each distinct chat (by identity) is rendered, preprocessed and, where possible, seen by the vision tower
+        # once.
+        chat_index: dict[int, int] = {}
+        distinct: list[list[Message]] = []
+        row_chats = []
+        for messages in chats:
+            if id(messages) not in chat_index:
+                chat_index[id(messages)] = len(distinct)
+                distinct.append(messages)
+            row_chats.append(chat_index[id(messages)])
+        encodings = [self.encode(messages) for messages in distinct]
+        prompt_lengths = [encoding["input_ids"].shape[1] for encoding in encodings]
+        row_lengths = [prompt_lengths[c] + len(ids) for c, ids in zip(row_chats, completion_ids, strict=True)]
+        width = max(row_lengths)
+        pad_id = self._padding_token_id()
+
+        # Per-token inputs (shape [1, prompt length]): the prompt, then the completion (attention 1, token type 0 =
+        # text), then right padding (attention 0). Anything else (pixel values, image grids) is per image: rows in
+        # order.
+        per_token = {
+            key
+            for encoding, length in zip(encodings, prompt_lengths, strict=True)
+            for key, value in encoding.items()
+            if isinstance(value, torch.Tensor) and tuple(value.shape) == (1, length)
+        }
+        inputs: dict[str, object] = {}
+        for key in sorted(per_token):
+            rows = []
+            for c, ids, length in zip(row_chats, completion_ids, row_lengths, strict=True):
+                prompt = encodings[c].get(key)
+                if prompt is None:  # a key only some chats have (e.g. token types): 0 = text
+                    prompt = torch.zeros((1, prompt_lengths[c]), dtype=torch.long, device=self.device)
+                if key == "input_ids":
+                    completion_part = torch.tensor(ids, dtype=prompt.dtype, device=self.device)
+                else:
+                    completion_part = torch.full((len(ids),), int(key == "attention_mask"), dtype=prompt.dtype,
+                                                 device=self.device)  # fmt: skip
+                padding = torch.full((width - length,), pad_id if key == "input_ids" else 0, dtype=prompt.dtype,
+                                     device=self.device)  # fmt: skip
+                rows.append(torch.cat([prompt[0], completion_part, padding]))
+            inputs[key] = torch.stack(rows)
+        for key in sorted({key for encoding in encodings for key in encoding} - per_token):
+            inputs[key] = torch.cat([encodings[c][key] for c in row_chats if key in encodings[c]])
+        forward = self.model if model is None else model
+        if len(distinct) < len(chats):
+            features = self._shared_image_features(forward, distinct, encodings, row_chats)
+            if features is not None:
+                inputs.pop("pixel_values")
+                inputs["mm_encoder_outputs"] = {"image": features}
+
+        # Logits only from the first position that predicts a completion token on: avoids [sequence, vocabulary]
+        # logits over long prompts.
+        first = min(prompt_lengths[c] for c in row_chats) - 1
+        logits = forward(**inputs, use_cache=False, logits_to_keep=width - first).logits
+        results = []
+        for row, (c, ids) in enumerate(zip(row_chats, completion_ids, strict=True)):
+            start = prompt_lengths[c] - 1 - first
+            row_logits = logits[row, start : start + len(ids)]
+            logprobs = torch.log_softmax(row_logits.float() / temperature, dim=-1)
+            targets = torch.tensor(ids, dtype=torch.long, device=logprobs.device)
+            results.append(logprobs.gather(-1, targets[:, None]).squeeze(-1))
+        return results
+
+    def _scorable_ids(self, completion: str | Sequence[int]) -> list[int]:
         ids = self.completion_token_ids(completion) if isinstance(completion, str) else list(completion)
         if not ids:
             raise ValueError("token_logprobs needs a non-empty completion")
@@ -284,20 +386,52 @@ class TransformersMLLM(MLLM):
                 f"the completion contains image/video placeholder token(s) {placeholders}, which cannot be scored "
                 "as text (complete() never generates them)"
             )
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive to define probabilities, got {temperature}")
-        inputs = self.encode(messages)
-        prompt_length = inputs["input_ids"].shape[1]
-        completion_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        # Extend every per-token input: the attention mask with ones, token-type ids with 0 (= text).
-        for key, value in list(inputs.items()):
-            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == prompt_length:
-                extension = (
-                    completion_ids if key == "input_ids" else torch.full_like(completion_ids, key == "attention_mask")
-                )
-                inputs[key] = torch.cat([value, extension.to(value.dtype)], dim=1)
-        # Only the last N+1 positions' logits are needed: avoids a [sequence, vocabulary] tensor for long prompts.
-        forward = self.model if model is None else model
-        logits = forward(**inputs, use_cache=False, logits_to_keep=len(ids) + 1).logits[0, :-1]
-        logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
-        return logprobs.gather(-1, completion_ids[0, :, None]).squeeze(-1)
+        return ids
+
+    def _padding_token_id(self) -> int:
+        """A token id for right padding (masked out; never an image placeholder, which the model would count)."""
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0):
+            if isinstance(candidate, int) and candidate not in self.placeholder_token_ids:
+                return candidate
+        return next(i for i in range(len(self.tokenizer)) if i not in self.placeholder_token_ids)
+
+    def _shared_image_features(
+        self,
+        forward: torch.nn.Module,
+        chats: list[list[Message]],
+        encodings: list[BatchFeature],
+        row_chats: list[int],
+    ) -> BaseModelOutputWithPooling | None:
+        """The images of every row from one vision pass over the distinct chats, or None where unsupported.
+
+        transformers' VLMs take precomputed image features as ``mm_encoder_outputs={"image": ...}`` whose
+        ``pooler_output`` holds one tensor per image, in input order; ``get_image_features`` computes them. The
+        features are computed on the model under ``forward`` (DDP and ``peft`` wrappers removed; a ``peft``
+        model shares its weights and active adapter with its base), with gradients when autograd is on.
+        """
+        base = forward
+        while isinstance(base, torch.nn.parallel.DistributedDataParallel):
+            base = base.module
+        if callable(getattr(base, "get_base_model", None)):
+            base = base.get_base_model()
+        get_features = getattr(base, "get_image_features", None)
+        if not callable(get_features) or "mm_encoder_outputs" not in inspect.signature(base.forward).parameters:
+            return None
+        with_images = [c for c, encoding in enumerate(encodings) if "pixel_values" in encoding]
+        if not with_images:
+            return None
+        accepted = inspect.signature(get_features).parameters
+        image_inputs = {
+            key: torch.cat([encodings[c][key] for c in with_images])
+            for key in encodings[with_images[0]]
+            if key in accepted and all(key in encodings[c] for c in with_images)
+        }
+        per_image = get_features(**image_inputs, return_dict=True).pooler_output
+        counts = [sum(isinstance(part, ImagePart) for m in chats[c] for part in m.content) for c in with_images]
+        if len(per_image) != sum(counts):
+            return None  # not one feature tensor per image: let the forward pass run the vision tower
+        of_chat, position = {}, 0
+        for c, count in zip(with_images, counts, strict=True):
+            of_chat[c] = tuple(per_image[position : position + count])
+            position += count
+        return BaseModelOutputWithPooling(pooler_output=tuple(f for c in row_chats for f in of_chat.get(c, ())))

@@ -17,10 +17,16 @@ and then updates both models from the same rollouts:
 - U-Sampler (paper: REINFORCE): ``-A · log P(draw)`` with ``A`` the total reward (``"raw"``, paper) or the group-
   normalised reward (``"group"``), ``log P`` the exact Plackett–Luce log-probability or the paper's sum.
 
-Separate optimisers, learning rates and gradient clips. Rollouts record the exact generated token ids and their
-log-probabilities under the policy that produced them (scored in the same forward path the update uses), so the
-PPO ratio is exact: with one PPO epoch (the default) it is 1 at the gradient and the update is REINFORCE's
-``-A ∇log π`` averaged over tokens.
+Separate optimisers, learning rates and gradient clips. Rollouts record the exact generated token ids, so the PPO
+ratio is exact. With one PPO epoch (the default) the old log-probabilities are the update's own, detached
+(``old = new.detach()``, as TRL does): the ratio is exactly 1 at the gradient, the update is REINFORCE's
+``-A ∇log π`` averaged over tokens, and no separate scoring pass runs. With several epochs a no-grad pass at the
+start of the update scores the policy as it generated (eval mode), then every epoch steps against those values.
+
+Scoring is batched: each forward pass takes one turn of (up to ``scoring_batch_size``) rollouts of one group. The
+query turn's G rows share one prompt, rendered once and with its preview frames through the vision tower once
+(:meth:`~msjoe.mllm.transformers_backend.TransformersMLLM.token_logprobs_batch`); the answer turn's rows are a
+right-padded batch of their own frames. Results equal one pass per rollout and turn up to float rounding.
 
 Choices of ours, beyond the paper:
 
@@ -33,12 +39,15 @@ Choices of ours, beyond the paper:
 
 Distribution (``accelerate``): each process runs its own items; the trainer prepares the U-Sampler network and the
 policy model (in that order: peft models last, see msjoe.train.checkpoint) and both optimisers. DDP sees exactly
-one synchronised forward/backward per model and optimiser step: every MLLM turn is backpropagated on its own inside
-``accelerator.no_sync`` except the very last one (which also keeps memory flat: one turn's graph at a time), and the
-U-Sampler scores all rollouts in one batched forward. Generation runs on the unwrapped model; scoring (old
-log-probabilities and the update) runs through the prepared module. The token-mean denominator is the token count
-of the whole step over all processes, so the averaged gradient is exactly the global token mean. Only DDP (and
-single-device) training is supported: FSDP / DeepSpeed ZeRO-3 would need gathered weights for generation.
+one synchronised forward/backward per model and optimiser step: every MLLM forward pass (one turn of one group)
+is backpropagated on its own inside ``accelerator.no_sync`` except the very last one (which also bounds memory: one
+batch's graph at a time), and the U-Sampler scores all rollouts in one batched forward. Only those gradient passes run
+through the prepared module. Generation and the no-grad scoring passes (reference and old log-probabilities) run on
+the unwrapped model: a DDP forward is a collective (buffer broadcast) and their number differs between processes (a
+process whose groups are all tied scores nothing). All scoring runs under the accelerator's autocast, as the
+prepared module's forward does. The token-mean denominator is the token count of the whole step over all processes, so
+the averaged gradient is exactly the global token mean. Only DDP (and single-device) training is supported:
+FSDP / DeepSpeed ZeRO-3 would need gathered weights for generation.
 """
 
 from __future__ import annotations
@@ -140,6 +149,11 @@ class Stage2Config:
     generation_batch_size: int | None = None
     """Rollouts generated in one batched ``generate`` call per turn (None: the whole group). Lower it when a group
     of answer prompts (K frames each) does not fit in memory at once."""
+    scoring_batch_size: int | None = None
+    """Rollouts of a group scored in one forward pass per turn (None: the whole group), in the update (with
+    gradients: the batch's activations and ``[rows, reply tokens, vocabulary]`` logits live until its backward) and
+    in the no-grad reference / old passes. Lower it when a group's answer turns do not fit in memory at once; the
+    results do not depend on it beyond float rounding."""
 
     # --- rewards and advantages -----------------------------------------------------------------------------
     reward_weights: RewardWeights = field(default_factory=RewardWeights)
@@ -171,7 +185,8 @@ class Stage2Config:
     lora_alpha: float = 32.0
     """LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``)."""
     lora_dropout: float = 0.0
-    """Dropout on the LoRA input. 0 by default: dropout makes the first-epoch PPO ratio differ from 1."""
+    """Dropout on the LoRA input. 0 by default: with several PPO epochs, dropout makes the ratios differ from 1 by
+    noise (the old log-probabilities are scored in eval mode)."""
     lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES
     """Names of the linear layers that get adapters (matched as the last component of a module's name)."""
     frozen_modules: tuple[str, ...] = VISION_MODULES
@@ -260,12 +275,10 @@ class Stage2Config:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if self.generation_batch_size is not None and (
-            isinstance(self.generation_batch_size, bool)
-            or not isinstance(self.generation_batch_size, int)
-            or self.generation_batch_size < 1
-        ):
-            raise ValueError(f"generation_batch_size must be None or an int >= 1, got {self.generation_batch_size!r}")
+        for name in ("generation_batch_size", "scoring_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
         for name in ("mllm_max_grad_norm", "sampler_max_grad_norm"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -331,8 +344,6 @@ class Rollout:
     # query turn
     query_reply: str
     query_token_ids: list[int]
-    query_old_logprobs: torch.Tensor
-    """``[Lq]`` log-probabilities of the query tokens under the policy that generated them (temperature-scaled)."""
     queries: list[str]
     queries_from_question: bool
     """No query parsed from the reply: the question itself was the search query."""
@@ -350,7 +361,6 @@ class Rollout:
     # answer turn
     answer_reply: str
     answer_token_ids: list[int]
-    answer_old_logprobs: torch.Tensor
     answer_letter: str | None
     answer_status: str
     # reward
@@ -363,8 +373,14 @@ class Rollout:
     reward_info: float
     reward: float
     """The total reward (sum of the three weighted parts)."""
+    query_old_logprobs: torch.Tensor | None = None
+    """``[Lq]`` log-probabilities of the query tokens (temperature-scaled) under the policy that generated them: the
+    PPO ratio's denominator. None until an update scores the rollout, which fills it in (a rollout of a group with
+    zero advantages and no KL term is never scored); values set beforehand are used as given."""
+    answer_old_logprobs: torch.Tensor | None = None
     query_ref_logprobs: torch.Tensor | None = None
-    """``[Lq]`` log-probabilities under the reference model (only when ``kl_beta > 0``)."""
+    """``[Lq]`` log-probabilities under the reference model (scored by :meth:`Stage2Trainer.rollout` when
+    ``kl_beta > 0``, else None)."""
     answer_ref_logprobs: torch.Tensor | None = None
     query_messages: list[Message] = field(default_factory=list, repr=False)
     answer_messages: list[Message] = field(default_factory=list, repr=False)
@@ -680,8 +696,6 @@ class Stage2Trainer:
                 else float(informative_fraction(sim, threshold=config.info_threshold, min_gap=config.info_min_gap))
             )
             reward = compute_rollout_reward(correct, queries_ok, answer_ok, info, config.reward_weights)
-            query_old, query_ref = self._score(query_messages, query.token_ids)
-            answer_old, answer_ref = self._score(answer_messages, answer.token_ids)
             group.append(
                 Rollout(
                     example_id=qa.id,
@@ -690,7 +704,6 @@ class Stage2Trainer:
                     answer_seed=answer_seed,
                     query_reply=query.text,
                     query_token_ids=list(query.token_ids),
-                    query_old_logprobs=query_old,
                     queries=list(queries),
                     queries_from_question=from_question,
                     sim=sim.detach().cpu(),
@@ -701,7 +714,6 @@ class Stage2Trainer:
                     sampler_entropy=entropy,
                     answer_reply=answer.text,
                     answer_token_ids=list(answer.token_ids),
-                    answer_old_logprobs=answer_old,
                     answer_letter=parsed.letter,
                     answer_status=parsed.status,
                     correct=correct,
@@ -712,12 +724,12 @@ class Stage2Trainer:
                     reward_format=float(reward.format),
                     reward_info=float(reward.info),
                     reward=float(reward.total),
-                    query_ref_logprobs=query_ref,
-                    answer_ref_logprobs=answer_ref,
-                    query_messages=query_messages,
+                    query_messages=query_messages,  # the same list for the whole group: encoded once when scored
                     answer_messages=answer_messages,
                 )
             )
+        if config.kl_beta > 0:
+            self._record_reference_logprobs(group)
         return group
 
     def _generation_batches(self) -> list[tuple[int, int]]:
@@ -734,29 +746,65 @@ class Stage2Trainer:
             max_new_tokens=max_new_tokens, temperature=self.config.temperature, top_p=self.config.top_p, seed=seed
         )
 
+    # --- scoring ------------------------------------------------------------------------------------------
+    def _scoring_batches(
+        self, groups: Sequence[Sequence[Rollout]], advantages: Sequence[float], *, every_rollout: bool = False
+    ) -> list[_ScoringBatch]:
+        """The forward passes that score ``groups``, in order: per group its query turns, then its answer turns, at
+        most ``scoring_batch_size`` rollouts a pass. Rollouts with a zero advantage carry no gradient without a KL
+        term and are left out (their tokens still count in the token mean), unless ``every_rollout``."""
+        size = self.config.scoring_batch_size or self.config.group_size
+        batches = []
+        offset = 0
+        for group in groups:
+            group_advantages = advantages[offset : offset + len(group)]
+            offset += len(group)
+            scored = [
+                (rollout, advantage)
+                for rollout, advantage in zip(group, group_advantages, strict=True)
+                if every_rollout or advantage != 0 or self.config.kl_beta > 0
+            ]
+            for turn in TURNS:
+                for start in range(0, len(scored), size):
+                    part = scored[start : start + size]
+                    batches.append(_ScoringBatch(turn, [r for r, _ in part], [a for _, a in part]))
+        return batches
+
+    def _logprobs(self, batch: _ScoringBatch, model: torch.nn.Module) -> list[torch.Tensor]:
+        """The batch's token log-probabilities under ``model`` in one forward pass (under the accelerator's
+        autocast, which then also covers the query turn's shared image features computed before the pass)."""
+        autocast = self.accelerator.autocast() if self.accelerator is not None else contextlib.nullcontext()
+        with autocast:
+            return self.mllm.token_logprobs_batch(
+                batch.chats(), batch.token_ids(), self.config.temperature, model=model
+            )
+
     @torch.no_grad()
-    def _score(self, messages: list[Message], token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Old log-probabilities of a reply (through the module the update uses) and, with a KL term, the
-        reference's."""
-        temperature = self.config.temperature
-        old = self.mllm.token_logprobs(messages, token_ids, temperature, model=self.policy_model_wrapped)
-        reference = None
-        if self.config.kl_beta > 0:
+    def _record_reference_logprobs(self, group: Sequence[Rollout]) -> None:
+        """The reference model's log-probabilities of every reply of ``group`` (for the KL term)."""
+        for batch in self._scoring_batches([group], [0.0] * len(group), every_rollout=True):
             with self._reference() as reference_model:
-                reference = self.mllm.token_logprobs(messages, token_ids, temperature, model=reference_model)
-            reference = reference.cpu()
-        return old.cpu(), reference
+                batch.record("ref", [logprobs.cpu() for logprobs in self._logprobs(batch, reference_model)])
+
+    @torch.no_grad()
+    def _record_old_logprobs(self, groups: Sequence[Sequence[Rollout]]) -> None:
+        """Score the rollouts the update trains on and that have no old log-probabilities yet, with the policy as it
+        generated (eval mode: no dropout), for several PPO epochs."""
+        self.policy_model.eval()
+        for batch in self._scoring_batches(groups, self.mllm_advantages(groups)):
+            if any(old is None for old in batch.logprobs("old")):
+                logprobs = self._logprobs(batch, self.policy_model)  # unwrapped: no DDP collective
+                batch.record("old", [values.cpu() for values in logprobs], keep_existing=True)
 
     @contextlib.contextmanager
     def _reference(self) -> Iterator[torch.nn.Module]:
-        """The reference model: the policy with its adapter disabled (LoRA), or the frozen copy (full)."""
+        """The reference model: the policy with its adapter disabled (LoRA; unwrapped, for no-grad passes), or the
+        frozen copy (full)."""
         if self.reference_model is not None:
-            autocast = self.accelerator.autocast() if self.accelerator is not None else contextlib.nullcontext()
-            with autocast:
-                yield self.reference_model
+            yield self.reference_model
             return
         with self.policy_model.disable_adapter():
-            yield self.policy_model_wrapped
+            yield self.policy_model
 
     # --- update ---------------------------------------------------------------------------------------------
     def step(self, examples: Sequence[TrainExample]) -> Stage2StepStats:
@@ -779,6 +827,9 @@ class Stage2Trainer:
 
         self.sampler_optimizer.zero_grad(set_to_none=True)
         sampler_stats = self.sampler_backward(groups)
+        if config.ppo_epochs > 1:
+            # Later epochs need the generating policy's values; one epoch uses its own forward's (ratio 1).
+            self._record_old_logprobs(groups)
         clip_fractions: list[float] = []
         first: dict[str, Any] = {}
         sampler_norm = mllm_norm = math.nan
@@ -824,11 +875,12 @@ class Stage2Trainer:
     def mllm_backward(self, groups: Sequence[Sequence[Rollout]]) -> dict[str, float]:
         """Accumulate the gradient of the PPO-clip loss (plus the KL term) over every turn of every rollout.
 
-        Each turn is one forward and one backward (under ``no_sync`` except the last), scaled so the sum over turns
-        and processes is the token-mean over the whole step. A group with zero advantages contributes no gradient
-        and is skipped when there is no KL term (its tokens still count in the mean). Returns the loss (the sum of
-        the turns' parts, reduced over processes), ``kl`` (token mean, None without a reference) and
-        ``clip_fraction`` over the scored tokens.
+        Each forward pass scores one turn of (up to ``scoring_batch_size``) rollouts of one group and is followed by
+        its own backward (under ``no_sync`` except the last), scaled so the sum over passes and processes is the
+        token-mean over the whole step. A group with zero advantages contributes no gradient and is skipped when
+        there is no KL term (its tokens still count in the mean). A rollout without old log-probabilities takes this
+        pass's, detached (ratio 1), and records them. Returns the loss (the sum of the passes' parts, reduced over
+        processes), ``kl`` (token mean, None without a reference) and ``clip_fraction`` over the scored tokens.
         """
         config = self.config
         self._check_groups(groups)
@@ -839,41 +891,41 @@ class Stage2Trainer:
         # DDP averages gradients over processes: scale by W / N so the average is the global token mean.
         denominator = total_tokens / self._num_processes
 
-        turns = []
-        for rollout, advantage in zip(rollouts, advantages, strict=True):
-            if advantage == 0 and config.kl_beta == 0:
-                continue
-            turns.append((rollout.query_messages, rollout.query_token_ids, rollout.query_old_logprobs,
-                          rollout.query_ref_logprobs, advantage))  # fmt: skip
-            turns.append((rollout.answer_messages, rollout.answer_token_ids, rollout.answer_old_logprobs,
-                          rollout.answer_ref_logprobs, advantage))  # fmt: skip
-        if not turns:
+        batches = self._scoring_batches(groups, advantages)
+        if not batches:
             # Every process must run the synchronised backward: use the last turn of the step (zero advantage).
-            last = rollouts[-1]
-            turns.append((last.answer_messages, last.answer_token_ids, last.answer_old_logprobs,
-                          last.answer_ref_logprobs, 0.0))  # fmt: skip
-
+            batches = [_ScoringBatch("answer", [rollouts[-1]], [0.0])]
+        if config.kl_beta > 0 and any(ref is None for batch in batches for ref in batch.logprobs("ref")):
+            raise ValueError(
+                f"kl_beta = {config.kl_beta} needs the rollouts' reference log-probabilities: use rollouts made by "
+                "Stage2Trainer.rollout with this config"
+            )
         self.policy_model_wrapped.train()
         device = self.mllm.device
         loss_sum, kl_sum, clipped, scored = 0.0, 0.0, 0.0, 0
-        for position, (messages, token_ids, old, reference, advantage) in enumerate(turns):
-            synchronise = position == len(turns) - 1
+        for position, batch in enumerate(batches):
+            synchronise = position == len(batches) - 1
             with self._no_sync(self.policy_model_wrapped, not synchronise):
-                logprobs = self.mllm.token_logprobs(
-                    messages, token_ids, config.temperature, model=self.policy_model_wrapped
-                )
+                logprobs = self._logprobs(batch, self.policy_model_wrapped)
+                old = [
+                    new.detach() if recorded is None else recorded.to(device)
+                    for new, recorded in zip(logprobs, batch.logprobs("old"), strict=True)
+                ]
+                references = batch.logprobs("ref")
+                has_references = all(reference is not None for reference in references)
                 loss, stats = ppo_clip_token_loss(
-                    logprobs[None],
-                    old.to(device)[None],
-                    torch.tensor([advantage], dtype=torch.float32, device=device),
-                    torch.ones_like(logprobs, dtype=torch.bool)[None],
+                    _padded(logprobs),
+                    _padded(old),
+                    torch.tensor(batch.advantages, dtype=torch.float32, device=device),
+                    _padded([torch.ones_like(values, dtype=torch.bool) for values in logprobs]),
                     clip_eps=config.clip_epsilon,
-                    ref_logprobs=None if reference is None else reference.to(device)[None],
+                    ref_logprobs=_padded([r.to(device) for r in references]) if has_references else None,
                     kl_beta=config.kl_beta,
                     num_tokens=denominator,
                 )
                 self._backward(loss)
-            count = len(token_ids)
+            batch.record("old", [values.detach().cpu() for values in logprobs], keep_existing=True)
+            count = sum(len(values) for values in logprobs)
             loss_sum += float(loss.detach()) / self._num_processes  # the backward scale is W / N, the mean 1 / N
             clipped += float(stats["clip_fraction"]) * count
             if "kl_mean" in stats:
@@ -1078,6 +1130,41 @@ class Stage2Trainer:
         self.draw_generator.set_state(state["draw_generator"])
         self.mllm_scheduler.load_state_dict(state["mllm_scheduler"])
         self.sampler_scheduler.load_state_dict(state["sampler_scheduler"])
+
+
+Turn = Literal["query", "answer"]
+TURNS: tuple[Turn, ...] = ("query", "answer")
+
+
+@dataclass(frozen=True)
+class _ScoringBatch:
+    """One forward pass of scoring: one turn of some rollouts of one group, with their GRPO advantages."""
+
+    turn: Turn
+    rollouts: list[Rollout]
+    advantages: list[float]
+
+    def chats(self) -> list[list[Message]]:
+        """The turn's chats (a group's query chats are one shared list: the backend encodes it once)."""
+        return [getattr(rollout, f"{self.turn}_messages") for rollout in self.rollouts]
+
+    def token_ids(self) -> list[list[int]]:
+        return [getattr(rollout, f"{self.turn}_token_ids") for rollout in self.rollouts]
+
+    def logprobs(self, kind: Literal["old", "ref"]) -> list[torch.Tensor | None]:
+        return [getattr(rollout, f"{self.turn}_{kind}_logprobs") for rollout in self.rollouts]
+
+    def record(self, kind: Literal["old", "ref"], values: list[torch.Tensor], *, keep_existing: bool = False) -> None:
+        """Store per-rollout log-probabilities of this turn (``keep_existing``: only where there are none yet)."""
+        name = f"{self.turn}_{kind}_logprobs"
+        for rollout, value in zip(self.rollouts, values, strict=True):
+            if not (keep_existing and getattr(rollout, name) is not None):
+                setattr(rollout, name, value)
+
+
+def _padded(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[B, L]`` from rows of different lengths, right-padded with zeros (masked out by the loss)."""
+    return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True)
 
 
 def _derive_seed(seed: int, process_index: int, stream: int) -> int:
