@@ -42,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,17 +288,13 @@ def report(
     rows = [(label, samples(label)) for label in PHASES] + [("step", samples("step"))]
     for line in median_table([run.label for run in runs], rows, digits=3, bold={"step"}):
         print(line)
-    for key in ("model calls", "cache hits"):
-        print(
-            f"| {key} per step | "
-            + " | ".join(f"{statistics.mean(s[key] for s in timed[r.label]):.1f}" for r in runs)
-            + " |"
-        )
-    print(
-        "| ms per answer | "
-        + " | ".join(f"{1e3 * statistics.median(s['step'] for s in timed[r.label]) / answers:.0f}" for r in runs)
-        + " |"
-    )
+
+    def row(name: str, cell: Callable[[list[dict[str, float]]], str]) -> None:
+        print(f"| {name} | " + " | ".join(cell(timed[run.label]) for run in runs) + " |")
+
+    row("model calls per step", lambda steps: f"{statistics.mean(s['model calls'] for s in steps):.1f}")
+    row("cache hits per step", lambda steps: f"{statistics.mean(s['cache hits'] for s in steps):.1f}")
+    row("step ms per draw", lambda steps: f"{1e3 * statistics.median(s['step'] for s in steps) / answers:.0f}")
 
     def median_step(label: str) -> float:
         return statistics.median(step["step"] for step in timed[label])

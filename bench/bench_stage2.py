@@ -4,7 +4,9 @@ One stage-2 step of :class:`msjoe.rl.stage2.Stage2Trainer` (G joint rollouts of 
 the MLLM and the REINFORCE update of the U-Sampler) in each configuration, side by side in one run:
 
 - ``generation_batch_size=None`` (the default: each MLLM turn of the group in one left-padded ``generate`` call)
-  vs ``generation_batch_size=1`` (one rollout at a time), at K = 32 and K = 8;
+  vs ``generation_batch_size=1`` (one rollout at a time), at K = 32 and K = 8. Where the trainer also batches the
+  update's scoring (``Stage2Config.scoring_batch_size``, None: a group's turn per forward pass), the one-at-a-time
+  configuration sets it to 1 as well, so its update column is the unbatched update;
 - with ``--checkpointing``, also the default with ``gradient_checkpointing=True`` at the first K.
 
 The configurations take turns step by step (round robin), so a change of the machine's load hits them alike. Each
@@ -46,7 +48,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,11 @@ def code_version() -> str:
         except OSError:
             return ""
 
+    import msjoe
+
+    package = Path(msjoe.__file__).resolve().parent
+    if not package.is_relative_to(repo / "src"):
+        return f"msjoe imported from {package} (not this checkout's src/)"
     commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
     changed = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines() if line.strip()]
     return f"commit {commit}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else " (src clean)")
@@ -273,12 +280,16 @@ def build_setups(
         variants += [(k, True, False), (k, False, False)]
     if args.checkpointing:
         variants.append((args.k[0], True, True))
+    # Trainers that batch the update's scoring too: "one at a time" then means both phases.
+    one_at_a_time = {"generation_batch_size": 1}
+    if "scoring_batch_size" in {f.name for f in fields(Stage2Config)}:
+        one_at_a_time["scoring_batch_size"] = 1
     setups = []
     for k, batched, checkpointing in variants:
         config = Stage2Config(
+            **({} if batched else one_at_a_time),
             k=k,
             group_size=args.group_size,
-            generation_batch_size=None if batched else 1,
             gradient_checkpointing=checkpointing,
             query_max_new_tokens=args.query_tokens,
             answer_max_new_tokens=args.answer_tokens,
@@ -396,7 +407,7 @@ def report(args: argparse.Namespace, setups: list[Setup], num_candidates: int, s
         return statistics.median(r[stage, label] for r in setup.rounds)
 
     print("\nOne rollout at a time ÷ group batched (> 1: batching the group is faster)\n")
-    print("| K | generate: query turn | generate: answer turn | rollout | update | step |")
+    print("| K | generate: query turn | generate: answer turn | rollout | update (scoring) | step |")
     print("|---:|---:|---:|---:|---:|---:|")
     for k in args.k:
         batched = next(s for s in setups if s.k == k and s.batched and not s.checkpointing)
