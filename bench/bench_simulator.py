@@ -64,7 +64,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--held-out", type=int, default=1000, help="held-out items")
     parser.add_argument("--train-k", type=int, default=16, help="frames drawn per training rollout")
     parser.add_argument("--budgets", type=int, nargs="+", default=[8, 16], help="evaluation budgets K")
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate)
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
+    parser.add_argument("--schedule", choices=["constant", "cosine"], default=defaults.lr_schedule)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--samples-per-item", type=int, default=defaults.samples_per_item)
     parser.add_argument("--baseline", choices=["none", "group_mean"], default=defaults.baseline)
@@ -106,6 +107,25 @@ def item_category(item: SimulatedItem) -> str:
     return f"one span, {needed} frame{'s' if needed > 1 else ''}"
 
 
+def logit_health(sampler: USampler, items: list[SimulatedItem]) -> str:
+    """How peaked and how grid-locked the sampler's distributions are on ``items`` (what a divergence shows)."""
+    spreads, entropies, phases = [], [], []
+    with torch.inference_mode():
+        for item in items:
+            logits = sampler.logits(item.sim)
+            log_p = torch.log_softmax(logits, dim=-1)
+            probs = log_p.exp()
+            spreads.append(float(logits.max() - logits.min()))
+            entropies.append(float(-(probs * log_p).sum()) / np.log(item.num_frames))
+            # 4 x the largest share of the mass on one phase of the stride-4 grid: 1 = ignores the grid, 4 = locked.
+            phases.append(float(4 * torch.stack([probs[r::4].sum() for r in range(4)]).max()))
+    return (
+        f"logit spread (max - min) mean {np.mean(spreads):.1f}, worst {np.max(spreads):.1f}; entropy / log T mean "
+        f"{np.mean(entropies):.3f}, lowest {np.min(entropies):.3f}; stride-4 phase concentration mean "
+        f"{np.mean(phases):.2f} (1 = none, 4 = all mass on one phase)"
+    )
+
+
 def with_rule(sampler: USampler, rule: str, nms_radius: int | None = None) -> USampler:
     sampler.config = replace(sampler.config, inference_rule=rule, nms_radius=nms_radius)
     return sampler
@@ -124,6 +144,7 @@ def main() -> None:
     command = shlex.join(["python", "bench/bench_simulator.py", *sys.argv[1:]])
     config = Stage1Config(
         learning_rate=args.lr,
+        lr_schedule=args.schedule,
         steps=args.steps,
         k=args.train_k,
         batch_size=args.batch_size,
@@ -146,6 +167,7 @@ def main() -> None:
 
     sampler = USampler(config=USamplerConfig(), seed=args.seed)
     sampler.module.eval()
+    untrained_health = logit_health(sampler, held_out)
     for rule, radius in USAMPLER_RULES:
         results[f"usampler untrained, {rule_label(rule, radius)}"] = evaluate_all(
             with_rule(sampler, rule, radius), held_out, args.budgets
@@ -156,6 +178,7 @@ def main() -> None:
     history = trainer.train(item_stream(split_seed=TRAIN_SPLIT, budget=args.train_k))
     train_seconds = time.perf_counter() - train_started
     sampler.module.eval()
+    trained_health = logit_health(sampler, held_out)
     trained_labels = []
     for rule, radius in USAMPLER_RULES:
         label = f"**usampler stage-1, {rule_label(rule, radius)}**"
@@ -177,6 +200,8 @@ def main() -> None:
     tenth = max(1, len(history) // 10)
     curve = [np.mean([s.accuracy for s in history[i : i + tenth]]) for i in range(0, len(history), tenth)]
     print("Rollout accuracy by tenth of training: " + ", ".join(f"{a:.3f}" for a in curve) + "\n")
+    print(f"Held-out logits, untrained: {untrained_health}.\n")
+    print(f"Held-out logits, trained: {trained_health}.\n")
 
     header = (
         "| sampler | " + " | ".join(f"recall K={k} | span hits K={k} | accuracy K={k}" for k in args.budgets) + " |"

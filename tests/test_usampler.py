@@ -130,6 +130,27 @@ def test_logits_batch_matches_items_and_is_differentiable(sampler: USampler) -> 
         sampler.logits_batch([])
 
 
+def test_logits_stay_within_the_heads_bound_whatever_the_body_weights() -> None:
+    """The head reads a per-frame RMS-normalised tensor, so growth anywhere inside the network (what Adam did to the
+    unnormalised path in the diverging stage-1 runs) cannot push a logit past ``||head|| * max|gain| * sqrt(C)``."""
+    plain = USampler(config=USamplerConfig(similarity_prior=False), seed=0)
+    module = plain.module
+    sim = cosine_like(3, 1500, seed=11)
+    with torch.no_grad():
+        module.head.weight.normal_(std=1.0)
+        module.head_norm.weight.uniform_(0.5, 2.0)
+        bound = float(module.head.weight.norm() * module.head_norm.weight.abs().max() * math.sqrt(16))
+        before = plain.logits(sim)
+        generator = torch.Generator().manual_seed(0)
+        for name, parameter in module.named_parameters():
+            if not name.startswith("head"):
+                parameter.mul_(1 + 29 * torch.rand(parameter.shape, generator=generator))  # up to 30x larger
+        after = plain.logits(sim)
+    assert not torch.allclose(before, after, atol=1e-2)  # the body did change the logits ...
+    for logits in (before, after):  # ... but never beyond the head's bound
+        assert torch.isfinite(logits).all() and logits.abs().max() <= bound * (1 + 1e-5), (logits.abs().max(), bound)
+
+
 def test_equal_length_batch_without_masks_matches_items(sampler: USampler) -> None:
     items = torch.stack([cosine_like(3, 90, seed=s) for s in range(4)])
     batched = sampler.module(items)
@@ -441,6 +462,7 @@ def test_load_config_that_does_not_match_the_weights(saved: Path) -> None:
         (lambda meta: "not json {", "not readable JSON"),
         (lambda meta: json.dumps({**meta, "format": "something-else"}), "not a U-Sampler config"),
         (lambda meta: json.dumps({**meta, "format_version": 99}), "format_version 99"),
+        (lambda meta: json.dumps({**meta, "format_version": 1}), "earlier U-Net"),
         (lambda meta: json.dumps({**meta, "config": {**meta["config"], "kernel_size": 4}}), "invalid U-Sampler config"),
         (lambda meta: json.dumps({**meta, "config": {**meta["config"], "depth": 3}}), "unknown USamplerConfig"),
         (lambda meta: json.dumps({**meta, "training_steps": -1}), "training_steps"),
@@ -473,7 +495,7 @@ def planted_item(generator: torch.Generator, num_frames: int = 128) -> tuple[tor
 
 def test_network_learns_to_put_mass_on_a_planted_span() -> None:
     """A few dozen supervised steps (maximise the log-probability of the target frames) on random items move the
-    probability mass of held-out items from the decoy onto the target."""
+    probability mass of held-out items from the decoy onto the target (0.95 and 0.04 after 40 steps, seed 0)."""
     sampler = USampler(seed=0)
     optimizer = torch.optim.Adam(sampler.module.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
@@ -485,7 +507,7 @@ def test_network_learns_to_put_mass_on_a_planted_span() -> None:
 
     target_before, decoy_before = mass(1), mass(2)
     assert decoy_before > target_before
-    for _ in range(30):
+    for _ in range(40):
         sim, target, _ = planted_item(generator)
         loss = -torch.log_softmax(sampler.logits(sim), dim=-1)[target].mean()
         optimizer.zero_grad()

@@ -6,18 +6,31 @@ Two stages, both convolving along time only:
    :data:`FEATURES`), passed through a small pointwise MLP *shared by all queries*, then pooled across the valid
    queries with a mean and a max. The result does not depend on the order of the queries, accepts 1 to 4 rows
    without inventing padding queries, and the max keeps "any query matches" while the mean keeps "all match".
-2. **1D U-Net** (paper: "lightweight 1D U-Net", about 2M parameters). Residual conv blocks with GroupNorm at each
-   level, strided convolutions down, strided transposed convolutions up, concatenated skips. Channel widths grow
-   with depth so that most parameters sit at coarse resolution where they are cheap; the full-resolution level
-   stays thin. A global-context layer at the bottleneck lets every frame see summary statistics of the whole video
+2. **1D U-Net** (paper: "lightweight 1D U-Net", about 2M parameters). Pre-norm residual conv blocks at each level,
+   strided convolutions down, strided transposed convolutions up, concatenated skips. Channel widths grow with
+   depth so that most parameters sit at coarse resolution where they are cheap; the full-resolution level stays
+   thin. A global-context layer at the bottleneck lets every frame see summary statistics of the whole video
    whatever T is.
+
+**Every linear map on the path from the query encoder to the head reads a normalised input** (ours, measured):
+each residual block is ``shortcut(x) + conv(silu(norm(conv(silu(norm(x))))))`` with a small-initialised last
+convolution, every down- and up-sampling convolution and the global-context projection read ``norm(x)``, and the
+head reads a per-frame RMS-normalised tensor. Without this, the chain of unnormalised linear maps between the
+bottleneck and the head (down convolutions, context projection, transposed convolutions, 1x1 shortcuts: about
+ten in a row) lets Adam grow the activation scale geometrically: stage-1 REINFORCE diverged within 150-450 steps
+at learning rates of 1e-3 to 2e-3, the logits reaching 1e15 with all the probability mass on one phase of the
+stride-4 grid (bench/diag_stage1_stability.py measures it). Normalising only the blocks' branches (pre-norm
+with an identity path) or only the head's input hides the growth from the logits but not from the network: the
+unnormalised path reached 1e7 while the residual branches stayed near 1, so nothing after the first level could
+contribute (the "stable but not learning" regime). With the normalised inputs, every activation stays O(1) and
+the logits are bounded by the head's and the prior gain's weights.
 
 Any length works, T = 1 included, without padding T to a multiple of the total stride: a level whose length is
 not a multiple of the stride is zero-padded at its end before the strided convolution, and the upsampled tensor is
 cropped back to the skip's length. This is exactly what zero-padding the input and masking would compute, so
 batches of items with different T (right-padded, with ``frame_mask``) give, for each item, the same logits as
-running it alone: padded positions are kept at zero between layers, excluded from every statistic (GroupNorm,
-z-scores, ranks, global context), and their logits are ``-inf`` so they can never be drawn or selected.
+running it alone: padded positions are kept at zero before every convolution, excluded from every statistic
+(GroupNorm, z-scores, ranks, global context), and their logits are ``-inf`` so they can never be drawn or selected.
 """
 
 from __future__ import annotations
@@ -41,6 +54,9 @@ FEATURES: dict[str, str] = {
 # CLIP rows spread over ~0.02-0.05 of cosine.
 _ROW_STD_FLOOR = 1e-3
 _ZSCORE_CLIP = 8.0
+# Initial scale of the last layer of each residual branch and of the context projection, relative to PyTorch's
+# default initialisation.
+_SMALL_INIT = 0.1
 
 
 def masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, mask: torch.Tensor | None) -> torch.Tensor:
@@ -87,42 +103,121 @@ class Pointwise(nn.Module):
         return out if self.bias is None else out + self.bias[:, None]
 
 
+def group_norm_layer(channels: int, group_size: int) -> nn.GroupNorm:
+    """GroupNorm over groups of ``group_size`` channels (fewer when ``channels`` is not a multiple of it).
+
+    Groups of a fixed number of channels (not a fixed number of groups): a one-channel group at a level of length 1
+    would normalise a single value to zero and erase it.
+    """
+    return nn.GroupNorm(channels // math.gcd(channels, group_size), channels)
+
+
 class ResidualConvBlock(nn.Module):
-    """Two ``kernel_size`` convolutions along time with GroupNorm and SiLU, plus a (1x1 if needed) shortcut."""
+    """Pre-norm residual block: ``shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))``.
+
+    The shortcut is the identity, or a 1x1 projection when the width changes. ``conv2`` starts at a tenth of its
+    default scale, so each block starts close to its shortcut (a well-conditioned start for a stack of blocks) while
+    every parameter still gets gradient from the first step.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm_group_size: int) -> None:
         super().__init__()
         padding = kernel_size // 2
+        self.norm1 = group_norm_layer(in_channels, norm_group_size)
         self.conv1 = nn.Conv1d(in_channels, out_channels, kernel_size, padding=padding)
-        # Groups of a fixed number of channels (not a fixed number of groups): a one-channel group at a level of
-        # length 1 would normalise a single value to zero and erase it.
-        self.norm1 = nn.GroupNorm(out_channels // norm_group_size, out_channels)
+        self.norm2 = group_norm_layer(out_channels, norm_group_size)
         self.conv2 = nn.Conv1d(out_channels, out_channels, kernel_size, padding=padding)
-        self.norm2 = nn.GroupNorm(out_channels // norm_group_size, out_channels)
+        with torch.no_grad():
+            self.conv2.weight.mul_(_SMALL_INIT)
+            self.conv2.bias.mul_(_SMALL_INIT)
         self.shortcut = (
             nn.Identity() if in_channels == out_channels else Pointwise(in_channels, out_channels, bias=False)
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        h = _apply_mask(F.silu(masked_group_norm(self.conv1(x), self.norm1, mask)), mask)
-        h = masked_group_norm(self.conv2(h), self.norm2, mask)
-        return _apply_mask(F.silu(h + self.shortcut(x)), mask)
+        # Masked before each convolution: GroupNorm's bias and SiLU make padded positions non-zero.
+        h = self.conv1(_apply_mask(F.silu(masked_group_norm(x, self.norm1, mask)), mask))
+        h = self.conv2(_apply_mask(F.silu(masked_group_norm(h, self.norm2, mask)), mask))
+        return _apply_mask(self.shortcut(x) + h, mask)
 
 
 class GlobalContext(nn.Module):
-    """Adds a projection of the sequence's (masked) mean and max to every position: whole-video context at any T."""
+    """Adds a projection of the (masked) mean and max over time of ``norm(x)`` to every position.
 
-    def __init__(self, channels: int) -> None:
+    Whole-video context at any T. The projection reads normalised statistics (the max over thousands of positions
+    of an unnormalised tensor is what grew fastest in the diverging runs) and starts small, like a block's last
+    convolution.
+    """
+
+    def __init__(self, channels: int, norm_group_size: int) -> None:
         super().__init__()
+        self.norm = group_norm_layer(channels, norm_group_size)
         self.proj = nn.Linear(2 * channels, channels)
+        with torch.no_grad():
+            self.proj.weight.mul_(_SMALL_INIT)
+            self.proj.bias.mul_(_SMALL_INIT)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        normed = masked_group_norm(x, self.norm, mask)
         if mask is None:
-            mean, peak = x.mean(dim=-1), x.amax(dim=-1)
+            mean, peak = normed.mean(dim=-1), normed.amax(dim=-1)
         else:
-            mean = x.sum(dim=-1) / mask.sum(dim=-1).clamp_min(1)
-            peak = x.masked_fill(mask == 0, float("-inf")).amax(dim=-1)
+            mean = (normed * mask).sum(dim=-1) / mask.sum(dim=-1).clamp_min(1)
+            peak = normed.masked_fill(mask == 0, float("-inf")).amax(dim=-1)
         return _apply_mask(x + self.proj(torch.cat([mean, peak], dim=-1)).unsqueeze(-1), mask)
+
+
+class FrameRMSNorm(nn.Module):
+    """Scales each frame's channel vector to unit RMS, then by a learned per-channel gain (RMSNorm over channels).
+
+    Used before the head: per frame, so it needs no mask and no statistic over time. A GroupNorm over time there
+    would rescale a sparse feature (a bump on a few frames of a long video) by about ``sqrt(T / bump length)``, and
+    it would force the head's output to the same spread over time for every item, even one with nothing to prefer.
+    Here the head's output is bounded by ``||head|| * max|gain| * sqrt(channels)`` and can be flat.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + self.eps) * self.weight[:, None]
+
+
+class Downsample(nn.Module):
+    """``conv(norm(x))`` with kernel and stride ``stride``: one coarse position per ``stride`` inputs.
+
+    A length that is not a multiple of ``stride`` is zero-padded at its end first (what padding the input would do).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm_group_size: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.norm = group_norm_layer(in_channels, norm_group_size)
+        self.conv = nn.Conv1d(in_channels, out_channels, stride, stride=stride)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The coarse tensor and its mask (a coarse position is valid if any of its inputs was)."""
+        x = self.conv(_pad_to_multiple(_apply_mask(masked_group_norm(x, self.norm, mask), mask), self.stride))
+        if mask is not None:
+            mask = F.max_pool1d(_pad_to_multiple(mask, self.stride), self.stride)
+        return _apply_mask(x, mask), mask
+
+
+class Upsample(nn.Module):
+    """``conv_transpose(norm(x))`` with kernel and stride ``stride``, cropped to the finer level's length."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm_group_size: int) -> None:
+        super().__init__()
+        self.norm = group_norm_layer(in_channels, norm_group_size)
+        self.conv = nn.ConvTranspose1d(in_channels, out_channels, stride, stride=stride)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, length: int, fine_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        x = self.conv(_apply_mask(masked_group_norm(x, self.norm, mask), mask))
+        return _apply_mask(x[..., :length], fine_mask)
 
 
 def _pad_to_multiple(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -270,13 +365,14 @@ class UNet1D(nn.Module):
             in_channels = 2 * query_width if level == 0 else width
             self.encoder.append(ResidualConvBlock(in_channels, width, kernel_size, norm_group_size))
             if level + 1 < len(widths):
-                self.down.append(nn.Conv1d(width, widths[level + 1], level_stride, stride=level_stride))
-        self.context = GlobalContext(widths[-1]) if global_context else None
+                self.down.append(Downsample(width, widths[level + 1], level_stride, norm_group_size))
+        self.context = GlobalContext(widths[-1], norm_group_size) if global_context else None
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for level in reversed(range(len(widths) - 1)):
-            self.up.append(nn.ConvTranspose1d(widths[level + 1], widths[level], level_stride, stride=level_stride))
+            self.up.append(Upsample(widths[level + 1], widths[level], level_stride, norm_group_size))
             self.decoder.append(ResidualConvBlock(2 * widths[level], widths[level], kernel_size, norm_group_size))
+        self.head_norm = FrameRMSNorm(widths[0])
         # No bias: a constant added to every logit leaves the softmax unchanged, so it could never be learned.
         self.head = Pointwise(widths[0], 1, bias=False)
         # Start the head small: the untrained network then only nudges the prior (or uniform) distribution, while
@@ -318,18 +414,16 @@ class UNet1D(nn.Module):
             x = block(x, mask)
             if level < len(self.down):
                 skips.append((x, mask))
-                x = self.down[level](_pad_to_multiple(x, self.level_stride))
-                if mask is not None:  # a coarse position is valid if any of its inputs was
-                    mask = F.max_pool1d(_pad_to_multiple(mask, self.level_stride), self.level_stride)
-                x = _apply_mask(x, mask)
+                x, mask = self.down[level](x, mask)
         if self.context is not None:
             x = self.context(x, mask)
         for up, block in zip(self.up, self.decoder, strict=True):
-            skip, mask = skips.pop()
-            x = _apply_mask(up(x)[..., : skip.shape[-1]], mask)
+            skip, skip_mask = skips.pop()
+            x = up(x, mask, skip.shape[-1], skip_mask)
+            mask = skip_mask
             x = block(torch.cat([x, skip], dim=1), mask)
 
-        logits = self.head(x).squeeze(1)  # [B, T]
+        logits = self.head(self.head_norm(x)).squeeze(1)  # [B, T]
         if self.prior_gain is not None:
             if qmask is not None:
                 zscore = zscore.masked_fill(~qmask[:, :, None], float("-inf"))

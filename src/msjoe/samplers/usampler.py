@@ -52,7 +52,9 @@ ESTIMATORS = ("plackett_luce", "independent")
 Estimator = Literal["plackett_luce", "independent"]
 
 CHECKPOINT_FORMAT = "msjoe-usampler"
-CHECKPOINT_FORMAT_VERSION = 1
+# 2: every linear map of the U-Net reads a normalised input (see msjoe.samplers.unet1d); version-1 weights (the
+# earlier network, which diverged in stage-1 training) do not fit it.
+CHECKPOINT_FORMAT_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -385,9 +387,14 @@ def _read_checkpoint(folder: Path) -> tuple[USamplerConfig, dict[str, torch.Tens
             f"{config_path} is not a U-Sampler config (format {found!r}, expected {CHECKPOINT_FORMAT!r})"
         )
     version = meta.get("format_version")
-    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_FORMAT_VERSION:
+    if version == 1:
         raise ModelLoadError(
-            f"{config_path} has format_version {version!r}; this msjoe reads versions 1 to {CHECKPOINT_FORMAT_VERSION}"
+            f"{config_path} has format_version 1: it was saved from the earlier U-Net, whose weights do not fit this "
+            f"network (format {CHECKPOINT_FORMAT_VERSION}, normalised up/down-sampling and head); train it again"
+        )
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{config_path} has format_version {version!r}; this msjoe reads version {CHECKPOINT_FORMAT_VERSION}"
         )
     try:
         config = USamplerConfig.from_dict(meta.get("config", {}))
