@@ -27,9 +27,9 @@ not a 7B model's compute (which makes the cache and the sampler's share matter e
 ``bench/_longvideo.py`` (640x360, 25 fps, GOP 250); its QA items are made up (the random model's answers mean
 nothing, only their cost is measured).
 
-Run (about 3 minutes on a loaded 2-core CPU)::
+Run (about 2 minutes on a loaded 2-core CPU)::
 
-    python bench/bench_stage1.py        # 10-minute video, 2 items x 4 draws of K = 16 per step, 1 + 3 steps
+    python bench/bench_stage1.py        # 10-minute video, 2 items x 4 draws of K = 16 per step, 1 + 5 steps
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2, help="QA items on the video (at most 4)")
     parser.add_argument("--batch-size", type=int, default=2, help="items per step (Stage1Config default 8)")
     parser.add_argument("--samples", type=int, default=4, help="draws per item (Stage1Config default 8)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--answer-tokens", type=int, default=32, help="answer max_new_tokens (greedy)")
     parser.add_argument("--frame-max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel budget of a key frame")

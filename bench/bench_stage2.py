@@ -27,7 +27,7 @@ the update, so every turn gets a gradient as in a learning run; ``--own-rewards`
 Instrumentation: phases are timed by replacing methods of the trainer and the MLLM (and ``load_frames`` /
 ``query_similarity`` in ``msjoe.rl.stage2``) with timing wrappers inside this process; nothing in ``src/`` changes.
 
-Run (about 8 minutes on a loaded 2-core CPU)::
+Run (5-9 minutes on a loaded 2-core CPU)::
 
     python bench/bench_stage2.py                              # G = 8, K = 32 and 8, 1 warmup + 2 timed rounds
     python bench/bench_stage2.py --checkpointing --steps 3    # also gradient checkpointing at K = 32
