@@ -114,7 +114,7 @@ def images(messages: list) -> list[ImagePart]:
         ({"lr_schedule": "linear"}, "lr_schedule"),
         ({"batch_size": True}, "batch_size"),
         ({"generation_batch_size": 0}, "generation_batch_size"),
-        ({"scoring_batch_size": 0}, "scoring_batch_size"),
+        ({"scoring_max_tokens": 0}, "scoring_max_tokens"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(overrides: dict[str, object], field: str) -> None:
@@ -163,6 +163,10 @@ def test_rollouts_record_what_was_generated_drawn_shown_and_earned(
     assert all(r.query_ref_logprobs is None and r.answer_ref_logprobs is None for r in group)
     assert all(r.query_messages is group[0].query_messages for r in group)  # one shared chat: encoded once
     for rollout in group:
+        # Prompt lengths as scored (text and image tokens), from generation: they size the scoring passes.
+        for messages, length in ((rollout.query_messages, rollout.query_prompt_tokens),
+                                 (rollout.answer_messages, rollout.answer_prompt_tokens)):  # fmt: skip
+            assert length == trainer.mllm.encode(messages)["input_ids"].shape[1]
         # The query turn saw the K/2 previews; the answer turn saw exactly the drawn frames, in time order.
         assert len(images(rollout.query_messages)) == len(previews)
         shown = [read_frame_index(image.pixels) for image in images(rollout.answer_messages)]
@@ -307,15 +311,43 @@ def test_batched_scoring_equals_one_completion_at_a_time_and_sees_shared_frames_
     assert mllm.token_logprobs_batch([], []) == []
 
 
-@pytest.mark.parametrize(("kl_beta", "scoring_batch_size"), [(0.0, None), (0.1, 2)])
+def test_scoring_passes_hold_one_turn_of_one_group_within_the_token_budget(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+) -> None:
+    trainer = make_trainer(tiny_qwen_dir, encoder)
+    groups = trainer.rollout([example, example])
+    rollouts = [r for group in groups for r in group]
+    advantages = [1.0, -1.0, 0.0, 0.5, 0.0, -0.5]
+    longest_answer = max(r.answer_prompt_tokens + len(r.answer_token_ids) for r in rollouts)
+    # (budget, KL weight, passes per turn and group): without a KL term zero advantages are skipped; a budget of two
+    # answer rows splits a group's three; a budget below any row scores every turn alone.
+    for budget, kl_beta, sizes in ((None, 0.0, [2]), (2 * longest_answer, 0.1, [2, 1]), (1, 0.1, [1, 1, 1])):
+        trainer.config.scoring_max_tokens, trainer.config.kl_beta = budget, kl_beta
+        passes = trainer._scoring_batches(groups, advantages)
+        scored = [i for i, advantage in enumerate(advantages) if advantage != 0 or kl_beta > 0]
+        for turn in ("query", "answer"):  # every scored rollout once per turn, in order, the advantages alongside
+            mine = [batch for batch in passes if batch.turn == turn]
+            assert [rollouts.index(r) for batch in mine for r in batch.rollouts] == scored
+            assert [a for batch in mine for a in batch.advantages] == [advantages[i] for i in scored]
+        assert [len(b.rollouts) for b in passes if b.turn == "answer"] == sizes * 2
+        order = []  # (group, turn) of each pass: one group a pass, group by group, queries first
+        for batch in passes:
+            (group_index,) = {i for i, group in enumerate(groups) for r in batch.rollouts if r in group}
+            order.append((group_index, batch.turn == "answer"))
+            padded = len(batch.rollouts) * max(batch.row_length(r, batch.turn) for r in batch.rollouts)
+            assert len(batch.rollouts) == 1 or padded <= (budget or math.inf)
+        assert order == sorted(order)
+
+
+@pytest.mark.parametrize(("kl_beta", "scoring_max_tokens"), [(0.0, None), (0.1, 1)])
 def test_one_epoch_gradients_equal_the_two_pass_reference(
-    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample, kl_beta: float, scoring_batch_size: int | None
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample, kl_beta: float, scoring_max_tokens: int | None
 ) -> None:
     """One PPO epoch takes the old log-probabilities from the gradient pass itself (ratio 1). The reference is the
     former two-pass method, one rollout and turn at a time: a no-grad pass for the old log-probabilities, then the
     PPO-clip loss of a gradient pass against them, every token of the step in the denominator. A tied group is
     skipped without a KL term but still counts in the token mean."""
-    trainer = make_trainer(tiny_qwen_dir, encoder, kl_beta=kl_beta, scoring_batch_size=scoring_batch_size)
+    trainer = make_trainer(tiny_qwen_dir, encoder, kl_beta=kl_beta, scoring_max_tokens=scoring_max_tokens)
     perturb_lora(trainer)
     first, second = trainer.rollout([example, example])
     groups = with_rewards([first], REWARDS) + with_rewards([second], (0.6, 0.6, 0.6))

@@ -35,11 +35,14 @@ class Completion:
     """A generated reply: its text and the exact token ids the model produced (end token included if reached).
 
     Pass ``token_ids`` back to :meth:`TransformersMLLM.token_logprobs` to score exactly what was sampled;
-    re-tokenising ``text`` can give different ids.
+    re-tokenising ``text`` can give different ids. ``prompt_tokens`` is the length of the prompt in the model's
+    input (text and image tokens, no padding): a scoring pass over the reply runs ``prompt_tokens + len(token_ids)``
+    positions, which lets a trainer size its batches without encoding the chat again.
     """
 
     text: str
     token_ids: list[int]
+    prompt_tokens: int
 
 
 def _looks_like_local_path(model: str) -> bool:
@@ -195,8 +198,13 @@ class TransformersMLLM(MLLM):
         sampling = generation.temperature > 0
         with torch.inference_mode(), self._rng(generation.seed if sampling else None):
             output = self.model.generate(**inputs, generation_config=self._hf_generation(generation))
-        new_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
-        return Completion(text=self.tokenizer.decode(new_ids, skip_special_tokens=True), token_ids=new_ids)
+        prompt_tokens = inputs["input_ids"].shape[1]
+        new_ids = output[0, prompt_tokens:].tolist()
+        return Completion(
+            text=self.tokenizer.decode(new_ids, skip_special_tokens=True),
+            token_ids=new_ids,
+            prompt_tokens=prompt_tokens,
+        )
 
     def complete_batch(
         self, chats: Sequence[list[Message]], generation: GenerationConfig | None = None, *, samples_per_chat: int = 1
@@ -220,11 +228,13 @@ class TransformersMLLM(MLLM):
             output = self.model.generate(**inputs, generation_config=hf_config)
         eos = hf_config.eos_token_id
         end_ids = set(eos) if isinstance(eos, list) else {eos}
+        prompt_tokens = [int(n) for n in inputs["attention_mask"].sum(dim=1).tolist()]  # left padding excluded
         completions = []
-        for row in output[:, inputs["input_ids"].shape[1] :].tolist():
+        for index, row in enumerate(output[:, inputs["input_ids"].shape[1] :].tolist()):
             end = next((i + 1 for i, token in enumerate(row) if token in end_ids), len(row))
             ids = row[:end]
-            completions.append(Completion(text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids))
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            completions.append(Completion(text, ids, prompt_tokens[index // samples_per_chat]))
         return completions
 
     def _hf_generation(self, generation: GenerationConfig, num_return_sequences: int = 1) -> HFGenerationConfig:
@@ -292,7 +302,8 @@ class TransformersMLLM(MLLM):
 
         Returns one ``[N_i]`` float32 tensor per completion: what :meth:`token_logprobs` gives for
         ``(chats[i], completions[i])``, up to float rounding (batched kernels). Each row is its prompt followed
-        by its completion, right-padded, so every real token keeps the positions it has alone.
+        by its completion, right-padded, so every real token keeps the positions and the context it has alone
+        (the model must be causal over the text, as chat models are).
 
         Chats are deduplicated by identity: pass the *same* list object for completions of the same prompt (the
         G replies of a GRPO group) and that prompt is rendered and preprocessed once, and, on models that accept
@@ -305,8 +316,10 @@ class TransformersMLLM(MLLM):
         as in :meth:`token_logprobs`.
         """
         if len(chats) != len(completions):
-            raise ValueError(f"token_logprobs_batch needs one chat per completion, got {len(chats)} chats for "
-                             f"{len(completions)} completions")  # fmt: skip
+            raise ValueError(
+                f"token_logprobs_batch needs one chat per completion, got {len(chats)} chats for "
+                f"{len(completions)} completions"
+            )
         if temperature <= 0:
             raise ValueError(f"temperature must be positive to define probabilities, got {temperature}")
         if not completions:
@@ -329,9 +342,11 @@ class TransformersMLLM(MLLM):
         width = max(row_lengths)
         pad_id = self._padding_token_id()
 
-        # Per-token inputs (shape [1, prompt length]): the prompt, then the completion (attention 1, token type 0 =
-        # text), then right padding (attention 0). Anything else (pixel values, image grids) is per image: rows in
-        # order.
+        # Per-token inputs (shape [1, prompt length]): the prompt, then the completion (token type 0 = text), then
+        # right padding. The attention mask stays 1 over the padding: in a causal model no real token attends to a
+        # later position, so visible padding changes nothing before it, and an all-ones mask lets attention keep its
+        # causal fast path (a padding mask makes sdpa visit every block: about twice the attention work here).
+        # Anything else (pixel values, image grids) is per image: rows in order.
         per_token = {
             key
             for encoding, length in zip(encodings, prompt_lengths, strict=True)
@@ -348,10 +363,10 @@ class TransformersMLLM(MLLM):
                 if key == "input_ids":
                     completion_part = torch.tensor(ids, dtype=prompt.dtype, device=self.device)
                 else:
-                    completion_part = torch.full((len(ids),), int(key == "attention_mask"), dtype=prompt.dtype,
-                                                 device=self.device)  # fmt: skip
-                padding = torch.full((width - length,), pad_id if key == "input_ids" else 0, dtype=prompt.dtype,
-                                     device=self.device)  # fmt: skip
+                    fill = int(key == "attention_mask")
+                    completion_part = torch.full((len(ids),), fill, dtype=prompt.dtype, device=self.device)
+                fill = pad_id if key == "input_ids" else int(key == "attention_mask")
+                padding = torch.full((width - length,), fill, dtype=prompt.dtype, device=self.device)
                 rows.append(torch.cat([prompt[0], completion_part, padding]))
             inputs[key] = torch.stack(rows)
         for key in sorted({key for encoding in encodings for key in encoding} - per_token):

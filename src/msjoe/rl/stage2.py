@@ -23,10 +23,12 @@ ratio is exact. With one PPO epoch (the default) the old log-probabilities are t
 ``-A ∇log π`` averaged over tokens, and no separate scoring pass runs. With several epochs a no-grad pass at the
 start of the update scores the policy as it generated (eval mode), then every epoch steps against those values.
 
-Scoring is batched: each forward pass takes one turn of (up to ``scoring_batch_size``) rollouts of one group. The
-query turn's G rows share one prompt, rendered once and with its preview frames through the vision tower once
-(:meth:`~msjoe.mllm.transformers_backend.TransformersMLLM.token_logprobs_batch`); the answer turn's rows are a
-right-padded batch of their own frames. Results equal one pass per rollout and turn up to float rounding.
+Scoring is batched: each forward pass takes one turn of rollouts of one group, as many as fit in
+``scoring_max_tokens`` positions. The query turn's rows share one prompt, rendered once and with its preview frames
+through the vision tower once (:meth:`~msjoe.mllm.transformers_backend.TransformersMLLM.token_logprobs_batch`); the
+answer turn's rows are a right-padded batch of their own frames (at the paper's K = 32 full-size frames, one row a
+pass: long rows gain little from batching and would multiply the pass's memory). Results equal one pass per rollout
+and turn up to float rounding.
 
 Choices of ours, beyond the paper:
 
@@ -149,11 +151,13 @@ class Stage2Config:
     generation_batch_size: int | None = None
     """Rollouts generated in one batched ``generate`` call per turn (None: the whole group). Lower it when a group
     of answer prompts (K frames each) does not fit in memory at once."""
-    scoring_batch_size: int | None = None
-    """Rollouts of a group scored in one forward pass per turn (None: the whole group), in the update (with
-    gradients: the batch's activations and ``[rows, reply tokens, vocabulary]`` logits live until its backward) and
-    in the no-grad reference / old passes. Lower it when a group's answer turns do not fit in memory at once; the
-    results do not depend on it beyond float rounding."""
+    scoring_max_tokens: int | None = 16384
+    """Most positions (rows x longest row, prompts with their image tokens included) in one scoring forward pass,
+    like verl's ``ppo_max_token_len_per_gpu``: the rollouts of one turn of a group are batched while they fit, a
+    longer row goes alone (None: a whole group per pass). It bounds the memory of the update's passes (a pass's
+    activations live until its backward) and of the no-grad reference / old passes. The default batches a group's
+    query turns (short prompts) and scores answer turns of K = 32 full-size frames (~8.5k positions each) one at a
+    time. Results do not depend on it beyond float rounding."""
 
     # --- rewards and advantages -----------------------------------------------------------------------------
     reward_weights: RewardWeights = field(default_factory=RewardWeights)
@@ -275,7 +279,7 @@ class Stage2Config:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name in ("generation_batch_size", "scoring_batch_size"):
+        for name in ("generation_batch_size", "scoring_max_tokens"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
@@ -344,6 +348,8 @@ class Rollout:
     # query turn
     query_reply: str
     query_token_ids: list[int]
+    query_prompt_tokens: int
+    """Length of the query prompt in the MLLM's input (text and image tokens): sizes the scoring batches."""
     queries: list[str]
     queries_from_question: bool
     """No query parsed from the reply: the question itself was the search query."""
@@ -361,6 +367,7 @@ class Rollout:
     # answer turn
     answer_reply: str
     answer_token_ids: list[int]
+    answer_prompt_tokens: int
     answer_letter: str | None
     answer_status: str
     # reward
@@ -704,6 +711,7 @@ class Stage2Trainer:
                     answer_seed=answer_seed,
                     query_reply=query.text,
                     query_token_ids=list(query.token_ids),
+                    query_prompt_tokens=query.prompt_tokens,
                     queries=list(queries),
                     queries_from_question=from_question,
                     sim=sim.detach().cpu(),
@@ -714,6 +722,7 @@ class Stage2Trainer:
                     sampler_entropy=entropy,
                     answer_reply=answer.text,
                     answer_token_ids=list(answer.token_ids),
+                    answer_prompt_tokens=answer.prompt_tokens,
                     answer_letter=parsed.letter,
                     answer_status=parsed.status,
                     correct=correct,
@@ -750,10 +759,11 @@ class Stage2Trainer:
     def _scoring_batches(
         self, groups: Sequence[Sequence[Rollout]], advantages: Sequence[float], *, every_rollout: bool = False
     ) -> list[_ScoringBatch]:
-        """The forward passes that score ``groups``, in order: per group its query turns, then its answer turns, at
-        most ``scoring_batch_size`` rollouts a pass. Rollouts with a zero advantage carry no gradient without a KL
-        term and are left out (their tokens still count in the token mean), unless ``every_rollout``."""
-        size = self.config.scoring_batch_size or self.config.group_size
+        """The forward passes that score ``groups``, in order: per group its query turns, then its answer turns,
+        consecutive rollouts together while their padded size stays within ``scoring_max_tokens``. Rollouts with a
+        zero advantage carry no gradient without a KL term and are left out (their tokens still count in the token
+        mean), unless ``every_rollout``."""
+        budget = self.config.scoring_max_tokens or math.inf
         batches = []
         offset = 0
         for group in groups:
@@ -765,9 +775,19 @@ class Stage2Trainer:
                 if every_rollout or advantage != 0 or self.config.kl_beta > 0
             ]
             for turn in TURNS:
-                for start in range(0, len(scored), size):
-                    part = scored[start : start + size]
-                    batches.append(_ScoringBatch(turn, [r for r, _ in part], [a for _, a in part]))
+                rows: list[Rollout] = []
+                row_advantages: list[float] = []
+                longest = 0
+                for rollout, advantage in scored:
+                    length = _ScoringBatch.row_length(rollout, turn)
+                    if rows and (len(rows) + 1) * max(longest, length) > budget:  # padded size of the pass
+                        batches.append(_ScoringBatch(turn, rows, row_advantages))
+                        rows, row_advantages, longest = [], [], 0
+                    rows.append(rollout)
+                    row_advantages.append(advantage)
+                    longest = max(longest, length)
+                if rows:
+                    batches.append(_ScoringBatch(turn, rows, row_advantages))
         return batches
 
     def _logprobs(self, batch: _ScoringBatch, model: torch.nn.Module) -> list[torch.Tensor]:
@@ -875,12 +895,12 @@ class Stage2Trainer:
     def mllm_backward(self, groups: Sequence[Sequence[Rollout]]) -> dict[str, float]:
         """Accumulate the gradient of the PPO-clip loss (plus the KL term) over every turn of every rollout.
 
-        Each forward pass scores one turn of (up to ``scoring_batch_size``) rollouts of one group and is followed by
-        its own backward (under ``no_sync`` except the last), scaled so the sum over passes and processes is the
-        token-mean over the whole step. A group with zero advantages contributes no gradient and is skipped when
-        there is no KL term (its tokens still count in the mean). A rollout without old log-probabilities takes this
-        pass's, detached (ratio 1), and records them. Returns the loss (the sum of the passes' parts, reduced over
-        processes), ``kl`` (token mean, None without a reference) and ``clip_fraction`` over the scored tokens.
+        Each forward pass scores one turn of rollouts of one group (as many as fit in ``scoring_max_tokens``) and is
+        followed by its own backward (under ``no_sync`` except the last), scaled so the sum over passes and processes
+        is the token-mean over the whole step. A group with zero advantages contributes no gradient and is skipped
+        when there is no KL term (its tokens still count in the mean). A rollout without old log-probabilities takes
+        this pass's, detached (ratio 1), and records them. Returns the loss (the sum of the passes' parts, reduced
+        over processes), ``kl`` (token mean, None without a reference) and ``clip_fraction`` over the scored tokens.
         """
         config = self.config
         self._check_groups(groups)
@@ -1150,6 +1170,11 @@ class _ScoringBatch:
 
     def token_ids(self) -> list[list[int]]:
         return [getattr(rollout, f"{self.turn}_token_ids") for rollout in self.rollouts]
+
+    @staticmethod
+    def row_length(rollout: Rollout, turn: Turn) -> int:
+        """Positions of ``rollout``'s ``turn`` in a scoring pass: its prompt and its reply."""
+        return getattr(rollout, f"{turn}_prompt_tokens") + len(getattr(rollout, f"{turn}_token_ids"))
 
     def logprobs(self, kind: Literal["old", "ref"]) -> list[torch.Tensor | None]:
         return [getattr(rollout, f"{self.turn}_{kind}_logprobs") for rollout in self.rollouts]
