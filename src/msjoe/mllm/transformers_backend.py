@@ -228,7 +228,8 @@ class TransformersMLLM(MLLM):
             output = self.model.generate(**inputs, generation_config=hf_config)
         eos = hf_config.eos_token_id
         end_ids = set(eos) if isinstance(eos, list) else {eos}
-        prompt_tokens = [int(n) for n in inputs["attention_mask"].sum(dim=1).tolist()]  # left padding excluded
+        mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+        prompt_tokens = [int(n) for n in mask.sum(dim=1).tolist()]  # left padding excluded
         completions = []
         for index, row in enumerate(output[:, inputs["input_ids"].shape[1] :].tolist()):
             end = next((i + 1 for i, token in enumerate(row) if token in end_ids), len(row))

@@ -24,11 +24,11 @@ ratio is exact. With one PPO epoch (the default) the old log-probabilities are t
 start of the update scores the policy as it generated (eval mode), then every epoch steps against those values.
 
 Scoring is batched: each forward pass takes one turn of rollouts of one group, as many as fit in
-``scoring_max_tokens`` positions. The query turn's rows share one prompt, rendered once and with its preview frames
-through the vision tower once (:meth:`~msjoe.mllm.transformers_backend.TransformersMLLM.token_logprobs_batch`); the
-answer turn's rows are a right-padded batch of their own frames (at the paper's K = 32 full-size frames, one row a
-pass: long rows gain little from batching and would multiply the pass's memory). Results equal one pass per rollout
-and turn up to float rounding.
+``scoring_max_tokens`` positions (by default the longest turn scored: no pass needs more memory than one turn at a
+time did). The query turn's rows share one prompt, rendered once and with its preview frames through the vision
+tower once (:meth:`~msjoe.mllm.transformers_backend.TransformersMLLM.token_logprobs_batch`); answer turns are long
+(K frames) and by default go one a pass, or as a right-padded batch of their own frames with a larger budget.
+Results equal one pass per rollout and turn up to float rounding.
 
 Choices of ours, beyond the paper:
 
@@ -151,13 +151,14 @@ class Stage2Config:
     generation_batch_size: int | None = None
     """Rollouts generated in one batched ``generate`` call per turn (None: the whole group). Lower it when a group
     of answer prompts (K frames each) does not fit in memory at once."""
-    scoring_max_tokens: int | None = 16384
+    scoring_max_tokens: int | None = None
     """Most positions (rows x longest row, prompts with their image tokens included) in one scoring forward pass,
     like verl's ``ppo_max_token_len_per_gpu``: the rollouts of one turn of a group are batched while they fit, a
-    longer row goes alone (None: a whole group per pass). It bounds the memory of the update's passes (a pass's
-    activations live until its backward) and of the no-grad reference / old passes. The default batches a group's
-    query turns (short prompts) and scores answer turns of K = 32 full-size frames (~8.5k positions each) one at a
-    time. Results do not depend on it beyond float rounding."""
+    longer row goes alone. None (default): the longest turn being scored, so no pass is larger than scoring one turn
+    at a time needs anyway (the memory of the update's passes, whose activations live until their backward, stays
+    that of one long turn): a group's short query turns share passes, long answer turns go one at a time. Raise it
+    (e.g. 16384) to batch answer turns when memory allows: on GPUs that uses the device better; on the tiny CPU
+    models of bench/bench_stage2.py it is not faster. Results do not depend on it beyond float rounding."""
 
     # --- rewards and advantages -----------------------------------------------------------------------------
     reward_weights: RewardWeights = field(default_factory=RewardWeights)
@@ -760,20 +761,27 @@ class Stage2Trainer:
         self, groups: Sequence[Sequence[Rollout]], advantages: Sequence[float], *, every_rollout: bool = False
     ) -> list[_ScoringBatch]:
         """The forward passes that score ``groups``, in order: per group its query turns, then its answer turns,
-        consecutive rollouts together while their padded size stays within ``scoring_max_tokens``. Rollouts with a
-        zero advantage carry no gradient without a KL term and are left out (their tokens still count in the token
-        mean), unless ``every_rollout``."""
-        budget = self.config.scoring_max_tokens or math.inf
-        batches = []
+        consecutive rollouts together while their padded size stays within ``scoring_max_tokens`` (by default the
+        longest of these turns). Rollouts with a zero advantage carry no gradient without a KL term and are left out
+        (their tokens still count in the token mean), unless ``every_rollout``."""
+        scored_groups = []
         offset = 0
         for group in groups:
             group_advantages = advantages[offset : offset + len(group)]
             offset += len(group)
-            scored = [
-                (rollout, advantage)
-                for rollout, advantage in zip(group, group_advantages, strict=True)
-                if every_rollout or advantage != 0 or self.config.kl_beta > 0
-            ]
+            scored_groups.append(
+                [
+                    (rollout, advantage)
+                    for rollout, advantage in zip(group, group_advantages, strict=True)
+                    if every_rollout or advantage != 0 or self.config.kl_beta > 0
+                ]
+            )
+        budget = self.config.scoring_max_tokens or max(
+            (_ScoringBatch.row_length(r, turn) for scored in scored_groups for r, _ in scored for turn in TURNS),
+            default=0,
+        )
+        batches = []
+        for scored in scored_groups:
             for turn in TURNS:
                 rows: list[Rollout] = []
                 row_advantages: list[float] = []
