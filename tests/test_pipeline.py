@@ -11,6 +11,7 @@ import torch
 
 import msjoe.index
 import msjoe.pipeline
+import msjoe.video
 from _chat_server import ScriptedServer, completion, status
 from msjoe.cache import FeatureCache
 from msjoe.features import DualEncoder
@@ -154,12 +155,24 @@ def test_second_question_on_a_video_decodes_no_candidates(
             decoded.append(len(batch))
             yield batch
 
+    probed: list[Path] = []
+    real_probe = msjoe.video.probe
+
+    def counting_probe(path: str | Path) -> msjoe.video.VideoInfo:
+        probed.append(Path(path))
+        return real_probe(path)
+
     monkeypatch.setattr(msjoe.index, "iter_frames", counting_iter_frames)
-    qa = scripted_qa(server, encoder, tmp_path, k=4, sampler="uniform")
+    monkeypatch.setattr(msjoe.video, "probe", counting_probe)
+    monkeypatch.setattr(msjoe.index, "probe", counting_probe)
+    qa = scripted_qa(server, encoder, tmp_path, k=4, sampler="bolt")
     qa.ask(video, "First question?", OPTIONS)
     assert sum(decoded) == 30
-    qa.ask(video, "Second question?", OPTIONS)
+    probed.clear()
+    answer = qa.ask(video, "Second question?", OPTIONS)
     assert sum(decoded) == 30  # the cached embeddings answered the second question's scoring
+    assert len(answer.preview_timestamps) == 2 and len(answer.chosen_timestamps) == 4
+    assert probed == []  # previews and key frames were decoded at the cached probe's size, without probing again
 
 
 def test_usampler_without_weights_is_refused(

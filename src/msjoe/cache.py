@@ -134,6 +134,13 @@ class FrameFeatures:
     max_frames: int
 
     @property
+    def video_info(self) -> VideoInfo | None:
+        """The probe result as a :class:`VideoInfo`, or None when only its dict form survived."""
+        from msjoe.video import VideoInfo
+
+        return self.video if isinstance(self.video, VideoInfo) else None
+
+    @property
     def num_frames(self) -> int:
         return int(self.embeddings.shape[0])
 

@@ -213,15 +213,18 @@ def load_frames(
     fps: float = video_io.DEFAULT_FPS,
     max_frames: int = video_io.DEFAULT_MAX_FRAMES,
     fingerprint: str | None = None,
+    info: video_io.VideoInfo | None = None,
 ) -> np.ndarray:
     """Candidate frames at ``timestamps`` sized for ``max_pixels``: from the frame store when it holds them,
     else decoded from the video straight to the size the MLLM will use (no full-HD frame it would shrink anyway).
+    ``info`` is the video's probe result when the caller has it (the feature cache keeps one), saving a probe.
     """
     if store is not None:
         frames = store.read(path, timestamps, max_pixels, fps=fps, max_frames=max_frames, fingerprint=fingerprint)
         if frames is not None:
             return frames
-    info = video_io.probe(path)
+    if info is None:
+        info = video_io.probe(path)
     return video_io.decode_frames(path, timestamps, budget_frame_size(info.height, info.width, max_pixels))
 
 
@@ -316,6 +319,8 @@ class VideoQA:
                 "fps": cfg.fps,
                 "max_frames": cfg.max_frames,
                 "fingerprint": fingerprint(path),
+                # The cached probe result saves probing the video again for the preview and the key frames.
+                "info": features.video_info,
             }
         candidates = np.asarray(features.timestamps, dtype=np.float64)
 

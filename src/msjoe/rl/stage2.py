@@ -628,7 +628,12 @@ class Stage2Trainer:
             raise ValueError(f"item {qa.id!r} has no answer: stage 2 rewards need the correct option")
         candidates = np.asarray(features.timestamps, dtype=np.float64)
         num_candidates = len(candidates)
-        frame_source = {"store": self.frame_store, "fps": features.fps, "max_frames": features.max_frames}
+        frame_source = {
+            "store": self.frame_store,
+            "fps": features.fps,
+            "max_frames": features.max_frames,
+            "info": features.video_info,
+        }
 
         preview_ts = [float(candidates[i]) for i in preview_indices(num_candidates, config.k)]
         preview = load_frames(qa.video, preview_ts, config.preview_max_pixels, **frame_source)

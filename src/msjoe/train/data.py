@@ -49,7 +49,7 @@ from msjoe.mllm.prompts import MAX_QUERIES, PREVIEW_MAX_PIXELS, answer_prompt, q
 from msjoe.pipeline import load_frames, preview_indices, query_similarity, write_queries
 from msjoe.progress import progress_bar
 from msjoe.train.examples import TrainExample
-from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
+from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VideoInfo
 
 __all__ = [
     "PreparedData",
@@ -249,6 +249,7 @@ def load_candidate_frames(
     max_frames: int,
     frame_store: FrameStore | None = None,
     fingerprint: str | None = None,
+    info: VideoInfo | None = None,
 ) -> np.ndarray:
     """The candidate frames ``indices`` of ``video`` (candidate times ``timestamps`` on the grid ``fps`` /
     ``max_frames``), uint8 ``[N, H, W, 3]`` sized for ``max_pixels``, in the order of ``indices``.
@@ -269,6 +270,7 @@ def load_candidate_frames(
         fps=fps,
         max_frames=max_frames,
         fingerprint=fingerprint,
+        info=info,
     )
 
 
@@ -291,6 +293,7 @@ def load_example_frames(
         max_frames=example.features.max_frames,
         frame_store=frame_store,
         fingerprint=fingerprint,
+        info=example.features.video_info,
     )
 
 
@@ -380,6 +383,7 @@ class QueryWriter:
             fps=features.fps,
             max_frames=features.max_frames,
             fingerprint=video_fingerprint,
+            info=features.video_info,
         )
         written, reply = write_queries(
             self.mllm,
