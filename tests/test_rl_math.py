@@ -25,6 +25,7 @@ from msjoe.rl import (
     sampler_log_prob,
 )
 from msjoe.rl.rewards import DEFAULT_INFO_THRESHOLD
+from msjoe.rl.seeding import derive_seed
 
 F64 = torch.float64
 LN2 = math.log(2.0)
@@ -555,3 +556,11 @@ def test_lr_factor_warmup_then_cosine_by_hand() -> None:
     assert cosine(13) == pytest.approx(0.1) and cosine(50) == pytest.approx(0.1)
     constant = [lr_factor(s, warmup_steps=0, total_steps=5, schedule="constant", min_lr_ratio=0.1) for s in range(7)]
     assert constant == [1.0] * 7
+
+
+def test_derived_seeds_are_deterministic_distinct_and_fit_manual_seed() -> None:
+    seeds = {(s, r, k): derive_seed(s, r, k) for s in range(4) for r in range(4) for k in range(2)}
+    assert len(set(seeds.values())) == len(seeds)  # seed 0 rank 1 does not replay seed 1 rank 0 (as seed + rank did)
+    assert all(0 <= value < 2**63 for value in seeds.values())
+    assert derive_seed(3, 2, 1) == seeds[(3, 2, 1)] and derive_seed(5, 0) == derive_seed(5, 0, 0)
+    torch.Generator().manual_seed(max(seeds.values()))  # accepted by torch

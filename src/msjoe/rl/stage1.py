@@ -41,6 +41,7 @@ from msjoe.errors import NonFiniteLossError
 from msjoe.rl.losses import reinforce_loss, sampler_log_prob
 from msjoe.rl.rewards import difficulty_advantage
 from msjoe.rl.schedule import LR_SCHEDULES, LRSchedule, lr_factor
+from msjoe.rl.seeding import derive_seed
 from msjoe.samplers.selection import gumbel_topk
 from msjoe.samplers.usampler import ESTIMATORS, USampler
 
@@ -233,7 +234,7 @@ class Stage1Trainer:
             rank = accelerator.process_index
         # Draws come from the trainer's own generator (on the sampler's device), never from the global RNG; each
         # process draws differently.
-        self.generator = torch.Generator(device=sampler.device).manual_seed(self.config.seed + rank)
+        self.generator = torch.Generator(device=sampler.device).manual_seed(derive_seed(self.config.seed, rank))
         self.step_count = 0
         self.last_item_ids: list[str | None] = []
         """Ids of the items of the last step on this process (for logging and tests)."""

@@ -81,6 +81,7 @@ from msjoe.rl.losses import LogProbEstimator, ppo_clip_token_loss, reinforce_los
 from msjoe.rl.rewards import DEFAULT_INFO_THRESHOLD, RewardWeights, answer_is_correct, informative_fraction
 from msjoe.rl.rewards import rollout_reward as compute_rollout_reward
 from msjoe.rl.schedule import LR_SCHEDULES, LRSchedule, lr_factor
+from msjoe.rl.seeding import derive_seed
 from msjoe.samplers.selection import gumbel_topk
 from msjoe.samplers.usampler import ESTIMATORS, USampler
 from msjoe.train.examples import TrainExample
@@ -570,8 +571,8 @@ class Stage2Trainer:
 
         # The trainer's own random streams, different on every process and independent of the global RNG:
         # generation seeds (CPU) and the sampler's Gumbel noise (on the sampler's device).
-        self.generator = torch.Generator().manual_seed(_derive_seed(config.seed, rank, 0))
-        self.draw_generator = torch.Generator(device=sampler.device).manual_seed(_derive_seed(config.seed, rank, 1))
+        self.generator = torch.Generator().manual_seed(derive_seed(config.seed, rank, 0))
+        self.draw_generator = torch.Generator(device=sampler.device).manual_seed(derive_seed(config.seed, rank, 1))
         self.step_count = 0
 
     # --- set-up ---------------------------------------------------------------------------------------------
@@ -1203,9 +1204,3 @@ class _ScoringBatch:
 def _padded(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     """``[B, L]`` from rows of different lengths, right-padded with zeros (masked out by the loss)."""
     return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True)
-
-
-def _derive_seed(seed: int, process_index: int, stream: int) -> int:
-    """An independent 63-bit seed per (run seed, process, stream), via NumPy's SeedSequence hashing."""
-    state = np.random.SeedSequence([seed, process_index, stream]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
