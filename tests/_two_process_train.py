@@ -2,6 +2,9 @@
 step and the items the process trained on (used by tests/test_train_run.py; not a test module itself).
 
     ACCELERATE_USE_CPU=true python -m torch.distributed.run --nproc_per_node 2 tests/_two_process_train.py CONFIG
+
+With ``--record-error`` each process writes the exception that ended its run to ``error_rank{R}.json`` and exits
+normally (so the launcher does not tear the other processes down first).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from msjoe.train.config import load_run_config
 from msjoe.train.run import make_accelerator, train_stage1
 
 
-def main(config_path: str) -> None:
+def main(config_path: str, record_error: bool = False) -> None:
     torch.set_num_threads(1)
     config = load_run_config(config_path)
     accelerator = make_accelerator()
@@ -34,10 +37,17 @@ def main(config_path: str) -> None:
         digests.append(digest.hexdigest())
         items.append(list(trainer.last_item_ids))
 
-    train_stage1(config, accelerator=accelerator, on_step=record)
+    try:
+        train_stage1(config, accelerator=accelerator, on_step=record)
+    except Exception as error:
+        if not record_error:
+            raise
+        out = Path(config.run.output_dir) / f"error_rank{accelerator.process_index}.json"
+        out.write_text(json.dumps({"type": type(error).__name__, "message": str(error)}))
+        return
     out = Path(config.run.output_dir) / f"params_rank{accelerator.process_index}.json"
     out.write_text(json.dumps({"num_processes": accelerator.num_processes, "digests": digests, "items": items}))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], record_error="--record-error" in sys.argv[2:])

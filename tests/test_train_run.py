@@ -186,6 +186,31 @@ def test_two_processes_keep_identical_parameters(
     assert [r["step"] for r in read_metrics(out / METRICS_FILE)] == [1, 2, 3]  # only the main process logs
 
 
+@pytest.mark.slow
+def test_a_failure_on_the_main_process_while_preparing_reaches_every_process(
+    smoke_train_file: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    # The main process indexes first while the others wait; its error (here: the cache folder is a file) must end
+    # the others' runs with a message naming it, not leave them waiting for a barrier until the collective timeout.
+    out = tmp_path / "ddp-fail"
+    out.mkdir()
+    not_a_folder = tmp_path / "cache-is-a-file"
+    not_a_folder.write_text("")
+    config = _config(smoke_train_file, tiny_clip_dir, tiny_qwen_dir, out, not_a_folder)
+    (out / "config.in.yaml").write_text(yaml.safe_dump(config))
+    command = [
+        *[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        *[str(REPO / "tests" / "_two_process_train.py"), str(out / "config.in.yaml"), "--record-error"],
+    ]
+    env = {**_env(), "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, env=env, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    errors = [json.loads((out / f"error_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert errors[0]["type"] == "CacheError"  # the main process's own error
+    assert errors[1]["type"] == "MsjoeError"  # the other process was told, and never indexed anything itself
+    assert errors[1]["message"].startswith("process 0 failed while preparing the training data: CacheError: ")
+
+
 def test_nan_loss_stops_the_run_and_saves_the_batch(
     smoke_train_file: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path, tmp_path: Path
 ) -> None:

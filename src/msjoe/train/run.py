@@ -20,7 +20,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -41,6 +41,7 @@ from msjoe.train.examples import TrainExample
 from msjoe.train.metrics import MetricsLogger
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SKIPPED_FILE = "skipped.jsonl"
 BAD_BATCH_DIR = "bad_batches"
@@ -167,6 +168,41 @@ def _start(config: Any, accelerator: Any) -> _RunContext:
     return run
 
 
+def main_process_first(accelerator: Any, work: Callable[[], T], *, what: str) -> T:
+    """``work()`` on the main process, then on the others (which then find what it cached); its result.
+
+    Unlike ``accelerator.main_process_first()``, a failure on any process raises on every process: with the
+    context manager, an exception on the main process skips the barrier it owes the others, and they wait for
+    the collective timeout (30 minutes by default) before failing with an unrelated message.
+    """
+    if accelerator.num_processes == 1:
+        return work()
+    result: Any = None
+    for turn_is_mine in (accelerator.is_main_process, not accelerator.is_main_process):
+        error: BaseException | None = None
+        if turn_is_mine:
+            try:
+                result = work()
+            except Exception as caught:  # re-raised below, after the others have heard of it
+                error = caught
+        _raise_if_any_failed(accelerator, error, what)
+    return result
+
+
+def _raise_if_any_failed(accelerator: Any, error: BaseException | None, what: str) -> None:
+    """A collective: every process learns whether any failed, then the failed ones re-raise their own error and
+    the others raise one naming the process and its error."""
+    from accelerate.utils import gather_object
+
+    reports = gather_object([None if error is None else f"{type(error).__name__}: {error}"])
+    if error is not None:
+        raise error
+    failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
+    if failed:
+        rank, report = failed[0]
+        raise MsjoeError(f"process {rank} failed while {what}: {report}")
+
+
 def _check_engine(accelerator: Any) -> None:
     """Refuse set-ups the trainers do not implement, before any model is loaded."""
     from accelerate.utils import DistributedType
@@ -227,8 +263,9 @@ def _prepare(
     items = read_qa_jsonl(data.train, video_root=data.video_root)
     if data.limit is not None:
         items = items[: data.limit]
-    with run.accelerator.main_process_first():
-        prepared = prepare_examples(
+    prepared = main_process_first(
+        run.accelerator,
+        lambda: prepare_examples(
             items,
             encoder=encoder,
             cache=cache,
@@ -239,7 +276,9 @@ def _prepare(
             require_difficulty=require_difficulty,
             min_frames=run.config.trainer.k,  # fewer candidates than K leave nothing to choose
             progress=run.config.run.progress and run.is_main,
-        )
+        ),
+        what="preparing the training data",
+    )
     if run.accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
