@@ -1,5 +1,6 @@
 """Run stage 1 under torchrun and record, on every process, a digest of the U-Sampler's parameters after each
-step and the items the process trained on (used by tests/test_train_run.py; not a test module itself).
+step, the items the process trained on and the videos it indexed (used by tests/test_train_run.py; not a test
+module itself).
 
     ACCELERATE_USE_CPU=true python -m torch.distributed.run --nproc_per_node 2 tests/_two_process_train.py CONFIG
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+import msjoe.index
 from msjoe.train.config import load_run_config
 from msjoe.train.run import make_accelerator, train_stage1
 
@@ -37,6 +39,15 @@ def main(config_path: str, record_error: bool = False) -> None:
         digests.append(digest.hexdigest())
         items.append(list(trainer.last_item_ids))
 
+    indexed: list[str] = []
+    real_index_videos = msjoe.index.index_videos
+
+    def recording_index_videos(*args: Any, **kwargs: Any) -> msjoe.index.IndexReport:
+        report = real_index_videos(*args, **kwargs)
+        indexed.extend(report.indexed)
+        return report
+
+    msjoe.index.index_videos = recording_index_videos
     try:
         train_stage1(config, accelerator=accelerator, on_step=record)
     except Exception as error:
@@ -46,7 +57,9 @@ def main(config_path: str, record_error: bool = False) -> None:
         out.write_text(json.dumps({"type": type(error).__name__, "message": str(error)}))
         return
     out = Path(config.run.output_dir) / f"params_rank{accelerator.process_index}.json"
-    out.write_text(json.dumps({"num_processes": accelerator.num_processes, "digests": digests, "items": items}))
+    out.write_text(
+        json.dumps({"num_processes": accelerator.num_processes, "digests": digests, "items": items, "indexed": indexed})
+    )
 
 
 if __name__ == "__main__":

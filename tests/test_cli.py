@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,3 +201,24 @@ def test_cli_defaults_are_the_librarys() -> None:
     defaults = {param.name: param.default for param in ask.params}
     assert defaults["clip"] == DEFAULT_CLIP and defaults["mllm"] == DEFAULT_MLLM
     assert defaults["sampler"] == DEFAULT_SAMPLER and defaults["k"] == PipelineConfig().k
+
+
+@pytest.mark.slow
+def test_index_under_torchrun_splits_the_videos_and_reports_once(
+    videos: list[Path], tiny_clip_dir: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.mp4"
+    cache = tmp_path / "cache"
+    command = [
+        *[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "msjoe"],
+        *["index", *map(str, videos), str(missing), "--clip", str(tiny_clip_dir), "--cache-dir", str(cache)],
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output  # the missing video fails the job, as with one process
+    assert output.count("2 indexed, 0 already cached, 1 failed") == 1, output  # the main process reports all shares
+    assert "missing.mp4" in output
+    # Both shares landed in the shared cache: one process alone now finds every video cached.
+    code, out = run("index", *videos, "--clip", tiny_clip_dir, "--cache-dir", cache)
+    assert code == 0 and "0 indexed, 2 already cached, 0 failed" in out

@@ -183,15 +183,19 @@ def test_two_processes_keep_identical_parameters(
     assert ranks[0]["digests"] == ranks[1]["digests"]  # DDP kept the replicas identical after every step
     assert len(set(ranks[0]["digests"])) == 3  # ... and they did change at every step
     assert ranks[0]["items"] != ranks[1]["items"]  # each process trained on its own items
+    # Each process indexed its own share of the two readable videos before the main process prepared the items.
+    videos = {str(Path(item.video)) for item in read_qa_jsonl(smoke_train_file) if Path(item.video).exists()}
+    assert len(ranks[0]["indexed"]) == len(ranks[1]["indexed"]) == 1
+    assert set(ranks[0]["indexed"]) | set(ranks[1]["indexed"]) == videos
     assert [r["step"] for r in read_metrics(out / METRICS_FILE)] == [1, 2, 3]  # only the main process logs
 
 
 @pytest.mark.slow
-def test_a_failure_on_the_main_process_while_preparing_reaches_every_process(
+def test_an_unusable_cache_ends_every_process_with_the_error(
     smoke_train_file: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path, tmp_path: Path
 ) -> None:
-    # The main process indexes first while the others wait; its error (here: the cache folder is a file) must end
-    # the others' runs with a message naming it, not leave them waiting for a barrier until the collective timeout.
+    # Every process fails while indexing its share of the videos (the cache folder is a file): each must end with
+    # the error, none may wait for the others at a barrier until the collective timeout (msjoe.distributed).
     out = tmp_path / "ddp-fail"
     out.mkdir()
     not_a_folder = tmp_path / "cache-is-a-file"
@@ -206,9 +210,8 @@ def test_a_failure_on_the_main_process_while_preparing_reaches_every_process(
     result = subprocess.run(command, env=env, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     errors = [json.loads((out / f"error_rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert errors[0]["type"] == "CacheError"  # the main process's own error
-    assert errors[1]["type"] == "MsjoeError"  # the other process was told, and never indexed anything itself
-    assert errors[1]["message"].startswith("process 0 failed while preparing the training data: CacheError: ")
+    assert errors[0]["type"] == errors[1]["type"] == "CacheError"
+    assert str(not_a_folder) in errors[0]["message"]
 
 
 def test_nan_loss_stops_the_run_and_saves_the_batch(

@@ -84,31 +84,45 @@ def index(
 ) -> None:
     """Decode candidate frames and cache their CLIP embeddings. Resumable: cached videos are skipped.
 
-    A video that cannot be read is reported at the end; the others are still indexed.
+    A video that cannot be read is reported at the end; the others are still indexed. Under `accelerate launch`
+    (or `torchrun`; on CPU with ACCELERATE_USE_CPU=true) each process indexes every N-th video on its own device
+    into the shared cache, and the main process prints the combined report.
     """
     from msjoe.cache import FeatureCache
+    from msjoe.distributed import on_every_process, process_state
     from msjoe.errors import MsjoeError
     from msjoe.features import DualEncoder
     from msjoe.frame_store import FrameStore
-    from msjoe.index import index_videos
+    from msjoe.index import IndexReport, index_videos
 
     try:
+        state = process_state()
+        if state.num_processes > 1 and device in ("cuda", "auto") and state.device.type == "cuda":
+            device = str(state.device)  # this process's GPU, not everyone on cuda:0
+        share = videos[state.process_index :: state.num_processes]
         encoder = DualEncoder.from_pretrained(clip, device=device)
         cache = FeatureCache(cache_dir)
-        report = index_videos(
-            videos,
-            encoder,
-            cache,
-            fps=fps,
-            max_frames=max_frames,
-            batch_size=batch_size,
-            progress=True,
-            frame_store=FrameStore.for_cache(cache) if store_frames else None,
+        reports = on_every_process(
+            state,
+            lambda: index_videos(
+                share,
+                encoder,
+                cache,
+                fps=fps,
+                max_frames=max_frames,
+                batch_size=batch_size,
+                progress=state.is_main_process,
+                frame_store=FrameStore.for_cache(cache) if store_frames else None,
+            ),
+            what="indexing",
         )
     except (MsjoeError, ValueError) as error:  # per-video errors are in the report; these stop the whole batch
         raise _fail(str(error)) from error
-    # One line per failure, unwrapped, so the paths can be copied.
-    console.print(report.summary(), soft_wrap=True, markup=False, highlight=False)
+    report = IndexReport.combine(reports)
+    if state.num_processes > 1:
+        state.destroy_process_group()  # else gloo's threads can abort the interpreter at exit
+    if state.is_main_process:  # one line per failure, unwrapped, so the paths can be copied
+        console.print(report.summary(), soft_wrap=True, markup=False, highlight=False)
     if report.failed:
         raise typer.Exit(code=1)
 

@@ -22,7 +22,7 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +121,16 @@ class IndexReport:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    @classmethod
+    def combine(cls, reports: Sequence[IndexReport]) -> IndexReport:
+        """One report for the shares of several processes that ran at the same time (wall time: the slowest)."""
+        return cls(
+            indexed=[path for report in reports for path in report.indexed],
+            cached=[path for report in reports for path in report.cached],
+            failed=[failure for report in reports for failure in report.failed],
+            seconds=max((report.seconds for report in reports), default=0.0),
+        )
 
     def summary(self) -> str:
         lines = [

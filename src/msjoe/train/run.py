@@ -20,11 +20,12 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from msjoe.atomic import write_text_atomically
+from msjoe.distributed import main_process_first, on_every_process
 from msjoe.errors import MsjoeError, NonFiniteLossError
 from msjoe.progress import progress_bar
 from msjoe.train.checkpoint import (
@@ -41,7 +42,6 @@ from msjoe.train.examples import TrainExample
 from msjoe.train.metrics import MetricsLogger
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 SKIPPED_FILE = "skipped.jsonl"
 BAD_BATCH_DIR = "bad_batches"
@@ -168,39 +168,33 @@ def _start(config: Any, accelerator: Any) -> _RunContext:
     return run
 
 
-def main_process_first(accelerator: Any, work: Callable[[], T], *, what: str) -> T:
-    """``work()`` on the main process, then on the others (which then find what it cached); its result.
+def _index_in_shards(run: _RunContext, items: list[Any], encoder: Any, cache: Any, store: Any) -> None:
+    """Every process indexes its share of the videos into the shared cache (video ``i`` goes to process
+    ``i mod W``), so that the main process's preparation then finds every video's features cached.
 
-    Unlike ``accelerator.main_process_first()``, a failure on any process raises on every process: with the
-    context manager, an exception on the main process skips the barrier it owes the others, and they wait for
-    the collective timeout (30 minutes by default) before failing with an unrelated message.
+    A video that fails here is not an error yet: preparation meets it again and skips its items with the reason.
     """
-    if accelerator.num_processes == 1:
-        return work()
-    result: Any = None
-    for turn_is_mine in (accelerator.is_main_process, not accelerator.is_main_process):
-        error: BaseException | None = None
-        if turn_is_mine:
-            try:
-                result = work()
-            except Exception as caught:  # re-raised below, after the others have heard of it
-                error = caught
-        _raise_if_any_failed(accelerator, error, what)
-    return result
+    from msjoe.index import index_videos
 
-
-def _raise_if_any_failed(accelerator: Any, error: BaseException | None, what: str) -> None:
-    """A collective: every process learns whether any failed, then the failed ones re-raise their own error and
-    the others raise one naming the process and its error."""
-    from accelerate.utils import gather_object
-
-    reports = gather_object([None if error is None else f"{type(error).__name__}: {error}"])
-    if error is not None:
-        raise error
-    failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
-    if failed:
-        rank, report = failed[0]
-        raise MsjoeError(f"process {rank} failed while {what}: {report}")
+    data, accelerator = run.config.data, run.accelerator
+    videos = list(dict.fromkeys(str(Path(item.video).expanduser()) for item in items))
+    share = videos[accelerator.process_index :: accelerator.num_processes]
+    reports = on_every_process(
+        accelerator,
+        lambda: index_videos(
+            share,
+            encoder,
+            cache,
+            fps=data.fps,
+            max_frames=data.max_frames,
+            frame_store=store,
+            progress=run.config.run.progress and run.is_main,
+        ),
+        what="indexing the training videos",
+    )
+    if run.is_main:
+        indexed, failed = sum(len(r.indexed) for r in reports), sum(len(r.failed) for r in reports)
+        logger.info("%d processes indexed %d videos (%d failed, see skipped.jsonl)", len(reports), indexed, failed)
 
 
 def _check_engine(accelerator: Any) -> None:
@@ -263,6 +257,8 @@ def _prepare(
     items = read_qa_jsonl(data.train, video_root=data.video_root)
     if data.limit is not None:
         items = items[: data.limit]
+    if run.accelerator.num_processes > 1:
+        _index_in_shards(run, items, encoder, cache, store)
     prepared = main_process_first(
         run.accelerator,
         lambda: prepare_examples(

@@ -1,0 +1,89 @@
+"""Work split over the processes of an ``accelerate launch`` (or ``torchrun``) job, failing together.
+
+accelerate's own helpers assume nothing fails: with ``main_process_first()``, an exception on the main process
+skips the barrier it owes the others, and with a plain ``gather_object`` a process that raised never joins the
+collective. Either way the other processes wait for the collective timeout (30 minutes by default) and then fail
+with an unrelated message; on one node the launcher usually tears them down sooner, on several nodes it does not.
+Both helpers here end every process with an error naming the process that failed and its error.
+
+``state`` is an :class:`accelerate.Accelerator` or :class:`accelerate.PartialState` (anything with
+``num_processes``, ``process_index`` and ``is_main_process``). With one process both helpers just call ``work()``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from msjoe.errors import MsjoeError
+
+T = TypeVar("T")
+
+
+def process_state() -> Any:
+    """This process's :class:`accelerate.PartialState`: one process, or one of many under ``accelerate launch``
+    or ``torchrun`` (on CPU with ``ACCELERATE_USE_CPU=true``, which ``accelerate launch --cpu`` sets).
+
+    Raises :class:`MsjoeError` when the launcher started several processes but accelerate set up one (each would
+    then do all the work).
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and state.num_processes == 1:
+        raise MsjoeError(
+            f"launched as {launched} processes but accelerate set up a single one (no GPU?): on CPU set "
+            "ACCELERATE_USE_CPU=true (or use `accelerate launch --cpu`)"
+        )
+    return state
+
+
+def main_process_first(state: Any, work: Callable[[], T], *, what: str) -> T:
+    """``work()`` on the main process, then on the others (which then find what it cached); its result here."""
+    if state.num_processes == 1:
+        return work()
+    result: Any = None
+    for my_turn in (state.is_main_process, not state.is_main_process):
+        error = None
+        if my_turn:
+            try:
+                result = work()
+            except Exception as caught:  # re-raised below, once the others have heard of it
+                error = caught
+        _raise_if_any_failed(error, what)
+    return result
+
+
+def on_every_process(state: Any, work: Callable[[], T], *, what: str) -> list[T]:
+    """``work()`` on every process at once; every process gets the list of all results, by process index.
+
+    The results must be picklable (they travel through ``accelerate.utils.gather_object``).
+    """
+    if state.num_processes == 1:
+        return [work()]
+    from accelerate.utils import gather_object
+
+    result, error = None, None
+    try:
+        result = work()
+    except Exception as caught:  # re-raised below, once the others have heard of it
+        error = caught
+    _raise_if_any_failed(error, what)
+    return list(gather_object([result]))
+
+
+def _raise_if_any_failed(error: BaseException | None, what: str) -> None:
+    """A collective: every process learns whether any failed; a failed process re-raises its own error, the
+    others raise one naming the first failed process and its error."""
+    from accelerate.utils import gather_object
+
+    reports = gather_object([None if error is None else f"{type(error).__name__}: {error}"])
+    if error is not None:
+        raise error
+    failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
+    if failed:
+        rank, report = failed[0]
+        raise MsjoeError(f"process {rank} failed while {what}: {report}")

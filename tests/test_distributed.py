@@ -1,0 +1,55 @@
+"""msjoe.distributed on two real gloo processes under torchrun: results, ordering, and failures reaching everyone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msjoe.distributed import main_process_first, on_every_process, process_state
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_one_process_just_calls_the_work() -> None:
+    state = process_state()
+    assert state.num_processes == 1
+    assert main_process_first(state, lambda: 7, what="x") == 7
+    assert on_every_process(state, lambda: 7, what="x") == [7]
+    with pytest.raises(ValueError, match="own error"):  # the error itself, not a wrapper
+        on_every_process(state, lambda: (_ for _ in ()).throw(ValueError("own error")), what="x")
+
+
+@pytest.mark.slow
+def test_two_processes_share_results_and_fail_together(tmp_path: Path) -> None:
+    command = [
+        *[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        *[str(REPO / "tests" / "_two_process_collectives.py"), str(tmp_path)],
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    main, other = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
+
+    # The main process wrote first; the other found its file.
+    assert main["main_first_ok"] == other["main_first_ok"] == {"result": True}
+    # The main process failed first: it raises its own error, the other is told and never runs the work.
+    assert main["main_first_main_fails"] == {"error": "ValueError", "message": "bad video on process 0"}
+    assert other["main_first_main_fails"] == {
+        "error": "MsjoeError",
+        "message": "process 0 failed while caching: ValueError: bad video on process 0",
+    }
+    assert main["main_first_ran"] == [0] and other["main_first_ran"] == []
+    # Every process gets every result, by process index.
+    assert main["every_ok"] == other["every_ok"] == {"result": [0, 10]}
+    # Process 1 failed: it raises its own error, the main process one naming it (both ran the work).
+    assert other["every_other_fails"] == {"error": "ValueError", "message": "bad video on process 1"}
+    assert main["every_other_fails"] == {
+        "error": "MsjoeError",
+        "message": "process 1 failed while indexing: ValueError: bad video on process 1",
+    }
+    assert main["every_ran"] == [0] and other["every_ran"] == [1]
