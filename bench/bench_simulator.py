@@ -2,6 +2,7 @@
 
     python bench/bench_simulator.py            # the full run (a few minutes of training on 2 CPU cores)
     python bench/bench_simulator.py --quick    # a smoke run: few steps, few held-out items
+    python bench/bench_simulator.py --sweep-radii [--load FOLDER]   # choose the NMS radius on a validation split
 
 The U-Sampler starts from ``USamplerConfig()`` (about 2M parameters) and is trained with stage-1 REINFORCE and the
 difficulty-aware reward (:mod:`msjoe.rl.stage1`) against the simulated answerer, on a stream of fresh training
@@ -37,7 +38,7 @@ from msjoe.rl.simulator import (
 )
 from msjoe.rl.stage1 import Stage1Config, Stage1Trainer
 from msjoe.samplers import get_sampler
-from msjoe.samplers.usampler import INFERENCE_RULES, USampler, USamplerConfig
+from msjoe.samplers.usampler import USampler, USamplerConfig
 
 BASELINES: list[tuple[str, dict]] = [
     ("uniform", {}),
@@ -47,13 +48,20 @@ BASELINES: list[tuple[str, dict]] = [
     ("aks", {}),
     ("binmax", {}),
 ]
-# The U-Sampler's inference rules: (rule, nms_radius). Besides the three rules at their defaults, NMS with a
-# 2-candidate radius (skip the immediate neighbours only), which still lets several frames of one event through.
+# The U-Sampler's inference rules: (rule, nms_radius). NMS with fixed radii of 2 to 6 candidates (2 skips the
+# immediate neighbours only and still lets several frames of one event through), NMS with radius T/4K (a quarter of
+# the even spacing, which at K = 8 suppresses whole events), plain top-K and quantile sampling of p.
 USAMPLER_RULES: list[tuple[str, int | None]] = [
-    *[(rule, None) for rule in INFERENCE_RULES],
     ("nms", 2),
+    ("nms", 3),
+    ("nms", 4),
+    ("nms", 6),
+    ("nms", None),
+    ("topk", None),
+    ("quantile", None),
 ]
-TRAIN_SPLIT, HELD_OUT_SPLIT = 0, 1
+TRAIN_SPLIT, HELD_OUT_SPLIT, VALIDATION_SPLIT = 0, 1, 2
+SWEPT_RADII: list[int | None] = [0, 1, 2, 3, 4, 5, 6, 8, 12, None]
 
 
 def parse_args() -> argparse.Namespace:
@@ -76,6 +84,13 @@ def parse_args() -> argparse.Namespace:
         "--threads", type=int, default=1, help="torch intra-op threads (a second thread does not speed these sizes up)"
     )
     parser.add_argument("--save", type=Path, default=None, help="save the trained U-Sampler to this folder")
+    parser.add_argument(
+        "--sweep-radii",
+        action="store_true",
+        help="only evaluate NMS radii on validation items (split seed 2): the untrained network and --load",
+    )
+    parser.add_argument("--load", type=Path, default=None, help="a saved U-Sampler for --sweep-radii")
+    parser.add_argument("--validation", type=int, default=400, help="validation items for --sweep-radii")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.held_out = 60, 150
@@ -132,13 +147,36 @@ def with_rule(sampler: USampler, rule: str, nms_radius: int | None = None) -> US
 
 
 def rule_label(rule: str, nms_radius: int | None) -> str:
-    if rule != "nms":
-        return rule
-    return "nms, radius T/4K (default)" if nms_radius is None else f"nms, radius {nms_radius}"
+    label = rule if rule != "nms" else "nms, radius " + ("T/4K" if nms_radius is None else str(nms_radius))
+    defaults = USamplerConfig()
+    is_default = rule == defaults.inference_rule and (rule != "nms" or nms_radius == defaults.nms_radius)
+    return label + (" (default)" if is_default else "")
+
+
+def sweep_radii(args: argparse.Namespace) -> None:
+    """Accuracy of NMS with each radius in :data:`SWEPT_RADII` on validation items, never on the held-out split."""
+    items = generate_items(args.validation, split_seed=VALIDATION_SPLIT, budget=args.train_k)
+    samplers = {"untrained": USampler(config=USamplerConfig(), seed=args.seed)}
+    if args.load is not None:
+        samplers[f"loaded from {args.load}"] = USampler.from_pretrained(args.load)
+    command = shlex.join(["python", "bench/bench_simulator.py", *sys.argv[1:]])
+    print(f"Command: `{command}`\n")
+    print(f"NMS radius sweep on {len(items)} validation items (split seed {VALIDATION_SPLIT}).\n")
+    print("| sampler | K | " + " | ".join(rule_label("nms", r).removeprefix("nms, ") for r in SWEPT_RADII) + " |")
+    print("|---|---:|" + "---:|" * len(SWEPT_RADII))
+    for name, sampler in samplers.items():
+        sampler.module.eval()
+        for k in args.budgets:
+            cells = [evaluate_sampler(with_rule(sampler, "nms", r), items, k).accuracy for r in SWEPT_RADII]
+            print(f"| {name} | {k} | " + " | ".join(f"{cell:.3f}" for cell in cells) + " |")
 
 
 def main() -> None:
     args = parse_args()
+    if args.sweep_radii:
+        torch.set_num_threads(args.threads)
+        sweep_radii(args)
+        return
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     command = shlex.join(["python", "bench/bench_simulator.py", *sys.argv[1:]])
@@ -214,13 +252,21 @@ def main() -> None:
     baseline_labels = [label for label in results if not label.startswith(("usampler", "**usampler"))]
     untrained_labels = [label for label in results if label.startswith("usampler untrained")]
     print()
+    default_label = next(label for label in trained_labels if "(default)" in label)
     for k in args.budgets:
         best_trained = max(trained_labels, key=lambda label: results[label][k].accuracy)
-        for group in (baseline_labels, untrained_labels):
-            other = max(group, key=lambda label: results[label][k].accuracy)
-            diff = np.subtract(results[best_trained][k].per_item_accuracy, results[other][k].per_item_accuracy)
+        best_baseline = max(baseline_labels, key=lambda label: results[label][k].accuracy)
+        best_untrained = max(untrained_labels, key=lambda label: results[label][k].accuracy)
+        untrained_same_rule = default_label.strip("*").replace("stage-1", "untrained")
+        for mine, other in (
+            (default_label, best_baseline),
+            (best_trained, best_baseline),
+            (default_label, untrained_same_rule),
+            (best_trained, best_untrained),
+        ):
+            diff = np.subtract(results[mine][k].per_item_accuracy, results[other][k].per_item_accuracy)
             print(
-                f"- K = {k}: best trained rule ({best_trained.strip('*')}) minus {other}: accuracy "
+                f"- K = {k}: {mine.strip('*')} minus {other}: accuracy "
                 f"{diff.mean():+.3f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.3f} (paired over items)"
             )
 
@@ -228,7 +274,8 @@ def main() -> None:
     k = max(args.budgets)
     categories = [item_category(item) for item in held_out]
     names = sorted(set(categories))
-    shown = [*baseline_labels[-2:], *untrained_labels[:1], *trained_labels]
+    untrained_default = next(label for label in untrained_labels if "(default)" in label)
+    shown = [*baseline_labels[-2:], untrained_default, *trained_labels]
     print(f"\nAccuracy by kind of item at K = {k} (items per kind in brackets):\n")
     print("| sampler | " + " | ".join(f"{name} ({categories.count(name)})" for name in names) + " |")
     print("|---|" + "---:|" * len(names))

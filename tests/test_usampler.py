@@ -335,6 +335,8 @@ def test_select_rules_follow_the_logits(sampler: USampler) -> None:
     nms = USampler(inference_rule="nms", nms_radius=radius).select(sim, 10).tolist()
     assert all(b - a > radius for a, b in itertools.pairwise(nms))
     assert int(torch.argmax(logits)) in nms
+    default = USampler().select(sim, 10).tolist()  # the default rule: NMS over 4 candidates on each side
+    assert USamplerConfig().inference_rule == "nms" and all(b - a > 4 for a, b in itertools.pairwise(default))
 
 
 def test_constant_similarity_gives_valid_deterministic_picks(sampler: USampler) -> None:

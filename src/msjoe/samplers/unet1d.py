@@ -19,11 +19,12 @@ head reads a per-frame RMS-normalised tensor. Without this, the chain of unnorma
 bottleneck and the head (down convolutions, context projection, transposed convolutions, 1x1 shortcuts: about
 ten in a row) lets Adam grow the activation scale geometrically: stage-1 REINFORCE diverged within 150-450 steps
 at learning rates of 1e-3 to 2e-3, the logits reaching 1e15 with all the probability mass on one phase of the
-stride-4 grid (bench/diag_stage1_stability.py measures it). Normalising only the blocks' branches (pre-norm
-with an identity path) or only the head's input hides the growth from the logits but not from the network: the
-unnormalised path reached 1e7 while the residual branches stayed near 1, so nothing after the first level could
-contribute (the "stable but not learning" regime). With the normalised inputs, every activation stays O(1) and
-the logits are bounded by the head's and the prior gain's weights.
+stride-4 grid (bench/diag_stage1_stability.py measures it). Pre-norm blocks and a normalised head input alone,
+with unnormalised down/up-sampling and context, hide the growth from the logits but not from the network: that
+path reached 1e7 in 400 steps at 2e-3 while the residual branches stayed near 1, so the blocks could no longer
+change anything (the "stable but not learning" regime). With every input normalised, the activations stay O(1)
+(they can only grow additively, with the weights) and the logits are bounded by the head's and the prior gain's
+weights.
 
 Any length works, T = 1 included, without padding T to a multiple of the total stride: a level whose length is
 not a multiple of the stride is zero-padded at its end before the strided convolution, and the upsampled tensor is
