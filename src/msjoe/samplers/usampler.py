@@ -100,9 +100,9 @@ class USamplerConfig:
     nms_radius: int | None = 4
     """Suppression radius in candidates for ``"nms"`` (4: at 1 fps, no two picks within 4 s); None uses
     ``selection.default_nms_radius(T, K)``, a quarter of the even spacing T / K. Chosen on the simulator
-    (bench/bench_simulator.py, validation split distinct from the reported held-out one): radii 3 to 6 are best at
-    K = 8 and 16, trained or not; 2 lets several frames of one event through, and T / 4K (about 30 at T = 1000,
-    K = 8) suppresses whole events and the evidence next to them."""
+    (bench/bench_simulator.py, validation split distinct from the reported held-out one): radii 3 to 8 form a
+    plateau at K = 8 and 16, trained or not; 2 lets several frames of one event through, and T / 4K (about 30 at
+    T = 1000, K = 8) suppresses whole events and the evidence next to them."""
     temperature: float = 1.0
     """Logits are divided by this before the softmax (affects sampling, probabilities and ``"quantile"``)."""
 
