@@ -54,6 +54,24 @@ def slow(seconds: float) -> Behaviour:
     return behave
 
 
+def slow_in_pairs(seconds: float, max_wait: float = 0.8) -> Behaviour:
+    """Like :func:`slow`, but each request first waits (up to ``max_wait``) for a second one to be in flight, so
+    a client allowed two concurrent requests shows two even on a loaded machine where threads start late."""
+
+    def behave(handler: Handler, body: dict[str, Any]) -> None:
+        server = handler.server
+        deadline = time.monotonic() + max_wait
+        while time.monotonic() < deadline:
+            with server.lock:
+                if server.in_flight >= 2:
+                    break
+            time.sleep(0.005)
+        time.sleep(seconds)
+        echo(handler, body)
+
+    return behave
+
+
 def drop_mid_reply(handler: Handler, body: dict[str, Any]) -> None:
     """Promise 1000 bytes, send 10, close the connection."""
     handler.send_response(200)
@@ -72,7 +90,18 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:  # keep test output clean
         pass
 
+    in_flight = False
+
+    def leave_flight(self) -> None:
+        """Stop counting this request as in flight: called before its reply goes out, since the client may send its
+        next request as soon as it has read the reply, before this handler thread gets to run again."""
+        with self.server.lock:
+            if self.in_flight:
+                self.server.in_flight -= 1
+                self.in_flight = False
+
     def send_raw(self, code: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+        self.leave_flight()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -95,13 +124,13 @@ class Handler(BaseHTTPRequestHandler):
             behaviour = server.script.popleft() if server.script else server.default
             server.in_flight += 1
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            self.in_flight = True
         try:
             behaviour(self, body)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
             pass
         finally:
-            with server.lock:
-                server.in_flight -= 1
+            self.leave_flight()
 
 
 class ScriptedServer(ThreadingHTTPServer):

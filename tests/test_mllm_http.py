@@ -22,6 +22,7 @@ from _chat_server import (
     echo,
     raw,
     slow,
+    slow_in_pairs,
     status,
 )
 from msjoe.mllm import MLLM, GenerationConfig, ImagePart, Message, available_backends, get_backend, load_mllm
@@ -185,7 +186,7 @@ def test_malformed_replies_raise_malformed_reply_error(
 
 # --- concurrency -----------------------------------------------------------------------------------------------
 def test_chat_many_keeps_order_and_never_exceeds_max_concurrency(server: ScriptedServer) -> None:
-    server.default = slow(0.15)
+    server.default = slow_in_pairs(0.15)
     chats = [[Message("user", [f"question {i}"])] for i in range(6)]
     replies = client(server, max_concurrency=2).chat_many(chats)
     assert replies == [f"echo: question {i}" for i in range(6)]
@@ -193,7 +194,7 @@ def test_chat_many_keeps_order_and_never_exceeds_max_concurrency(server: Scripte
 
 
 def test_concurrency_limit_holds_across_threads_and_waiting_is_not_a_timeout(server: ScriptedServer) -> None:
-    server.default = slow(0.1)
+    server.default = slow_in_pairs(0.1)
     # 24 requests, 2 at a time: the last waits ~1.2 s for its turn, longer than the 1 s timeout, which must
     # only apply to the request itself (no retries allowed, so any spurious timeout would fail a thread).
     mllm = client(server, max_concurrency=2, timeout=1.0, max_retries=0)
