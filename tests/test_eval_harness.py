@@ -5,6 +5,9 @@ chosen by the test."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from typer.testing import CliRunner
 from _chat_server import Handler, ScriptedServer, completion, status
 from msjoe.cache import FeatureCache
 from msjoe.cli import app
-from msjoe.eval.harness import EvalConfig, PredictionLog, predictions_path, run_eval
+from msjoe.eval.harness import EvalConfig, PredictionLog, predictions_path, run_eval, shard_path
 from msjoe.features import DualEncoder
 from msjoe.mllm import load_mllm
 from msjoe.mllm.errors import BackendHTTPError
@@ -168,6 +171,29 @@ def test_partial_last_line_is_cut_and_its_item_redone(
     assert entry["runs"][0]["report"]["overall"]["correct"] == 2
 
 
+def test_shards_of_an_interrupted_multi_process_run_are_merged_not_redone(
+    qa: VideoQA, server: ScriptedServer, benchmark_files, tmp_path: Path
+) -> None:
+    reference = run_eval(qa, config(benchmark_files, tmp_path / "reference", samplers=["uniform"]), progress=False)
+    lines = read_lines(predictions_path(tmp_path / "reference", "longvideobench", "uniform", 2))
+    # A two-process run died after process 0 finished q0 and process 1 finished q3 and half of q2's line.
+    out = tmp_path / "out"
+    path = predictions_path(out, "longvideobench", "uniform", 2)
+    path.parent.mkdir(parents=True)
+    (tmp_path / "reference" / "predictions" / "longvideobench" / "uniform_k2.run.json").rename(
+        path.with_suffix(".run.json")
+    )
+    shard_path(path, 0).write_text(json.dumps(lines[0]) + "\n")
+    shard_path(path, 1).write_text(json.dumps(lines[1]) + "\n" + json.dumps(lines[3])[:30])
+
+    before = len(server.requests)
+    entry = run_eval(qa, config(benchmark_files, out, samplers=["uniform"]), progress=False)
+    assert len(server.requests) == before + 2  # q1 and q2 only
+    assert not list(path.parent.glob("*.rank*.jsonl"))  # the shards were moved into the prediction file
+    assert sorted(line["id"] for line in read_lines(path)) == ["q0", "q1", "q2", "q3"]
+    assert entry["runs"] == reference["runs"]
+
+
 def test_whole_record_without_newline_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     path.write_text('{"id": "a", "reply": "A"}\n{"id": "b", "reply": "B"}')  # crash before the newline
@@ -271,6 +297,37 @@ def test_cli_eval_end_to_end(server: ScriptedServer, tiny_clip_dir: Path, benchm
     result = CliRunner().invoke(app, [str(a) for a in args[:-1]])
     assert result.exit_code == 0, result.output
     assert len(server.requests) == before and "50.0" in result.stdout and "report.md" in result.output
+
+
+@pytest.mark.slow
+def test_cli_eval_on_two_processes_splits_the_items(
+    server: ScriptedServer, tiny_clip_dir: Path, benchmark_files, tmp_path: Path
+) -> None:
+    server.default = scripted_mllm
+    annotations, videos = benchmark_files
+    out = tmp_path / "out"
+    args = [
+        "eval", "--benchmark", "longvideobench", "--annotations", annotations, "--videos", videos,
+        "--sampler", "uniform,bolt", "--frames", "2", "--mllm", server.url, "--model", "m",
+        "--clip", tiny_clip_dir, "--cache-dir", tmp_path / "cache", "--out", out, "--json",
+    ]  # fmt: skip
+    command = [
+        *[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "msjoe"],
+        *map(str, args),
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    # Every item asked once in all (uniform: the answer; bolt: queries and answer), not once per process.
+    assert len(server.requests) == 3 * 1 + 3 * 2
+    entry = json.loads(result.stdout)  # printed by the main process only
+    for run in entry["runs"]:
+        assert run["report"]["overall"] == {"correct": 2, "total": 4, "accuracy": 0.5}
+        assert run["error_ids"] == ["q3"]
+        lines = read_lines(out / run["predictions"])
+        assert sorted(line["id"] for line in lines) == ["q0", "q1", "q2", "q3"]
+    assert not list(out.glob("predictions/*/*.rank*.jsonl"))  # the shards were merged
+    assert (out / "report.md").exists()
 
 
 def test_cli_eval_rejects_workers_with_a_local_model(tmp_path: Path) -> None:

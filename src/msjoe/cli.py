@@ -89,7 +89,7 @@ def index(
     into the shared cache, and the main process prints the combined report.
     """
     from msjoe.cache import FeatureCache
-    from msjoe.distributed import on_every_process, process_state
+    from msjoe.distributed import on_every_process, process_device, process_state
     from msjoe.errors import MsjoeError
     from msjoe.features import DualEncoder
     from msjoe.frame_store import FrameStore
@@ -97,8 +97,7 @@ def index(
 
     try:
         state = process_state()
-        if state.num_processes > 1 and device in ("cuda", "auto") and state.device.type == "cuda":
-            device = str(state.device)  # this process's GPU, not everyone on cuda:0
+        device = process_device(state, device)
         share = videos[state.process_index :: state.num_processes]
         encoder = DualEncoder.from_pretrained(clip, device=device)
         cache = FeatureCache(cache_dir)
@@ -349,13 +348,17 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print this benchmark's scores as JSON.")] = False,
 ) -> None:
     """Evaluate samplers x frame budgets on a benchmark: resumable per-item predictions, official scoring,
-    OUT/report.md and OUT/scores.json."""
+    OUT/report.md and OUT/scores.json. Under `accelerate launch` (or `torchrun`; on CPU with
+    ACCELERATE_USE_CPU=true) each process answers every N-th item with its own model copy on its own GPU."""
+    from msjoe.distributed import process_device, process_state
     from msjoe.errors import MsjoeError
     from msjoe.eval.harness import EvalConfig, run_eval
     from msjoe.pipeline import PipelineConfig, VideoQA
 
     is_http = mllm.startswith(("http://", "https://"))
     try:
+        state = process_state()
+        device = process_device(state, device)
         if model and not is_http:
             raise ValueError("--model names a model on an HTTP server: use it with an http(s) --mllm URL")
         if workers > 1 and not is_http:
@@ -389,9 +392,13 @@ def evaluate(
             config=pipeline,
             mllm_options={"model": model} if model else None,
         )
-        entry = run_eval(qa, config)
+        entry = run_eval(qa, config, processes=state)
     except (MsjoeError, ValueError, FileNotFoundError) as error:
         raise _fail(f"{error} (finished items are saved in {out}; rerun to resume)") from error
+    if state.num_processes > 1:
+        state.destroy_process_group()  # else gloo's threads can abort the interpreter at exit
+    if not state.is_main_process:
+        return
     if as_json:
         typer.echo(json.dumps(entry))
         return

@@ -14,11 +14,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from msjoe.errors import MsjoeError
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SingleProcess:
+    """The ``state`` of a job that runs in this process alone (no launcher, nothing to import)."""
+
+    num_processes: int = 1
+    process_index: int = 0
+    is_main_process: bool = True
 
 
 def process_state() -> Any:
@@ -39,6 +49,14 @@ def process_state() -> Any:
             "ACCELERATE_USE_CPU=true (or use `accelerate launch --cpu`)"
         )
     return state
+
+
+def process_device(state: Any, device: str) -> str:
+    """The device this process should use for ``device``: with several processes, ``"cuda"`` and ``"auto"``
+    mean this process's own GPU (accelerate's ``state.device``), not every process on ``cuda:0``."""
+    if state.num_processes > 1 and device in ("cuda", "auto") and state.device.type == "cuda":
+        return str(state.device)
+    return device
 
 
 def main_process_first(state: Any, work: Callable[[], T], *, what: str) -> T:

@@ -21,6 +21,11 @@ refusing the credentials) stop the run instead: every finished item is already s
 Scores: ``correct`` in a prediction line is the benchmark's official rule applied when the line was written; the
 reports always rescore the stored replies with the current scoring options, so changing them needs no rerun.
 
+Several processes (``accelerate launch`` / ``torchrun``, one model per GPU): each answers every N-th pending item
+into its own shard file ``<sampler>_k<K>.rank<R>.jsonl`` beside the prediction file; the main process then moves
+the shards' lines into the prediction file and writes the reports. Shards left by an interrupted run are merged
+first by the next run, with any number of processes.
+
 Concurrency: ``workers > 1`` answers items from a thread pool. It only pays with the HTTP backend, where the
 time goes into waiting for the server; a local transformers model computes one request at a time anyway (and
 is not meant to be shared across threads), so keep ``workers=1`` there.
@@ -44,6 +49,7 @@ from msjoe.atomic import write_text_atomically
 from msjoe.data.benchmarks import get_benchmark
 from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult
 from msjoe.data.schema import QAItem
+from msjoe.distributed import SingleProcess, main_process_first, on_every_process
 from msjoe.eval.plots import write_plots
 from msjoe.eval.report import render_markdown
 from msjoe.mllm.errors import BackendConnectionError, BackendHTTPError
@@ -189,9 +195,38 @@ class PredictionLog:
             os.fsync(file.fileno())
             self.records[str(record["id"])] = dict(record)
 
+    def extend(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append several records with one write and one fsync (merging shards)."""
+        if not records:
+            return
+        text = "".join(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n" for record in records)
+        with self._lock, self.path.open("a", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+            self.records.update({str(record["id"]): dict(record) for record in records})
+
     def done_ids(self, *, retry_errors: bool = False) -> set[str]:
         """Ids with a record (without those that ended in an error, when they are to be retried)."""
         return {key for key, rec in self.records.items() if not (retry_errors and rec.get("status") == "error")}
+
+
+def shard_path(predictions: Path, process_index: int) -> Path:
+    """The file one process of a multi-process run writes its share of ``predictions`` to."""
+    return predictions.with_name(f"{predictions.stem}.rank{process_index}.jsonl")
+
+
+def merge_shards(log: PredictionLog) -> int:
+    """Move the lines of ``log``'s shard files into it, then delete the shards; return how many were moved.
+
+    A crash between the two leaves the shard: merging it again only repeats lines (the later of an id wins)."""
+    moved = 0
+    for shard in sorted(log.path.parent.glob(f"{log.path.stem}.rank*.jsonl")):
+        records = list(PredictionLog(shard).records.values())
+        log.extend(records)
+        shard.unlink()
+        moved += len(records)
+    return moved
 
 
 def _check_run_settings(predictions: Path, settings: Mapping[str, Any], has_records: bool) -> None:
@@ -369,14 +404,23 @@ def write_reports(output_dir: str | Path, scores: Mapping[str, Any]) -> tuple[Pa
 
 
 def run_eval(
-    qa: VideoQA, config: EvalConfig, *, progress: bool = True, loaded: LoadResult | None = None
+    qa: VideoQA,
+    config: EvalConfig,
+    *,
+    progress: bool = True,
+    loaded: LoadResult | None = None,
+    processes: Any = None,
 ) -> dict[str, Any]:
     """Run every (sampler, K) of ``config`` over the benchmark's items, resuming finished ones, then score and
     write ``scores.json``, ``report.md`` and the plots. Returns this benchmark's entry of ``scores.json``.
 
     ``loaded`` skips loading the annotations (tests, or callers that filtered the items themselves).
-    Raises the backend error when the model server fails (see :func:`is_run_fatal`); finished items are saved.
+    ``processes`` splits the items over the processes of an ``accelerate launch`` job (an ``accelerate``
+    ``PartialState``, see :func:`msjoe.distributed.process_state`; None: this process alone); every process
+    calls ``run_eval`` and gets the entry. Raises the backend error when the model server fails (see
+    :func:`is_run_fatal`); finished items are saved.
     """
+    state = processes if processes is not None else SingleProcess()
     bench = get_benchmark(config.benchmark)
     out = Path(config.output_dir)
     result = loaded if loaded is not None else bench.load(config.annotations, config.videos)
@@ -389,40 +433,79 @@ def run_eval(
     }
     pipeline_settings["sampler_checkpoint"] = None
 
-    logs: dict[tuple[str, int], PredictionLog] = {}
-    pending: dict[tuple[str, int], list[QAItem]] = {}
-    for sampler in config.samplers:
-        for k in config.budgets:
-            path = predictions_path(out, bench.name, sampler, k)
-            log = PredictionLog(path)
-            settings = {
-                **pipeline_settings,
-                **dict(config.run_info),
-                "benchmark": bench.name,
-                "sampler": sampler,
-                "k": k,
-                "sampler_checkpoint": config.sampler_checkpoint if sampler == "usampler" else None,
-            }
-            _check_run_settings(path, json.loads(json.dumps(settings)), bool(log.records))
-            done = log.done_ids(retry_errors=config.retry_errors)
-            logs[sampler, k] = log
-            pending[sampler, k] = [item for item in items if item.id not in done]
+    def open_logs() -> dict[tuple[str, int], PredictionLog]:
+        logs = {}
+        for sampler in config.samplers:
+            for k in config.budgets:
+                path = predictions_path(out, bench.name, sampler, k)
+                log = PredictionLog(path)
+                if state.is_main_process and merge_shards(log):
+                    logger.info("%s: merged the shard files of an interrupted multi-process run", path)
+                settings = {
+                    **pipeline_settings,
+                    **dict(config.run_info),
+                    "benchmark": bench.name,
+                    "sampler": sampler,
+                    "k": k,
+                    "sampler_checkpoint": config.sampler_checkpoint if sampler == "usampler" else None,
+                }
+                _check_run_settings(path, json.loads(json.dumps(settings)), bool(log.records))
+                logs[sampler, k] = log
+        return logs
 
-    total = sum(len(todo) for todo in pending.values())
-    with progress_bar(enabled=progress) as bar:
-        task = bar.add_task(f"{bench.name}", total=total)
-        for (sampler, k), todo in pending.items():
-            bar.update(task, description=f"{bench.name} {sampler} K={k}")
+    # The main process merges old shards and records the settings first; then every process sees the same files,
+    # and so the same pending items, before anyone writes again.
+    logs = main_process_first(state, open_logs, what="reading the prediction files")
+    rank, world = state.process_index, state.num_processes
+    pending = {
+        key: [item for item in items if item.id not in log.done_ids(retry_errors=config.retry_errors)][rank::world]
+        for key, log in logs.items()
+    }
 
-            def ask(item: QAItem, sampler: str = sampler, k: int = k) -> dict[str, Any]:
-                return answer_item(
-                    qa, bench, item, sampler=sampler, k=k, sampler_checkpoint=config.sampler_checkpoint, scoring=scoring
-                )
+    def answer_share() -> None:
+        writers = logs if world == 1 else {key: PredictionLog(shard_path(log.path, rank)) for key, log in logs.items()}
+        with progress_bar(enabled=progress and state.is_main_process) as bar:
+            share = "" if world == 1 else f" (process 0 of {world})"
+            task = bar.add_task(f"{bench.name}{share}", total=sum(len(todo) for todo in pending.values()))
+            for (sampler, k), todo in pending.items():
+                bar.update(task, description=f"{bench.name} {sampler} K={k}{share}")
 
-            for record in _answer_all(todo, ask, config.workers):
-                logs[sampler, k].append(record)
-                bar.advance(task)
+                def ask(item: QAItem, sampler: str = sampler, k: int = k) -> dict[str, Any]:
+                    return answer_item(
+                        qa,
+                        bench,
+                        item,
+                        sampler=sampler,
+                        k=k,
+                        sampler_checkpoint=config.sampler_checkpoint,
+                        scoring=scoring,
+                    )
 
+                for record in _answer_all(todo, ask, config.workers):
+                    writers[sampler, k].append(record)
+                    bar.advance(task)
+
+    on_every_process(state, answer_share, what="answering benchmark items")
+    entries = on_every_process(
+        state,
+        lambda: _finish(bench, config, out, items, result, logs, scoring) if state.is_main_process else None,
+        what="scoring",
+    )
+    return entries[0]
+
+
+def _finish(
+    bench: BenchmarkSpec,
+    config: EvalConfig,
+    out: Path,
+    items: Sequence[QAItem],
+    result: LoadResult,
+    logs: Mapping[tuple[str, int], PredictionLog],
+    scoring: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Main process: merge the shards, score every run, and write ``scores.json``, the plots and ``report.md``."""
+    for log in logs.values():
+        merge_shards(log)
     runs = []
     for (sampler, k), log in logs.items():
         selected = [log.records[item.id] for item in items if item.id in log.records]
