@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from msjoe.distributed import main_process_first, on_every_process, process_state
+from msjoe.distributed import all_results, main_process_first, on_every_process, process_state
 
 
 def outcome(call: Any) -> dict[str, Any]:
@@ -50,6 +50,7 @@ def main(out: Path) -> None:
     }
     ran.clear()
     results["every_ok"] = outcome(lambda: on_every_process(state, lambda: rank * 10, what="indexing"))
+    results["gathered"] = all_results(state, {"rank": rank})
     results["every_other_fails"] = outcome(lambda: on_every_process(state, fail_on(1), what="indexing"))
     results["every_ran"] = list(ran)
     (out / f"rank{rank}.json").write_text(json.dumps(results))

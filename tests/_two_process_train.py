@@ -1,5 +1,5 @@
 """Run stage 1 under torchrun and record, on every process, a digest of the U-Sampler's parameters after each
-step, the items the process trained on and the videos it indexed (used by tests/test_train_run.py; not a test
+step, the items the process trained on and the videos it decoded (used by tests/test_train_run.py; not a test
 module itself).
 
     ACCELERATE_USE_CPU=true python -m torch.distributed.run --nproc_per_node 2 tests/_two_process_train.py CONFIG
@@ -39,15 +39,14 @@ def main(config_path: str, record_error: bool = False) -> None:
         digests.append(digest.hexdigest())
         items.append(list(trainer.last_item_ids))
 
-    indexed: list[str] = []
-    real_index_videos = msjoe.index.index_videos
+    decoded: list[str] = []  # videos this process decoded to index them
+    real_iter_frames = msjoe.index.iter_frames
 
-    def recording_index_videos(*args: Any, **kwargs: Any) -> msjoe.index.IndexReport:
-        report = real_index_videos(*args, **kwargs)
-        indexed.extend(report.indexed)
-        return report
+    def recording_iter_frames(path: Any, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(str(path))
+        return real_iter_frames(path, *args, **kwargs)
 
-    msjoe.index.index_videos = recording_index_videos
+    msjoe.index.iter_frames = recording_iter_frames
     try:
         train_stage1(config, accelerator=accelerator, on_step=record)
     except Exception as error:
@@ -58,7 +57,7 @@ def main(config_path: str, record_error: bool = False) -> None:
         return
     out = Path(config.run.output_dir) / f"params_rank{accelerator.process_index}.json"
     out.write_text(
-        json.dumps({"num_processes": accelerator.num_processes, "digests": digests, "items": items, "indexed": indexed})
+        json.dumps({"num_processes": accelerator.num_processes, "digests": digests, "items": items, "decoded": decoded})
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from msjoe.distributed import main_process_first, on_every_process, process_state
+from msjoe.distributed import all_results, main_process_first, on_every_process, process_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,8 @@ def test_one_process_just_calls_the_work() -> None:
     state = process_state()
     assert state.num_processes == 1
     assert main_process_first(state, lambda: 7, what="x") == 7
-    assert on_every_process(state, lambda: 7, what="x") == [7]
+    assert on_every_process(state, lambda: 7, what="x") == 7
+    assert all_results(state, 7) == [7]
     with pytest.raises(ValueError, match="own error"):  # the error itself, not a wrapper
         on_every_process(state, lambda: (_ for _ in ()).throw(ValueError("own error")), what="x")
 
@@ -44,8 +45,9 @@ def test_two_processes_share_results_and_fail_together(tmp_path: Path) -> None:
         "message": "process 0 failed while caching: ValueError: bad video on process 0",
     }
     assert main["main_first_ran"] == [0] and other["main_first_ran"] == []
-    # Every process gets every result, by process index.
-    assert main["every_ok"] == other["every_ok"] == {"result": [0, 10]}
+    # Each process gets its own result; all_results shares them, by process index.
+    assert main["every_ok"] == {"result": 0} and other["every_ok"] == {"result": 10}
+    assert main["gathered"] == other["gathered"] == [{"rank": 0}, {"rank": 1}]
     # Process 1 failed: it raises its own error, the main process one naming it (both ran the work).
     assert other["every_other_fails"] == {"error": "ValueError", "message": "bad video on process 1"}
     assert main["every_other_fails"] == {

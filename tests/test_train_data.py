@@ -338,3 +338,21 @@ def test_reply_cache_skips_damaged_lines_and_keeps_a_whole_last_record(
     # Later records of a key win.
     loaded.put("k1", {"reply": "D"})
     assert ReplyCache(path).get("k1")["reply"] == "D" and len(ReplyCache(path)) == 3
+
+
+def test_reply_cache_reads_other_processes_files_without_touching_them(tmp_path: Path) -> None:
+    other = tmp_path / "rank1.jsonl"
+    writer = ReplyCache(other)
+    writer.put("k1", {"reply": "A"})
+    writer.put("k2", {"reply": "B"})
+    # The other process is mid-write: its last line has no newline yet and must be neither read nor repaired.
+    torn = other.read_bytes() + b'{"key": "k3", "rep'
+    other.write_bytes(torn)
+
+    own = tmp_path / "rank0.jsonl"
+    cache = ReplyCache(own, also_read=[other, tmp_path / "rank2.jsonl"])  # a file not written yet is fine
+    assert cache.get("k1") == {"key": "k1", "reply": "A"} and cache.get("k2") == {"key": "k2", "reply": "B"}
+    assert "k3" not in cache and cache.skipped_lines == 0
+    cache.put("k4", {"reply": "D"})
+    assert other.read_bytes() == torn  # never repaired or written
+    assert [json.loads(line)["key"] for line in own.read_text().splitlines()] == ["k4"]

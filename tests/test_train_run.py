@@ -183,10 +183,17 @@ def test_two_processes_keep_identical_parameters(
     assert ranks[0]["digests"] == ranks[1]["digests"]  # DDP kept the replicas identical after every step
     assert len(set(ranks[0]["digests"])) == 3  # ... and they did change at every step
     assert ranks[0]["items"] != ranks[1]["items"]  # each process trained on its own items
-    # Each process indexed its own share of the two readable videos before the main process prepared the items.
+    # Each process indexed one of the two readable videos and wrote the frozen MLLM's queries for its items, into
+    # the shared feature cache and its own query cache file; then all read everything from the caches.
     videos = {str(Path(item.video)) for item in read_qa_jsonl(smoke_train_file) if Path(item.video).exists()}
-    assert len(ranks[0]["indexed"]) == len(ranks[1]["indexed"]) == 1
-    assert set(ranks[0]["indexed"]) | set(ranks[1]["indexed"]) == videos
+    assert len(ranks[0]["decoded"]) == len(ranks[1]["decoded"]) == 1
+    assert set(ranks[0]["decoded"]) | set(ranks[1]["decoded"]) == videos
+    query_keys = [
+        [json.loads(line)["key"] for line in (out / "query_cache" / f"rank{rank}.jsonl").read_text().splitlines()]
+        for rank in (0, 1)
+    ]
+    assert len(query_keys[0]) == len(query_keys[1]) == 2  # two questions per video, each asked once
+    assert not set(query_keys[0]) & set(query_keys[1])
     assert [r["step"] for r in read_metrics(out / METRICS_FILE)] == [1, 2, 3]  # only the main process logs
 
 

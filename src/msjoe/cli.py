@@ -89,7 +89,7 @@ def index(
     into the shared cache, and the main process prints the combined report.
     """
     from msjoe.cache import FeatureCache
-    from msjoe.distributed import on_every_process, process_device, process_state
+    from msjoe.distributed import all_results, on_every_process, process_device, process_state
     from msjoe.errors import MsjoeError
     from msjoe.features import DualEncoder
     from msjoe.frame_store import FrameStore
@@ -101,7 +101,7 @@ def index(
         share = videos[state.process_index :: state.num_processes]
         encoder = DualEncoder.from_pretrained(clip, device=device)
         cache = FeatureCache(cache_dir)
-        reports = on_every_process(
+        report = on_every_process(
             state,
             lambda: index_videos(
                 share,
@@ -117,7 +117,7 @@ def index(
         )
     except (MsjoeError, ValueError) as error:  # per-video errors are in the report; these stop the whole batch
         raise _fail(str(error)) from error
-    report = IndexReport.combine(reports)
+    report = IndexReport.combine(all_results(state, report))
     if state.num_processes > 1:
         state.destroy_process_group()  # else gloo's threads can abort the interpreter at exit
     if state.is_main_process:  # one line per failure, unwrapped, so the paths can be copied

@@ -75,22 +75,27 @@ def main_process_first(state: Any, work: Callable[[], T], *, what: str) -> T:
     return result
 
 
-def on_every_process(state: Any, work: Callable[[], T], *, what: str) -> list[T]:
-    """``work()`` on every process at once; every process gets the list of all results, by process index.
-
-    The results must be picklable (they travel through ``accelerate.utils.gather_object``).
-    """
+def on_every_process(state: Any, work: Callable[[], T], *, what: str) -> T:
+    """``work()`` on every process at once; this process's result (see :func:`all_results` to share them)."""
     if state.num_processes == 1:
-        return [work()]
-    from accelerate.utils import gather_object
-
+        return work()
     result, error = None, None
     try:
         result = work()
     except Exception as caught:  # re-raised below, once the others have heard of it
         error = caught
     _raise_if_any_failed(error, what)
-    return list(gather_object([result]))
+    return result  # type: ignore[return-value]
+
+
+def all_results(state: Any, value: T) -> list[T]:
+    """Every process's ``value``, by process index, on every process (picklable values only: they travel through
+    ``accelerate.utils.gather_object``; keep them small)."""
+    if state.num_processes == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    return list(gather_object([value]))
 
 
 def _raise_if_any_failed(error: BaseException | None, what: str) -> None:

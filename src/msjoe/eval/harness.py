@@ -49,7 +49,7 @@ from msjoe.atomic import write_text_atomically
 from msjoe.data.benchmarks import get_benchmark
 from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult
 from msjoe.data.schema import QAItem
-from msjoe.distributed import SingleProcess, main_process_first, on_every_process
+from msjoe.distributed import SingleProcess, all_results, main_process_first, on_every_process
 from msjoe.eval.plots import write_plots
 from msjoe.eval.report import render_markdown
 from msjoe.mllm.errors import BackendConnectionError, BackendHTTPError
@@ -486,12 +486,12 @@ def run_eval(
                     bar.advance(task)
 
     on_every_process(state, answer_share, what="answering benchmark items")
-    entries = on_every_process(
+    entry = on_every_process(
         state,
         lambda: _finish(bench, config, out, items, result, logs, scoring) if state.is_main_process else None,
         what="scoring",
     )
-    return entries[0]
+    return all_results(state, entry)[0]
 
 
 def _finish(

@@ -156,15 +156,20 @@ class ReplyCache:
     is skipped. Both are logged as warnings. Later records of a key supersede earlier ones.
 
     One writing process per file: under ``accelerate``, give each rank its own file (the items are sharded per
-    rank anyway), since a rank repairing a torn last line could cut another rank's append.
+    rank anyway), since a rank repairing a torn last line could cut another rank's append. ``also_read`` names
+    other processes' files to read as well, never to repair or write (a torn last line there is ignored).
 
     With ``path=None`` the cache lives in memory only (for one run).
     """
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, also_read: Sequence[str | Path] = ()) -> None:
         self.path = Path(path).expanduser() if path is not None else None
         self.records: dict[str, dict[str, Any]] = {}
         self.skipped_lines = 0
+        for other in also_read:
+            other = Path(other).expanduser()
+            if other != self.path and other.is_file():
+                self._read_lines(other, other.read_bytes().rpartition(b"\n")[0])
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists():
@@ -217,13 +222,16 @@ class ReplyCache:
                     )
                     file.truncate(len(body) + len(newline))
             data = self.path.read_bytes()
+        self._read_lines(self.path, data)
+
+    def _read_lines(self, path: Path, data: bytes) -> None:
         for number, line in enumerate(data.splitlines(), start=1):
             if not line.strip():
                 continue
             record = _parse_record(line)
             if record is None:
                 self.skipped_lines += 1
-                logger.warning("%s:%d: skipping an unreadable cache line", self.path, number)
+                logger.warning("%s:%d: skipping an unreadable cache line", path, number)
                 continue
             self.records[record["key"]] = record
 
@@ -319,6 +327,7 @@ class QueryWriter:
         preview_max_pixels: pixel budget of a preview frame (paper: about 32 visual tokens).
         max_new_tokens: generation cap of the query turn.
         model_id: names the model in cache keys; ``None`` uses :func:`describe_mllm`.
+        also_read: other processes' query caches to read (never written; see :class:`ReplyCache`).
     """
 
     mllm: MLLM
@@ -328,6 +337,7 @@ class QueryWriter:
     preview_max_pixels: int = PREVIEW_MAX_PIXELS
     max_new_tokens: int = 128
     model_id: str | None = None
+    also_read: Sequence[str | Path] = ()
     calls: int = field(default=0, init=False)
     """Model calls made (cache misses)."""
     cache_hits: int = field(default=0, init=False)
@@ -342,7 +352,7 @@ class QueryWriter:
                 f"QueryWriter.preview_max_pixels and max_new_tokens must be positive, got "
                 f"{self.preview_max_pixels!r} and {self.max_new_tokens!r}"
             )
-        self._cache = ReplyCache(self.cache_path)
+        self._cache = ReplyCache(self.cache_path, also_read=self.also_read)
         self._model_name = self.model_id or describe_mllm(self.mllm)
         self._prompt = prompt_version("query")
 

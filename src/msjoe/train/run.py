@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from msjoe.atomic import write_text_atomically
-from msjoe.distributed import main_process_first, on_every_process
+from msjoe.distributed import on_every_process
 from msjoe.errors import MsjoeError, NonFiniteLossError
 from msjoe.progress import progress_bar
 from msjoe.train.checkpoint import (
@@ -47,6 +47,7 @@ SKIPPED_FILE = "skipped.jsonl"
 BAD_BATCH_DIR = "bad_batches"
 SAMPLER_EXPORT = "sampler"
 QUERY_CACHE = "query_cache.jsonl"
+QUERY_CACHE_SHARDS = "query_cache"  # query_cache/rank{R}.jsonl: the caches of a multi-process run
 MLLM_EXPORT = "mllm"
 MLLM_ADAPTER_EXPORT = "mllm_adapter"
 
@@ -168,35 +169,6 @@ def _start(config: Any, accelerator: Any) -> _RunContext:
     return run
 
 
-def _index_in_shards(run: _RunContext, items: list[Any], encoder: Any, cache: Any, store: Any) -> None:
-    """Every process indexes its share of the videos into the shared cache (video ``i`` goes to process
-    ``i mod W``), so that the main process's preparation then finds every video's features cached.
-
-    A video that fails here is not an error yet: preparation meets it again and skips its items with the reason.
-    """
-    from msjoe.index import index_videos
-
-    data, accelerator = run.config.data, run.accelerator
-    videos = list(dict.fromkeys(str(Path(item.video).expanduser()) for item in items))
-    share = videos[accelerator.process_index :: accelerator.num_processes]
-    reports = on_every_process(
-        accelerator,
-        lambda: index_videos(
-            share,
-            encoder,
-            cache,
-            fps=data.fps,
-            max_frames=data.max_frames,
-            frame_store=store,
-            progress=run.config.run.progress and run.is_main,
-        ),
-        what="indexing the training videos",
-    )
-    if run.is_main:
-        indexed, failed = sum(len(r.indexed) for r in reports), sum(len(r.failed) for r in reports)
-        logger.info("%d processes indexed %d videos (%d failed, see skipped.jsonl)", len(reports), indexed, failed)
-
-
 def _check_engine(accelerator: Any) -> None:
     """Refuse set-ups the trainers do not implement, before any model is loaded."""
     from accelerate.utils import DistributedType
@@ -257,12 +229,10 @@ def _prepare(
     items = read_qa_jsonl(data.train, video_root=data.video_root)
     if data.limit is not None:
         items = items[: data.limit]
-    if run.accelerator.num_processes > 1:
-        _index_in_shards(run, items, encoder, cache, store)
-    prepared = main_process_first(
-        run.accelerator,
-        lambda: prepare_examples(
-            items,
+
+    def prepare(share: list[Any], progress: bool) -> Any:
+        return prepare_examples(
+            share,
             encoder=encoder,
             cache=cache,
             fps=data.fps,
@@ -271,8 +241,24 @@ def _prepare(
             frame_store=store,
             require_difficulty=require_difficulty,
             min_frames=run.config.trainer.k,  # fewer candidates than K leave nothing to choose
-            progress=run.config.run.progress and run.is_main,
-        ),
+            progress=progress,
+        )
+
+    accelerator = run.accelerator
+    if accelerator.num_processes > 1:
+        # Each process first does the expensive part — indexing and the frozen MLLM's queries — for the items of
+        # every N-th video, into the shared caches; afterwards every process prepares all items from the caches.
+        videos = list(dict.fromkeys(str(Path(item.video).expanduser()) for item in items))
+        mine = set(videos[accelerator.process_index :: accelerator.num_processes])
+        share = [item for item in items if str(Path(item.video).expanduser()) in mine]
+        on_every_process(
+            accelerator,
+            lambda: prepare(share, progress=run.config.run.progress and run.is_main),
+            what="preparing the training data",
+        )
+    prepared = on_every_process(
+        accelerator,
+        lambda: prepare(items, progress=run.config.run.progress and run.is_main and accelerator.num_processes == 1),
         what="preparing the training data",
     )
     if run.accelerator.num_processes > 1:
@@ -377,10 +363,15 @@ def train_stage1(
     run = _start(config, accelerator)
     encoder, mllm, sampler = _load_models(run)
 
-    def queries() -> Any:  # built inside main_process_first: the others then read the main process's cache
+    def queries() -> Any:
         if config.data.queries == "question":
             return "question"
-        return QueryWriter(mllm, k=config.trainer.k, cache_path=run.output_dir / QUERY_CACHE)
+        # One cache file per process (each writes the queries of its share of the videos), all of them read.
+        rank, world = run.accelerator.process_index, run.accelerator.num_processes
+        shards = run.output_dir / QUERY_CACHE_SHARDS
+        own = run.output_dir / QUERY_CACHE if world == 1 else shards / f"rank{rank}.jsonl"
+        others = [run.output_dir / QUERY_CACHE, *sorted(shards.glob("rank*.jsonl"))]
+        return QueryWriter(mllm, k=config.trainer.k, cache_path=own, also_read=others)
 
     examples, prepared, store = _prepare(run, encoder, queries=queries, require_difficulty=True)
     answerer = MLLMAnswerer(
