@@ -3,8 +3,9 @@
 One stage-2 step of :class:`msjoe.rl.stage2.Stage2Trainer` (G joint rollouts of one item, then the GRPO update of
 the MLLM and the REINFORCE update of the U-Sampler) in each configuration, side by side in one run:
 
-- ``generation_batch_size=None`` (the default: each MLLM turn of the group in one left-padded ``generate`` call)
-  vs ``generation_batch_size=1`` (one rollout at a time), at K = 32 and K = 8. Where the trainer also batches the
+- ``generation_batch_size=G`` (each MLLM turn of the group in one left-padded ``generate`` call; the default
+  except for the answer turn on a CPU, which this run found slower batched) vs ``generation_batch_size=1`` (one
+  rollout at a time), at K = 32 and K = 8. Where the trainer also batches the
   update's scoring (``Stage2Config.scoring_batch_size``, None: a group's turn per forward pass), the one-at-a-time
   configuration sets it to 1 as well, so its update column is the unbatched update;
 - with ``--checkpointing``, also the default with ``gradient_checkpointing=True`` at the first K.
@@ -287,7 +288,7 @@ def build_setups(
     setups = []
     for k, batched, checkpointing in variants:
         config = Stage2Config(
-            **({} if batched else one_at_a_time),
+            **({"generation_batch_size": args.group_size} if batched else one_at_a_time),
             k=k,
             group_size=args.group_size,
             gradient_checkpointing=checkpointing,

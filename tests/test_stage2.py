@@ -143,7 +143,8 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor() -> None:
 def test_rollouts_record_what_was_generated_drawn_shown_and_earned(
     tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
 ) -> None:
-    trainer = make_trainer(tiny_qwen_dir, encoder, info_threshold=1.0)  # low enough for random queries to count
+    # Low enough for random queries to count; the answer turn batched too (on a CPU it is one at a time by default).
+    trainer = make_trainer(tiny_qwen_dir, encoder, info_threshold=1.0, generation_batch_size=3)
     config = trainer.config
     (group,) = trainer.rollout([example])
     assert [r.index for r in group] == [0, 1, 2] and {r.example_id for r in group} == {"item-1"}
@@ -193,12 +194,15 @@ def test_rollouts_record_what_was_generated_drawn_shown_and_earned(
     assert len({tuple(r.query_token_ids) for r in group}) == 3  # the group explores
 
 
+@pytest.mark.parametrize("batch_size", [1, None])
 def test_rollouts_generated_one_at_a_time_get_their_own_seeds(
-    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample, batch_size: int | None
 ) -> None:
-    trainer = make_trainer(tiny_qwen_dir, encoder, generation_batch_size=1)
+    trainer = make_trainer(tiny_qwen_dir, encoder, generation_batch_size=batch_size)
     (group,) = trainer.rollout([example])
-    assert len({r.query_seed for r in group}) == 3 and len({r.answer_seed for r in group}) == 3
+    # None on a CPU: the query turn (one prompt, sampled G times) is batched, the answer turns are not.
+    assert len({r.query_seed for r in group}) == (3 if batch_size == 1 else 1)
+    assert len({r.answer_seed for r in group}) == 3
     for rollout in group:
         sampled = GenerationConfig(max_new_tokens=6, temperature=1.0, seed=rollout.answer_seed)
         assert trainer.mllm.complete(rollout.answer_messages, sampled).token_ids == rollout.answer_token_ids

@@ -150,8 +150,10 @@ class Stage2Config:
     answer_max_new_tokens: int = 32
     """Token budget of the answer reply (the pipeline's default)."""
     generation_batch_size: int | None = None
-    """Rollouts generated in one batched ``generate`` call per turn (None: the whole group). Lower it when a group
-    of answer prompts (K frames each) does not fit in memory at once."""
+    """Rollouts generated in one batched ``generate`` call per turn. None: the whole group, except the answer turn
+    on a CPU, one at a time: its G prompts differ (one prompt sampled G times in the query turn), and the padding
+    mask of a batch moves CPU attention off its fused kernel, 2.4x slower at K = 32 (bench/RESULTS.md). Lower it when
+    a group of answer prompts (K frames each) does not fit in memory at once."""
     scoring_max_tokens: int | None = None
     """Most positions (rows x longest row, prompts with their image tokens included) in one scoring forward pass,
     like verl's ``ppo_max_token_len_per_gpu``: the rollouts of one turn of a group are batched while they fit, a
@@ -646,12 +648,12 @@ class Stage2Trainer:
             max_queries=config.max_queries,
             preview_max_pixels=config.preview_max_pixels,
         )
-        batches = self._generation_batches()
-        query_seeds, answer_seeds = self._next_seeds(len(batches)), self._next_seeds(len(batches))
+        query_batches, answer_batches = self._generation_batches("query"), self._generation_batches("answer")
+        query_seeds, answer_seeds = self._next_seeds(len(query_batches)), self._next_seeds(len(answer_batches))
 
         # Turn 1, batched: the group's query replies to the same prompt.
         queries_seeded = []
-        for (start, stop), seed in zip(batches, query_seeds, strict=True):
+        for (start, stop), seed in zip(query_batches, query_seeds, strict=True):
             generation = self._generation(config.query_max_new_tokens, seed)
             replies = self.mllm.complete_batch([query_messages], generation, samples_per_chat=stop - start)
             queries_seeded += [(reply, seed) for reply in replies]
@@ -688,7 +690,7 @@ class Stage2Trainer:
                 )
             )
         answers_seeded = []
-        for (start, stop), seed in zip(batches, answer_seeds, strict=True):
+        for (start, stop), seed in zip(answer_batches, answer_seeds, strict=True):
             generation = self._generation(config.answer_max_new_tokens, seed)
             answers_seeded += [
                 (reply, seed) for reply in self.mllm.complete_batch(answer_chats[start:stop], generation)
@@ -748,9 +750,12 @@ class Stage2Trainer:
             self._record_reference_logprobs(group)
         return group
 
-    def _generation_batches(self) -> list[tuple[int, int]]:
-        """``(start, stop)`` ranges of the group's rollouts that are generated together."""
-        size = self.config.generation_batch_size or self.config.group_size
+    def _generation_batches(self, turn: Literal["query", "answer"]) -> list[tuple[int, int]]:
+        """``(start, stop)`` ranges of the group's rollouts whose ``turn`` is generated together."""
+        size = self.config.generation_batch_size
+        if size is None:
+            on_cpu = turn == "answer" and torch.device(self.mllm.device).type == "cpu"
+            size = 1 if on_cpu else self.config.group_size
         return [(start, min(start + size, self.config.group_size)) for start in range(0, self.config.group_size, size)]
 
     def _next_seeds(self, count: int) -> list[int]:
