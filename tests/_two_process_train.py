@@ -4,6 +4,7 @@ module itself).
 
     ACCELERATE_USE_CPU=true python -m torch.distributed.run --nproc_per_node 2 tests/_two_process_train.py CONFIG
 
+``MSJOE_TEST_FAIL_INDEXING_ON_RANK=R`` makes indexing fail on process R only (a cache error).
 With ``--record-error`` each process writes the exception that ended its run to ``error_rank{R}.json`` and exits
 normally (so the launcher does not tear the other processes down first).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from typing import Any
 import torch
 
 import msjoe.index
+import msjoe.train.data
+from msjoe.errors import CacheError
 from msjoe.train.config import load_run_config
 from msjoe.train.run import make_accelerator, train_stage1
 
@@ -47,6 +51,13 @@ def main(config_path: str, record_error: bool = False) -> None:
         return real_iter_frames(path, *args, **kwargs)
 
     msjoe.index.iter_frames = recording_iter_frames
+    failing_rank = os.environ.get("MSJOE_TEST_FAIL_INDEXING_ON_RANK")
+    if failing_rank is not None and int(failing_rank) == accelerator.process_index:
+
+        def broken_index_video(*args: Any, **kwargs: Any) -> Any:
+            raise CacheError(f"simulated: the cache is unwritable on process {accelerator.process_index}")
+
+        msjoe.train.data.index_video = broken_index_video
     try:
         train_stage1(config, accelerator=accelerator, on_step=record)
     except Exception as error:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from msjoe.distributed import all_results, main_process_first, on_every_process, process_state
+from msjoe.distributed import SingleProcess, all_results, main_process_first, my_share, on_every_process, process_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_two_processes_share_results_and_fail_together(tmp_path: Path) -> None:
     # The main process failed first: it raises its own error, the other is told and never runs the work.
     assert main["main_first_main_fails"] == {"error": "ValueError", "message": "bad video on process 0"}
     assert other["main_first_main_fails"] == {
-        "error": "MsjoeError",
+        "error": "PeerFailedError",
         "message": "process 0 failed while caching: ValueError: bad video on process 0",
     }
     assert main["main_first_ran"] == [0] and other["main_first_ran"] == []
@@ -51,7 +51,18 @@ def test_two_processes_share_results_and_fail_together(tmp_path: Path) -> None:
     # Process 1 failed: it raises its own error, the main process one naming it (both ran the work).
     assert other["every_other_fails"] == {"error": "ValueError", "message": "bad video on process 1"}
     assert main["every_other_fails"] == {
-        "error": "MsjoeError",
+        "error": "PeerFailedError",
         "message": "process 1 failed while indexing: ValueError: bad video on process 1",
     }
     assert main["every_ran"] == [0] and other["every_ran"] == [1]
+
+
+def test_my_share_gives_whole_groups_round_robin_and_keeps_the_order() -> None:
+    videos = ["a", "a", "b", "c", "b", "d", "a", "e"]
+    items = [(video, position) for position, video in enumerate(videos)]
+    shares = [my_share(SingleProcess(3, rank, rank == 0), items, lambda item: item[0]) for rank in range(3)]
+    # Groups in order of first appearance: a -> 0, b -> 1, c -> 2, d -> 0, e -> 1.
+    assert [[video for video, _ in share] for share in shares] == [["a", "a", "d", "a"], ["b", "b", "e"], ["c"]]
+    assert sorted(item for share in shares for item in share) == sorted(items)  # nothing lost or doubled
+    assert all(share == sorted(share, key=lambda item: item[1]) for share in shares)
+    assert my_share(SingleProcess(), items, lambda item: item[0]) == items

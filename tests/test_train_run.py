@@ -198,27 +198,29 @@ def test_two_processes_keep_identical_parameters(
 
 
 @pytest.mark.slow
-def test_an_unusable_cache_ends_every_process_with_the_error(
+def test_a_failure_on_one_process_while_preparing_ends_every_process(
     smoke_train_file: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path, tmp_path: Path
 ) -> None:
-    # Every process fails while indexing its share of the videos (the cache folder is a file): each must end with
-    # the error, none may wait for the others at a barrier until the collective timeout (msjoe.distributed).
+    # Indexing fails on process 1 only: process 0 must end with an error naming it, not wait for process 1 at the
+    # next collective until the timeout (msjoe.distributed).
     out = tmp_path / "ddp-fail"
     out.mkdir()
-    not_a_folder = tmp_path / "cache-is-a-file"
-    not_a_folder.write_text("")
-    config = _config(smoke_train_file, tiny_clip_dir, tiny_qwen_dir, out, not_a_folder)
+    config = _config(smoke_train_file, tiny_clip_dir, tiny_qwen_dir, out, tmp_path / "cache")
     (out / "config.in.yaml").write_text(yaml.safe_dump(config))
     command = [
         *[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
         *[str(REPO / "tests" / "_two_process_train.py"), str(out / "config.in.yaml"), "--record-error"],
     ]
-    env = {**_env(), "ACCELERATE_USE_CPU": "true"}
+    env = {**_env(), "ACCELERATE_USE_CPU": "true", "MSJOE_TEST_FAIL_INDEXING_ON_RANK": "1"}
     result = subprocess.run(command, env=env, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     errors = [json.loads((out / f"error_rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert errors[0]["type"] == errors[1]["type"] == "CacheError"
-    assert str(not_a_folder) in errors[0]["message"]
+    assert errors[1] == {"type": "CacheError", "message": "simulated: the cache is unwritable on process 1"}
+    assert errors[0] == {
+        "type": "PeerFailedError",
+        "message": "process 1 failed while preparing the training data: CacheError: simulated: the cache is "
+        "unwritable on process 1",
+    }
 
 
 def test_nan_loss_stops_the_run_and_saves_the_batch(

@@ -59,8 +59,14 @@ def format_time(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{sec:04.1f}" if hours else f"{minutes}:{sec:04.1f}"
 
 
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+def _fail(error: Exception | str, hint: str | None = None) -> typer.Exit:
+    """Print the error (and a hint) and return the exit to raise. Another process's failure, forwarded to this one
+    under ``accelerate launch``, is not printed again: the failed process prints it."""
+    from msjoe.distributed import PeerFailedError
+
+    if not isinstance(error, PeerFailedError):
+        message = str(error) + (f" ({hint})" if hint else "")
+        console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code=1)
 
 
@@ -85,41 +91,43 @@ def index(
     """Decode candidate frames and cache their CLIP embeddings. Resumable: cached videos are skipped.
 
     A video that cannot be read is reported at the end; the others are still indexed. Under `accelerate launch`
-    (or `torchrun`; on CPU with ACCELERATE_USE_CPU=true) each process indexes every N-th video on its own device
-    into the shared cache, and the main process prints the combined report.
+    (or `torchrun`; on CPU with ACCELERATE_USE_CPU=true) each process indexes every N-th video (with `--device
+    cuda`, on its own GPU) into the cache, which must be on a file system every process sees; the main process
+    prints the combined report.
     """
     from msjoe.cache import FeatureCache
-    from msjoe.distributed import all_results, on_every_process, process_device, process_state
+    from msjoe.distributed import all_results, launched_processes, my_share, on_every_process, process_device
     from msjoe.errors import MsjoeError
     from msjoe.features import DualEncoder
     from msjoe.frame_store import FrameStore
     from msjoe.index import IndexReport, index_videos
 
-    try:
-        state = process_state()
-        device = process_device(state, device)
-        share = videos[state.process_index :: state.num_processes]
-        encoder = DualEncoder.from_pretrained(clip, device=device)
-        cache = FeatureCache(cache_dir)
-        report = on_every_process(
-            state,
-            lambda: index_videos(
-                share,
-                encoder,
-                cache,
-                fps=fps,
-                max_frames=max_frames,
-                batch_size=batch_size,
-                progress=state.is_main_process,
-                frame_store=FrameStore.for_cache(cache) if store_frames else None,
-            ),
-            what="indexing",
-        )
-    except (MsjoeError, ValueError) as error:  # per-video errors are in the report; these stop the whole batch
-        raise _fail(str(error)) from error
-    report = IndexReport.combine(all_results(state, report))
-    if state.num_processes > 1:
-        state.destroy_process_group()  # else gloo's threads can abort the interpreter at exit
+    with launched_processes() as state:
+        try:
+            device = process_device(state, device)
+            share = my_share(state, videos, lambda path: str(path.expanduser().resolve()))
+            encoder, cache = on_every_process(
+                state,
+                lambda: (DualEncoder.from_pretrained(clip, device=device), FeatureCache(cache_dir)),
+                what="loading the encoder",
+            )
+            report = on_every_process(
+                state,
+                lambda: index_videos(
+                    share,
+                    encoder,
+                    cache,
+                    fps=fps,
+                    max_frames=max_frames,
+                    batch_size=batch_size,
+                    progress=state.is_main_process,
+                    frame_store=FrameStore.for_cache(cache) if store_frames else None,
+                ),
+                what="indexing",
+            )
+        except (MsjoeError, ValueError) as error:  # per-video errors are in the report; these stop the whole batch
+            raise _fail(error) from error
+        report = IndexReport.combine(all_results(state, report))
     if state.is_main_process:  # one line per failure, unwrapped, so the paths can be copied
         console.print(report.summary(), soft_wrap=True, markup=False, highlight=False)
     if report.failed:
@@ -349,54 +357,57 @@ def evaluate(
 ) -> None:
     """Evaluate samplers x frame budgets on a benchmark: resumable per-item predictions, official scoring,
     OUT/report.md and OUT/scores.json. Under `accelerate launch` (or `torchrun`; on CPU with
-    ACCELERATE_USE_CPU=true) each process answers every N-th item with its own model copy on its own GPU."""
-    from msjoe.distributed import process_device, process_state
+    ACCELERATE_USE_CPU=true) each process answers the questions of every N-th video with its own model copy (with
+    `--device cuda`, on its own GPU); OUT must be on a file system every process sees."""
+    from msjoe.distributed import launched_processes, on_every_process, process_device
     from msjoe.errors import MsjoeError
     from msjoe.eval.harness import EvalConfig, run_eval
     from msjoe.pipeline import PipelineConfig, VideoQA
 
     is_http = mllm.startswith(("http://", "https://"))
-    try:
-        state = process_state()
-        device = process_device(state, device)
-        if model and not is_http:
-            raise ValueError("--model names a model on an HTTP server: use it with an http(s) --mllm URL")
-        if workers > 1 and not is_http:
-            raise ValueError("--workers > 1 needs an HTTP --mllm: a local model answers one item at a time")
-        scoring: dict[str, object] = {"seed": seed}
-        if extractor is not None:
-            scoring["extractor"] = extractor
-        if unparsed is not None:
-            scoring["unparsed"] = unparsed
-        config = EvalConfig(
-            benchmark=benchmark,
-            annotations=annotations,
-            videos=videos,
-            output_dir=out,
-            samplers=_csv_list(sampler, "--sampler"),
-            budgets=_csv_list(frames, "--frames", int),
-            sampler_checkpoint=str(sampler_checkpoint) if sampler_checkpoint else None,
-            limit=limit,
-            workers=workers,
-            retry_errors=retry_errors,
-            scoring=scoring,
-            run_info={"mllm": mllm, "model": model, "clip": clip},
-        )
-        pipeline = PipelineConfig(fps=fps, max_frames=max_frames, seed=seed, store_frames=store_frames)
-        qa = VideoQA.from_pretrained(
-            mllm,
-            clip,
-            device=device,
-            dtype=dtype,
-            cache_dir=cache_dir,
-            config=pipeline,
-            mllm_options={"model": model} if model else None,
-        )
-        entry = run_eval(qa, config, processes=state)
-    except (MsjoeError, ValueError, FileNotFoundError) as error:
-        raise _fail(f"{error} (finished items are saved in {out}; rerun to resume)") from error
-    if state.num_processes > 1:
-        state.destroy_process_group()  # else gloo's threads can abort the interpreter at exit
+    with launched_processes() as state:
+        try:
+            device = process_device(state, device)
+            if model and not is_http:
+                raise ValueError("--model names a model on an HTTP server: use it with an http(s) --mllm URL")
+            if workers > 1 and not is_http:
+                raise ValueError("--workers > 1 needs an HTTP --mllm: a local model answers one item at a time")
+            scoring: dict[str, object] = {"seed": seed}
+            if extractor is not None:
+                scoring["extractor"] = extractor
+            if unparsed is not None:
+                scoring["unparsed"] = unparsed
+            config = EvalConfig(
+                benchmark=benchmark,
+                annotations=annotations,
+                videos=videos,
+                output_dir=out,
+                samplers=_csv_list(sampler, "--sampler"),
+                budgets=_csv_list(frames, "--frames", int),
+                sampler_checkpoint=str(sampler_checkpoint) if sampler_checkpoint else None,
+                limit=limit,
+                workers=workers,
+                retry_errors=retry_errors,
+                scoring=scoring,
+                run_info={"mllm": mllm, "model": model, "clip": clip},
+            )
+            pipeline = PipelineConfig(fps=fps, max_frames=max_frames, seed=seed, store_frames=store_frames)
+            qa = on_every_process(
+                state,
+                lambda: VideoQA.from_pretrained(
+                    mllm,
+                    clip,
+                    device=device,
+                    dtype=dtype,
+                    cache_dir=cache_dir,
+                    config=pipeline,
+                    mllm_options={"model": model} if model else None,
+                ),
+                what="loading the models",
+            )
+            entry = run_eval(qa, config, processes=state)
+        except (MsjoeError, ValueError, FileNotFoundError) as error:
+            raise _fail(error, hint=f"finished items are saved in {out}; rerun to resume") from error
     if not state.is_main_process:
         return
     if as_json:

@@ -13,8 +13,10 @@ Both helpers here end every process with an error naming the process that failed
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from msjoe.errors import MsjoeError
@@ -31,6 +33,36 @@ class SingleProcess:
     is_main_process: bool = True
 
 
+class PeerFailedError(MsjoeError):
+    """Another process of the job failed (this one did not): it reports its own error."""
+
+
+@contextmanager
+def launched_processes() -> Iterator[Any]:
+    """:func:`process_state` for a command's lifetime; the process group is torn down at the end, failed or not
+    (else gloo's threads can abort the interpreter at exit)."""
+    state = process_state()
+    try:
+        yield state
+    finally:
+        if state.num_processes > 1:
+            state.destroy_process_group()
+
+
+def collective_timeout() -> timedelta:
+    """How long a process waits for the others at a collective: 3 hours, or ``MSJOE_COLLECTIVE_TIMEOUT_MIN``
+    minutes. Shares of indexing, query writing or evaluation can finish hours apart; torch's default (10 minutes
+    with NCCL) would kill the job while a process is still working."""
+    minutes = os.environ.get("MSJOE_COLLECTIVE_TIMEOUT_MIN", "180")
+    try:
+        value = float(minutes)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise MsjoeError(f"MSJOE_COLLECTIVE_TIMEOUT_MIN must be a positive number of minutes, got {minutes!r}")
+    return timedelta(minutes=value)
+
+
 def process_state() -> Any:
     """This process's :class:`accelerate.PartialState`: one process, or one of many under ``accelerate launch``
     or ``torchrun`` (on CPU with ``ACCELERATE_USE_CPU=true``, which ``accelerate launch --cpu`` sets).
@@ -41,7 +73,7 @@ def process_state() -> Any:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=collective_timeout())
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and state.num_processes == 1:
         raise MsjoeError(
@@ -49,6 +81,18 @@ def process_state() -> Any:
             "ACCELERATE_USE_CPU=true (or use `accelerate launch --cpu`)"
         )
     return state
+
+
+def my_share(state: Any, items: Sequence[T], group: Callable[[T], Hashable]) -> list[T]:
+    """The items this process handles when each group (e.g. every question about one video) goes whole to one
+    process: groups in order of first appearance, group ``i`` to process ``i mod N``; the items keep their order.
+
+    Splitting item by item instead would have several processes decode and encode the same video at once."""
+    if state.num_processes == 1:
+        return list(items)
+    groups = list(dict.fromkeys(group(item) for item in items))
+    mine = set(groups[state.process_index :: state.num_processes])
+    return [item for item in items if group(item) in mine]
 
 
 def process_device(state: Any, device: str) -> str:
@@ -109,4 +153,4 @@ def _raise_if_any_failed(error: BaseException | None, what: str) -> None:
     failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
     if failed:
         rank, report = failed[0]
-        raise MsjoeError(f"process {rank} failed while {what}: {report}")
+        raise PeerFailedError(f"process {rank} failed while {what}: {report}")

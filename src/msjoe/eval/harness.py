@@ -49,7 +49,8 @@ from msjoe.atomic import write_text_atomically
 from msjoe.data.benchmarks import get_benchmark
 from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult
 from msjoe.data.schema import QAItem
-from msjoe.distributed import SingleProcess, all_results, main_process_first, on_every_process
+from msjoe.distributed import SingleProcess, all_results, main_process_first, my_share, on_every_process
+from msjoe.errors import MsjoeError
 from msjoe.eval.plots import write_plots
 from msjoe.eval.report import render_markdown
 from msjoe.mllm.errors import BackendConnectionError, BackendHTTPError
@@ -423,11 +424,15 @@ def run_eval(
     state = processes if processes is not None else SingleProcess()
     bench = get_benchmark(config.benchmark)
     out = Path(config.output_dir)
-    result = loaded if loaded is not None else bench.load(config.annotations, config.videos)
+
+    def load() -> LoadResult:
+        for name in config.samplers:  # fail on a bad sampler or checkpoint before any item runs
+            qa.sampler(name, config.sampler_checkpoint if name == "usampler" else None)
+        return loaded if loaded is not None else bench.load(config.annotations, config.videos)
+
+    result = on_every_process(state, load, what="loading the benchmark")
     items = result.items[: config.limit] if config.limit is not None else list(result.items)
     scoring = dict(config.scoring)
-    for name in config.samplers:  # fail on a bad sampler or checkpoint before any item runs
-        qa.sampler(name, config.sampler_checkpoint if name == "usampler" else None)
     pipeline_settings = {
         key: value for key, value in dataclasses.asdict(qa.config).items() if key not in ("k", "sampler")
     }
@@ -457,12 +462,18 @@ def run_eval(
     # and so the same pending items, before anyone writes again.
     logs = main_process_first(state, open_logs, what="reading the prediction files")
     rank, world = state.process_index, state.num_processes
+    # Whole videos per process, the same for every (sampler, K): a video is decoded and encoded by one process.
+    share = {item.id for item in my_share(state, items, lambda item: str(Path(item.video).expanduser().resolve()))}
     pending = {
-        key: [item for item in items if item.id not in log.done_ids(retry_errors=config.retry_errors)][rank::world]
+        key: [
+            item for item in items if item.id in share and item.id not in log.done_ids(retry_errors=config.retry_errors)
+        ]
         for key, log in logs.items()
     }
 
-    def answer_share() -> None:
+    def answer_share() -> dict[tuple[str, int], list[str]]:
+        """Answer this process's pending items; the ids written, per (sampler, K)."""
+        written: dict[tuple[str, int], list[str]] = {key: [] for key in logs}
         writers = logs if world == 1 else {key: PredictionLog(shard_path(log.path, rank)) for key, log in logs.items()}
         with progress_bar(enabled=progress and state.is_main_process) as bar:
             share = "" if world == 1 else f" (process 0 of {world})"
@@ -483,14 +494,26 @@ def run_eval(
 
                 for record in _answer_all(todo, ask, config.workers):
                     writers[sampler, k].append(record)
+                    written[sampler, k].append(record["id"])
                     bar.advance(task)
+        return written
 
-    on_every_process(state, answer_share, what="answering benchmark items")
-    entry = on_every_process(
-        state,
-        lambda: _finish(bench, config, out, items, result, logs, scoring) if state.is_main_process else None,
-        what="scoring",
-    )
+    written = all_results(state, on_every_process(state, answer_share, what="answering benchmark items"))
+
+    def finish() -> dict[str, Any]:
+        for log in logs.values():
+            merge_shards(log)
+        for process, ids in enumerate(written):  # a shard on a disk the main process cannot see is lost work
+            for key, answered in ids.items():
+                lost = [item_id for item_id in answered if item_id not in logs[key].records]
+                if lost:
+                    raise MsjoeError(
+                        f"process {process} answered {len(lost)} {key[0]} K={key[1]} items that are not in "
+                        f"{logs[key].path}: is {out} on a file system every process sees?"
+                    )
+        return _finish(bench, config, out, items, result, logs, scoring)
+
+    entry = on_every_process(state, lambda: finish() if state.is_main_process else None, what="scoring")
     return all_results(state, entry)[0]
 
 
@@ -503,9 +526,7 @@ def _finish(
     logs: Mapping[tuple[str, int], PredictionLog],
     scoring: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Main process: merge the shards, score every run, and write ``scores.json``, the plots and ``report.md``."""
-    for log in logs.values():
-        merge_shards(log)
+    """Main process: score every run, and write ``scores.json``, the plots and ``report.md``."""
     runs = []
     for (sampler, k), log in logs.items():
         selected = [log.records[item.id] for item in items if item.id in log.records]

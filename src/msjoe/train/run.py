@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from msjoe.atomic import write_text_atomically
-from msjoe.distributed import on_every_process
+from msjoe.distributed import collective_timeout, my_share, on_every_process
 from msjoe.errors import MsjoeError, NonFiniteLossError
 from msjoe.progress import progress_bar
 from msjoe.train.checkpoint import (
@@ -91,8 +91,11 @@ def make_accelerator(mixed_precision: str | None = None) -> Any:
     """An ``accelerate.Accelerator``; ``mixed_precision`` None takes ``accelerate launch`` / ``accelerate config``'s
     setting (``"no"`` when there is none)."""
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
-    accelerator = Accelerator(mixed_precision=mixed_precision)
+    # A long collective timeout: the processes' shares of the data preparation can finish hours apart.
+    timeout = InitProcessGroupKwargs(timeout=collective_timeout())
+    accelerator = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[timeout])
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
         # Without this check each process would train alone and all would write the same checkpoints.
@@ -226,7 +229,11 @@ def _prepare(
     # Stage 2 shows answer frames at trainer.frame_max_pixels: store frames large enough for both settings.
     store_pixels = max(data.frame_max_pixels, getattr(run.config.trainer, "frame_max_pixels", 0))
     store = FrameStore.for_cache(cache, max_pixels=store_pixels) if data.frame_store else None
-    items = read_qa_jsonl(data.train, video_root=data.video_root)
+    items = on_every_process(
+        run.accelerator,
+        lambda: read_qa_jsonl(data.train, video_root=data.video_root),
+        what=f"reading the training data {data.train}",
+    )
     if data.limit is not None:
         items = items[: data.limit]
 
@@ -248,9 +255,7 @@ def _prepare(
     if accelerator.num_processes > 1:
         # Each process first does the expensive part — indexing and the frozen MLLM's queries — for the items of
         # every N-th video, into the shared caches; afterwards every process prepares all items from the caches.
-        videos = list(dict.fromkeys(str(Path(item.video).expanduser()) for item in items))
-        mine = set(videos[accelerator.process_index :: accelerator.num_processes])
-        share = [item for item in items if str(Path(item.video).expanduser()) in mine]
+        share = my_share(accelerator, items, lambda item: str(Path(item.video).expanduser().resolve()))
         on_every_process(
             accelerator,
             lambda: prepare(share, progress=run.config.run.progress and run.is_main),
@@ -361,7 +366,7 @@ def train_stage1(
     from msjoe.train.data import QueryWriter
 
     run = _start(config, accelerator)
-    encoder, mllm, sampler = _load_models(run)
+    encoder, mllm, sampler = on_every_process(run.accelerator, lambda: _load_models(run), what="loading the models")
 
     def queries() -> Any:
         if config.data.queries == "question":
@@ -423,7 +428,7 @@ def train_stage2(
     from msjoe.rl.stage2 import Stage2Trainer
 
     run = _start(config, accelerator)
-    encoder, mllm, sampler = _load_models(run)
+    encoder, mllm, sampler = on_every_process(run.accelerator, lambda: _load_models(run), what="loading the models")
     examples, prepared, store = _prepare(run, encoder, queries=None, require_difficulty=False)
     # Built before loading a checkpoint: a full fine-tuning reference model is copied from the base weights here.
     trainer = Stage2Trainer(mllm, sampler, encoder, config.trainer, accelerator=run.accelerator, frame_store=store)
