@@ -194,6 +194,9 @@ def test_two_processes_keep_identical_parameters(
     ]
     assert len(query_keys[0]) == len(query_keys[1]) == 2  # two questions per video, each asked once
     assert not set(query_keys[0]) & set(query_keys[1])
+    # The item whose video is missing was skipped once, by the process that owned its video, and listed once.
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert [entry["id"] for entry in skipped] == ["missing-video"] and "not-there.mp4" in skipped[0]["reason"]
     assert [r["step"] for r in read_metrics(out / METRICS_FILE)] == [1, 2, 3]  # only the main process logs
 
 

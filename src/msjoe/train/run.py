@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from msjoe.atomic import write_text_atomically
-from msjoe.distributed import collective_timeout, my_share, on_every_process
+from msjoe.distributed import all_results, collective_timeout, my_share, on_every_process
 from msjoe.errors import MsjoeError, NonFiniteLossError
 from msjoe.progress import progress_bar
 from msjoe.train.checkpoint import (
@@ -252,20 +252,26 @@ def _prepare(
         )
 
     accelerator = run.accelerator
+    skipped_before: list[Any] = []
     if accelerator.num_processes > 1:
         # Each process first does the expensive part — indexing and the frozen MLLM's queries — for the items of
-        # every N-th video, into the shared caches; afterwards every process prepares all items from the caches.
+        # every N-th video, into the shared caches; afterwards every process prepares all items from the caches,
+        # except those some process already had to skip (a corrupt video is not decoded again by everyone).
         share = my_share(accelerator, items, lambda item: str(Path(item.video).expanduser().resolve()))
-        on_every_process(
+        first = on_every_process(
             accelerator,
             lambda: prepare(share, progress=run.config.run.progress and run.is_main),
             what="preparing the training data",
         )
+        skipped_before = [entry for skipped in all_results(accelerator, first.skipped) for entry in skipped]
+        skipped_ids = {entry.id for entry in skipped_before}
+        items = [item for item in items if item.id not in skipped_ids]
     prepared = on_every_process(
         accelerator,
         lambda: prepare(items, progress=run.config.run.progress and run.is_main and accelerator.num_processes == 1),
         what="preparing the training data",
     )
+    prepared.skipped = skipped_before + prepared.skipped
     if run.accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
