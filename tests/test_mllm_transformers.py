@@ -297,3 +297,31 @@ def test_batched_completion_matches_one_chat_at_a_time(mllm: TransformersMLLM) -
     assert mllm.complete_batch([], GREEDY) == []
     with pytest.raises(ValueError, match="samples_per_chat"):
         mllm.complete_batch(chats, GREEDY, samples_per_chat=0)
+
+
+def test_reusing_encodings_preprocesses_each_chat_once_with_identical_inputs(
+    mllm: TransformersMLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat = ask("Two frames:", frame(seed=1), frame(112, 112, seed=2), "What?")
+    same_text = ask("Two frames:", frame(seed=1), frame(112, 112, seed=2), "What?")  # equal, but another object
+    reference = mllm.encode(chat)
+    # A lone chat in a batch needs no padding: its batch inputs are its own inputs, as in a batch of equal chats.
+    single, pair = mllm.encode_batch([chat]), mllm.encode_batch([chat, same_text])
+    for key, value in reference.items():
+        torch.testing.assert_close(single[key], value, rtol=0, atol=0)
+        if value.shape[0] == 1 and key != "pixel_values":
+            torch.testing.assert_close(pair[key][:1], value, rtol=0, atol=0)
+
+    renders: list[int] = []
+    real_render = mllm._render
+    monkeypatch.setattr(mllm, "_render", lambda messages: renders.append(id(messages)) or real_render(messages))
+    with mllm.reusing_encodings():
+        first, again, other = mllm.encode(chat), mllm.encode_batch([chat]), mllm.encode(same_text)
+        with mllm.reusing_encodings():  # nested blocks share the outer memo
+            mllm.encode(chat)
+        mllm.encode(chat)
+    mllm.encode(chat)  # outside the block: preprocessed anew
+    assert renders == [id(chat), id(same_text), id(chat)]  # by identity, not by value
+    for encoded in (first, again, other):
+        for key, value in reference.items():
+            torch.testing.assert_close(encoded[key], value, rtol=0, atol=0)

@@ -697,3 +697,32 @@ def _ddp_worker(qwen_dir: str, clip_dir: str, folder: str) -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--ddp-worker"]:
     _ddp_worker(*sys.argv[2:5])
+
+
+def test_a_step_preprocesses_each_chat_once_and_updates_as_without_reuse(
+    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two PPO epochs and a KL term: the old, reference and update passes all score the chats of the rollouts.
+    settings = {"ppo_epochs": 2, "kl_beta": 0.1}
+    reused, fresh = make_trainer(tiny_qwen_dir, encoder, **settings), make_trainer(tiny_qwen_dir, encoder, **settings)
+    for trainer in (reused, fresh):
+        perturb_lora(trainer)
+    rendered: list[int] = []
+    real_render = reused.mllm._render
+
+    def counting_render(messages: list) -> object:
+        rendered.append(id(messages))
+        return real_render(messages)
+
+    monkeypatch.setattr(reused.mllm, "_render", counting_render)
+    stats = reused.step([example])
+    # One query chat shared by the group (generated in one call) and one answer chat per rollout: 1 + G renders.
+    assert len(rendered) == len(set(rendered)) == 1 + reused.config.group_size
+    assert reused.mllm._encodings is None  # nothing kept after the step
+
+    groups = fresh.rollout([example])  # the same seeds: the same rollouts, preprocessed anew for every pass
+    expected = fresh.update(groups)
+    assert stats.mllm_loss == pytest.approx(expected.mllm_loss, rel=1e-6, abs=1e-9)
+    assert stats.sampler_loss == pytest.approx(expected.sampler_loss, rel=1e-6, abs=1e-9)
+    for name, value in trainable(fresh.policy_model).items():
+        torch.testing.assert_close(trainable(reused.policy_model)[name], value)

@@ -111,6 +111,8 @@ class TransformersMLLM(MLLM):
             )
         self.model.eval()
         self.tokenizer = self.processor.tokenizer
+        # Preprocessed chats by id, while reusing_encodings() is active (None outside it).
+        self._encodings: dict[int, tuple[list[Message], BatchFeature]] | None = None
         # generate() fills every setting a call leaves unset from the checkpoint's generation_config (Qwen2.5-VL
         # ships top_k=1 and repetition_penalty=1.05: sampling would be greedy and every GRPO rollout identical).
         # Keep only its special-token ids, so our GenerationConfig alone decides how to decode.
@@ -137,12 +139,36 @@ class TransformersMLLM(MLLM):
     # --- inputs ---------------------------------------------------------------------------------------------
     def encode(self, messages: list[Message]) -> BatchFeature:
         """Model inputs for ``messages`` followed by the assistant-turn opener (the generation prompt)."""
+        memo = self._encodings
+        if memo is not None and (hit := memo.get(id(messages))) is not None and hit[0] is messages:
+            return BatchFeature(dict(hit[1])).to(self.device)
         prompt, images = self._render(messages)
         inputs = self.processor(text=[prompt], images=images or None, return_tensors="pt")
+        if memo is not None:  # kept on the host: K frames of pixel values are ~150 MB at K = 32
+            memo[id(messages)] = (messages, inputs)
         return inputs.to(self.device)
+
+    @contextmanager
+    def reusing_encodings(self) -> Iterator[None]:
+        """Inside the block, each chat *object* is preprocessed (rendered, resized, patched) once, by identity.
+
+        Stage 2 generates from a chat and then scores the same chat once or more (the update, old and reference
+        log-probabilities): preprocessing K frames costs about 0.34 s a chat at K = 32 on a CPU core. The chats
+        must not be changed inside the block; the encodings are dropped when the outermost block ends.
+        """
+        outermost = self._encodings is None
+        if outermost:
+            self._encodings = {}
+        try:
+            yield
+        finally:
+            if outermost:
+                self._encodings = None
 
     def encode_batch(self, chats: Sequence[list[Message]]) -> BatchFeature:
         """Inputs of several chats in one batch, left-padded (as generation needs), images in chat order."""
+        if len(chats) == 1:  # nothing to pad: the single-chat encoding (shared with reusing_encodings())
+            return self.encode(chats[0])
         prompts, images = [], []
         for messages in chats:
             prompt, chat_images = self._render(messages)

@@ -853,8 +853,10 @@ class Stage2Trainer:
         if a loss or a gradient norm is NaN or infinite.
         """
         started = time.perf_counter()
-        groups = self.rollout(examples)
-        return self.update(groups, rollout_seconds=time.perf_counter() - started)
+        # The update scores the very chats the rollouts generated from: preprocess each once.
+        with self.mllm.reusing_encodings():
+            groups = self.rollout(examples)
+            return self.update(groups, rollout_seconds=time.perf_counter() - started)
 
     def update(self, groups: Sequence[Sequence[Rollout]], *, rollout_seconds: float = 0.0) -> Stage2StepStats:
         """Update both models from ``groups`` (one list of G rollouts per item): ``ppo_epochs`` MLLM steps and one
