@@ -8,7 +8,9 @@ the MLLM and the REINFORCE update of the U-Sampler) in each configuration, side 
   rollout at a time), at K = 32 and K = 8. Where the trainer also batches the
   update's scoring (``Stage2Config.scoring_batch_size``, None: a group's turn per forward pass), the one-at-a-time
   configuration sets it to 1 as well, so its update column is the unbatched update;
-- with ``--checkpointing``, also the default with ``gradient_checkpointing=True`` at the first K.
+- with ``--checkpointing``, also the default with ``gradient_checkpointing=True`` at the first K;
+- with ``--reuse-encodings``, also one rollout at a time with the chats preprocessed once per step
+  (``TransformersMLLM.reusing_encodings``, what ``Stage2Trainer.step`` does) at each K.
 
 The configurations take turns step by step (round robin), so a change of the machine's load hits them alike. Each
 cell is the median over ``--steps`` rounds after ``--warmup`` rounds (medians of the phases need not add up to the
@@ -48,7 +50,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -202,6 +204,7 @@ class Setup:
     batched: bool
     checkpointing: bool
     trainer: Stage2Trainer
+    reuse_encodings: bool
     rounds: list[dict[tuple[str, str], float]]
 
 
@@ -250,13 +253,14 @@ def run_round(
     trainer = setup.trainer
     timer.take()
     timer.stage = "rollout"
-    start = time.perf_counter()
-    groups = trainer.rollout([example])
-    rollout_seconds = time.perf_counter() - start
-    if not own_rewards:
-        groups = [spread_rewards(group) for group in groups]
-    timer.stage = "update"
-    stats = trainer.update(groups, rollout_seconds=rollout_seconds)
+    with trainer.mllm.reusing_encodings() if setup.reuse_encodings else nullcontext():
+        start = time.perf_counter()
+        groups = trainer.rollout([example])
+        rollout_seconds = time.perf_counter() - start
+        if not own_rewards:
+            groups = [spread_rewards(group) for group in groups]
+        timer.stage = "update"
+        stats = trainer.update(groups, rollout_seconds=rollout_seconds)
     phases = timer.take()
     for stage, total in (("rollout", stats.rollout_seconds), ("update", stats.update_seconds)):
         phases[stage, OTHER[stage]] = total - sum(v for (s, _), v in phases.items() if s == stage)
@@ -276,17 +280,19 @@ def spread_rewards(group: list[Rollout]) -> list[Rollout]:
 def build_setups(
     args: argparse.Namespace, qwen_dir: Path, encoder: DualEncoder, store: FrameStore | None
 ) -> list[Setup]:
-    variants = []
+    variants = []  # (K, batched, checkpointing, reuse encodings)
     for k in args.k:
-        variants += [(k, True, False), (k, False, False)]
+        variants += [(k, True, False, False), (k, False, False, False)]
+        if args.reuse_encodings:
+            variants.append((k, False, False, True))
     if args.checkpointing:
-        variants.append((args.k[0], True, True))
+        variants.append((args.k[0], True, True, False))
     # Trainers that batch the update's scoring too: "one at a time" then means both phases.
     one_at_a_time = {"generation_batch_size": 1}
     if "scoring_batch_size" in {f.name for f in fields(Stage2Config)}:
         one_at_a_time["scoring_batch_size"] = 1
     setups = []
-    for k, batched, checkpointing in variants:
+    for k, batched, checkpointing, reuse in variants:
         config = Stage2Config(
             **({"generation_batch_size": args.group_size} if batched else one_at_a_time),
             k=k,
@@ -300,8 +306,9 @@ def build_setups(
         )
         mllm = TransformersMLLM(str(qwen_dir), dtype="float32")  # each trainer adds its own LoRA adapters in place
         trainer = Stage2Trainer(mllm, USampler(seed=0), encoder, config, frame_store=store)
-        label = f"K={k} " + ("group batched" if batched else "one at a time") + (" + ckpt" if checkpointing else "")
-        setups.append(Setup(label, k, batched, checkpointing, trainer, []))
+        label = f"K={k} " + ("group batched" if batched else "one at a time")
+        label += (" + ckpt" if checkpointing else "") + (" + reused encodings" if reuse else "")
+        setups.append(Setup(label, k, batched, checkpointing, trainer, reuse, []))
     return setups
 
 
@@ -330,6 +337,9 @@ def main() -> None:
     parser.add_argument("--answer-tokens", type=int, default=32, help="answer_max_new_tokens")
     parser.add_argument("--frame-max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel budget of a key frame")
     parser.add_argument("--checkpointing", action="store_true", help="add gradient checkpointing at the first K")
+    parser.add_argument(
+        "--reuse-encodings", action="store_true", help="add one-at-a-time with chats preprocessed once per step"
+    )
     parser.add_argument("--frame-store", action="store_true", help="read frames from the frame store (built once)")
     parser.add_argument("--own-rewards", action="store_true", help="keep the random model's (mostly tied) rewards")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -412,7 +422,7 @@ def report(args: argparse.Namespace, setups: list[Setup], num_candidates: int, s
     print("|---:|---:|---:|---:|---:|---:|")
     for k in args.k:
         batched = next(s for s in setups if s.k == k and s.batched and not s.checkpointing)
-        single = next(s for s in setups if s.k == k and not s.batched)
+        single = next(s for s in setups if s.k == k and not s.batched and not s.reuse_encodings)
         cells = [
             median(single, stage, label) / median(batched, stage, label)
             for stage, label in (
@@ -430,6 +440,10 @@ def report(args: argparse.Namespace, setups: list[Setup], num_candidates: int, s
         off = next(s for s in setups if s.k == on.k and s.batched and not s.checkpointing)
         ratio = median(on, "update", "total") / median(off, "update", "total")
         print(f"\nGradient checkpointing on ÷ off, update at K={on.k}: {ratio:.2f}x")
+    for reused in (s for s in setups if s.reuse_encodings):
+        plain = next(s for s in setups if s.k == reused.k and not s.batched and not s.reuse_encodings)
+        cells = [median(plain, stage, "total") / median(reused, stage, "total") for stage in ("update", "step")]
+        print(f"\nReused encodings, K={reused.k}: update {cells[0]:.2f}x faster, step {cells[1]:.2f}x faster")
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\nmachine after: {machine_line()}; whole run {seconds / 60:.1f} min, peak resident memory {peak_gb:.1f} GB")
 
