@@ -699,11 +699,16 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--ddp-worker"]:
     _ddp_worker(*sys.argv[2:5])
 
 
+@pytest.mark.parametrize("generation_batch_size", [None, 3])  # answer turns one at a time (CPU default) / batched
 def test_a_step_preprocesses_each_chat_once_and_updates_as_without_reuse(
-    tiny_qwen_dir: Path, encoder: DualEncoder, example: TrainExample, monkeypatch: pytest.MonkeyPatch
+    tiny_qwen_dir: Path,
+    encoder: DualEncoder,
+    example: TrainExample,
+    monkeypatch: pytest.MonkeyPatch,
+    generation_batch_size: int | None,
 ) -> None:
     # Two PPO epochs and a KL term: the old, reference and update passes all score the chats of the rollouts.
-    settings = {"ppo_epochs": 2, "kl_beta": 0.1}
+    settings = {"ppo_epochs": 2, "kl_beta": 0.1, "generation_batch_size": generation_batch_size}
     reused, fresh = make_trainer(tiny_qwen_dir, encoder, **settings), make_trainer(tiny_qwen_dir, encoder, **settings)
     for trainer in (reused, fresh):
         perturb_lora(trainer)

@@ -139,14 +139,18 @@ class TransformersMLLM(MLLM):
     # --- inputs ---------------------------------------------------------------------------------------------
     def encode(self, messages: list[Message]) -> BatchFeature:
         """Model inputs for ``messages`` followed by the assistant-turn opener (the generation prompt)."""
+        return self._encode_on_host(messages).to(self.device)
+
+    def _encode_on_host(self, messages: list[Message]) -> BatchFeature:
+        """:meth:`encode` before moving to the device; memoised inside :meth:`reusing_encodings`."""
         memo = self._encodings
         if memo is not None and (hit := memo.get(id(messages))) is not None and hit[0] is messages:
-            return BatchFeature(dict(hit[1])).to(self.device)
+            return BatchFeature(dict(hit[1]))
         prompt, images = self._render(messages)
         inputs = self.processor(text=[prompt], images=images or None, return_tensors="pt")
         if memo is not None:  # kept on the host: K frames of pixel values are ~150 MB at K = 32
             memo[id(messages)] = (messages, inputs)
-        return inputs.to(self.device)
+        return inputs
 
     @contextmanager
     def reusing_encodings(self) -> Iterator[None]:
@@ -166,18 +170,38 @@ class TransformersMLLM(MLLM):
                 self._encodings = None
 
     def encode_batch(self, chats: Sequence[list[Message]]) -> BatchFeature:
-        """Inputs of several chats in one batch, left-padded (as generation needs), images in chat order."""
-        if len(chats) == 1:  # nothing to pad: the single-chat encoding (shared with reusing_encodings())
-            return self.encode(chats[0])
-        prompts, images = [], []
-        for messages in chats:
-            prompt, chat_images = self._render(messages)
-            prompts.append(prompt)
-            images += chat_images
-        inputs = self.processor(
-            text=prompts, images=images or None, return_tensors="pt", padding=True, padding_side="left"
-        )
-        return inputs.to(self.device)
+        """Inputs of several chats in one batch, left-padded (as generation needs), images in chat order.
+
+        Built from each chat's own :meth:`encode` inputs (so :meth:`reusing_encodings` serves them): per-token
+        tensors ``[1, L]`` are left-padded (the pad token, mask 0, token type 0) and stacked, per-image tensors
+        concatenated in chat order — what the processor's own batching produces for per-sample processors such as
+        Qwen2-VL's (tested against it).
+        """
+        encodings = [self._encode_on_host(messages) for messages in chats]
+        if len(encodings) == 1:
+            return encodings[0].to(self.device)
+        lengths = [encoding["input_ids"].shape[1] for encoding in encodings]
+        width = max(lengths)
+        per_token = {
+            key
+            for encoding, length in zip(encodings, lengths, strict=True)
+            for key, value in encoding.items()
+            if isinstance(value, torch.Tensor) and tuple(value.shape) == (1, length)
+        }
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._padding_token_id()
+        batch: dict[str, torch.Tensor] = {}
+        for key in sorted(per_token):
+            rows = []
+            for encoding, length in zip(encodings, lengths, strict=True):
+                row = encoding.get(key)
+                if row is None:  # a key only some chats have (e.g. token types): 0 = text
+                    row = torch.zeros((1, length), dtype=torch.long)
+                fill = pad_id if key == "input_ids" else 0
+                rows.append(torch.cat([torch.full((width - length,), fill, dtype=row.dtype), row[0]]))
+            batch[key] = torch.stack(rows)
+        for key in sorted({key for encoding in encodings for key in encoding} - per_token):
+            batch[key] = torch.cat([encoding[key] for encoding in encodings if key in encoding])
+        return BatchFeature(batch).to(self.device)
 
     def _render(self, messages: list[Message]) -> tuple[str, list[np.ndarray]]:
         """The chat-template prompt of ``messages`` and their images, resized to their pixel budgets."""
