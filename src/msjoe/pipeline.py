@@ -65,7 +65,7 @@ class PipelineConfig:
     sampler_checkpoint: str | None = None
     fps: float = video_io.DEFAULT_FPS
     max_frames: int = video_io.DEFAULT_MAX_FRAMES
-    max_queries: int = 4
+    max_queries: int = MAX_QUERIES
     preview_max_pixels: int = PREVIEW_MAX_PIXELS
     answer_max_pixels: int = DEFAULT_MAX_PIXELS
     query_generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=128))
@@ -156,7 +156,7 @@ def write_queries(
     frames: Sequence[np.ndarray],
     timestamps: Sequence[float],
     *,
-    max_queries: int = 4,
+    max_queries: int = MAX_QUERIES,
     preview_max_pixels: int = PREVIEW_MAX_PIXELS,
     generation: GenerationConfig | None = None,
 ) -> tuple[list[str], str]:

@@ -28,11 +28,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from msjoe.mllm.base import ImagePart, Message
+from msjoe.samplers.base import MAX_QUERIES
 
 # Paper: preview frames cost about 32 visual tokens each. A Qwen2.5-VL visual token covers 28x28 pixels
 # (14x14 patches merged 2x2), so the pixel cap is 32 * 28 * 28.
 PREVIEW_MAX_PIXELS = 32 * 28 * 28
-MAX_QUERIES = 4  # paper: at most 4 queries per question
 QUERY_TAG = "queries"
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
