@@ -24,6 +24,9 @@ SetOption = Annotated[
 
 
 def _run(stage: int, config_path: Path, overrides: list[str] | None) -> None:
+    from accelerate import PartialState
+
+    from msjoe.distributed import PeerFailedError
     from msjoe.errors import MsjoeError
     from msjoe.train import run
     from msjoe.train.config import ConfigError, load_run_config
@@ -36,8 +39,11 @@ def _run(stage: int, config_path: Path, overrides: list[str] | None) -> None:
     try:
         summary = run.train_stage1(config) if stage == 1 else run.train_stage2(config)
     except (MsjoeError, ValueError, FileNotFoundError) as error:
-        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        if not isinstance(error, PeerFailedError):  # another process failed: it prints its own error
+            console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(code=1) from error
+    if not PartialState().is_main_process:  # the run set up the processes; one summary is enough
+        return
     resumed = f" (resumed from {summary.resumed_from.name})" if summary.resumed_from else ""
     typer.echo(
         f"stage {stage}: {summary.steps_done} steps{resumed} on {summary.examples} items, {summary.skipped} skipped"
