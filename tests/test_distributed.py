@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from msjoe.distributed import SingleProcess, all_results, main_process_first, my_share, on_every_process, process_state
+from msjoe.distributed import (
+    SingleProcess,
+    all_results,
+    check_launch,
+    main_process_first,
+    my_share,
+    on_every_process,
+    process_state,
+)
+from msjoe.errors import MsjoeError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,3 +75,13 @@ def test_my_share_gives_whole_groups_round_robin_and_keeps_the_order() -> None:
     assert sorted(item for share in shares for item in share) == sorted(items)  # nothing lost or doubled
     assert all(share == sorted(share, key=lambda item: item[1]) for share in shares)
     assert my_share(SingleProcess(), items, lambda item: item[0]) == items
+
+
+def test_a_launch_that_accelerate_saw_as_one_process_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    check_launch(SingleProcess())  # not launched: one process is right
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_launch(SingleProcess(num_processes=2, process_index=0, is_main_process=True))
+    expected = r"launched as 2 processes but accelerate set up a single one.*ACCELERATE_USE_CPU"
+    with pytest.raises(MsjoeError, match=expected):
+        check_launch(SingleProcess())

@@ -74,13 +74,20 @@ def process_state() -> Any:
     from accelerate.utils import parse_flag_from_env
 
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=collective_timeout())
+    check_launch(state)
+    return state
+
+
+def check_launch(state: Any) -> None:
+    """Raise :class:`MsjoeError` when the launcher started several processes (``WORLD_SIZE``) but accelerate set
+    up a single one: each process would then do all the work alone and write the same files."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and state.num_processes == 1:
         raise MsjoeError(
             f"launched as {launched} processes but accelerate set up a single one (no GPU?): on CPU set "
-            "ACCELERATE_USE_CPU=true (or use `accelerate launch --cpu`)"
+            "ACCELERATE_USE_CPU=true (e.g. `ACCELERATE_USE_CPU=true torchrun --nproc_per_node N -m msjoe ...`) or "
+            "use `accelerate launch --cpu`"
         )
-    return state
 
 
 def my_share(state: Any, items: Sequence[T], group: Callable[[T], Hashable]) -> list[T]:

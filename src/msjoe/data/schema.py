@@ -115,6 +115,12 @@ class QAItem:
         return option_letters(len(self.options))
 
     @property
+    def video_key(self) -> str:
+        """The video as an absolute path with symlinks resolved: items naming one file differently share it
+        (grouping by video when indexing, splitting work between processes)."""
+        return str(Path(self.video).expanduser().resolve())
+
+    @property
     def answer_text(self) -> str | None:
         """The text of the correct option, or ``None`` without ground truth."""
         return None if self.answer is None else self.options[self.letters.index(self.answer)]

@@ -463,7 +463,7 @@ def run_eval(
     logs = main_process_first(state, open_logs, what="reading the prediction files")
     rank, world = state.process_index, state.num_processes
     # Whole videos per process, the same for every (sampler, K): a video is decoded and encoded by one process.
-    share = {item.id for item in my_share(state, items, lambda item: str(Path(item.video).expanduser().resolve()))}
+    share = {item.id for item in my_share(state, items, lambda item: item.video_key)}
     pending = {
         key: [
             item for item in items if item.id in share and item.id not in log.done_ids(retry_errors=config.retry_errors)

@@ -515,7 +515,7 @@ def prepare_examples(
         elif require_difficulty and item.difficulty is None:
             skip(item, "no_difficulty", "no difficulty (stage 1 needs the base model's pass rate c)")
         else:
-            by_video.setdefault(str(Path(item.video).expanduser().resolve()), []).append((position, item))
+            by_video.setdefault(item.video_key, []).append((position, item))
 
     fingerprints = VideoFingerprints()
     examples: dict[int, TrainExample] = {}  # position in `items` -> example, to keep the input order

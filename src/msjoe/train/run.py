@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 
 from msjoe.atomic import write_text_atomically
-from msjoe.distributed import all_results, collective_timeout, my_share, on_every_process
+from msjoe.distributed import all_results, check_launch, collective_timeout, my_share, on_every_process
 from msjoe.errors import MsjoeError, NonFiniteLossError
 from msjoe.progress import progress_bar
 from msjoe.train.checkpoint import (
@@ -96,13 +95,7 @@ def make_accelerator(mixed_precision: str | None = None) -> Any:
     # A long collective timeout: the processes' shares of the data preparation can finish hours apart.
     timeout = InitProcessGroupKwargs(timeout=collective_timeout())
     accelerator = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[timeout])
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and accelerator.num_processes == 1:
-        # Without this check each process would train alone and all would write the same checkpoints.
-        raise MsjoeError(
-            f"launched as {launched} processes but accelerate set up a single one (no GPU?): on CPU run "
-            "`ACCELERATE_USE_CPU=true torchrun --nproc_per_node N -m msjoe train ...`"
-        )
+    check_launch(accelerator)  # else each process would train alone and all would write the same checkpoints
     register_peft_hooks(accelerator)
     return accelerator
 
@@ -257,7 +250,7 @@ def _prepare(
         # Each process first does the expensive part — indexing and the frozen MLLM's queries — for the items of
         # every N-th video, into the shared caches; afterwards every process prepares all items from the caches,
         # except those some process already had to skip (a corrupt video is not decoded again by everyone).
-        share = my_share(accelerator, items, lambda item: str(Path(item.video).expanduser().resolve()))
+        share = my_share(accelerator, items, lambda item: item.video_key)
         first = on_every_process(
             accelerator,
             lambda: prepare(share, progress=run.config.run.progress and run.is_main),
