@@ -19,13 +19,12 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _longvideo import CACHE_DIR, long_video
+from _longvideo import long_video
+from bench_stage2 import tiny_model_dirs
 from msjoe.cache import FeatureCache
 from msjoe.features import DualEncoder
 from msjoe.mllm import GenerationConfig, load_mllm
 from msjoe.pipeline import PipelineConfig, VideoQA
-from msjoe.tiny_models.clip import write_tiny_clip
-from msjoe.tiny_models.qwen import write_tiny_qwen2_5_vl
 
 MLLM_STAGES = ("query_reasoning", "answer")
 OPTIONS = ["a red screen", "a green screen", "a blue screen", "a white square"]
@@ -40,12 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     video = long_video(args.minutes)
-    models = CACHE_DIR / "tiny-models"
-    clip_dir, qwen_dir = models / "clip", models / "qwen2_5_vl"
-    if not (clip_dir / "config.json").exists():
-        write_tiny_clip(clip_dir)
-    if not (qwen_dir / "config.json").exists():
-        write_tiny_qwen2_5_vl(qwen_dir)
+    clip_dir, qwen_dir = tiny_model_dirs()
     encoder = DualEncoder.from_pretrained(str(clip_dir))
     mllm = load_mllm(str(qwen_dir))
     config = PipelineConfig(

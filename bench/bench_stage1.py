@@ -35,9 +35,7 @@ Run (about 2 minutes on a loaded 2-core CPU)::
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import shlex
 import statistics
 import sys
 import tempfile
@@ -51,7 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import msjoe.train.answerer as answerer_module
 from _longvideo import CACHE_DIR, long_video
-from bench_stage2 import PhaseTimer, code_version, machine_line, median_table, quiet_transformers, tiny_model_dirs
+from bench_stage2 import PhaseTimer, machine_line, median_table, print_run_header, quiet_transformers, tiny_model_dirs
 from msjoe.cache import FeatureCache
 from msjoe.data.schema import QAItem
 from msjoe.features import DualEncoder
@@ -202,9 +200,7 @@ def main() -> None:
         parser.error(f"--items must be 1 to {len(QUESTIONS)}")
     torch.set_num_threads(args.threads)
 
-    print(f"command: {shlex.join(['python', os.path.relpath(__file__), *sys.argv[1:]])}")
-    print(f"machine: {machine_line()}")
-    print(f"code: {code_version()}")
+    print_run_header(__file__)
     started = time.perf_counter()
     video = long_video(args.minutes)
     clip_dir, qwen_dir = tiny_model_dirs()

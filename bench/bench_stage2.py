@@ -99,6 +99,13 @@ def machine_line() -> str:
     )
 
 
+def print_run_header(script: str) -> None:
+    """The lines that identify a run: the command as typed, the machine, the code."""
+    print(f"command: {shlex.join(['python', os.path.relpath(script), *sys.argv[1:]])}")
+    print(f"machine: {machine_line()}")
+    print(f"code: {code_version()}")
+
+
 def code_version() -> str:
     """The commit benchmarked, and the files of ``src/`` that differ from it (numbers depend on both)."""
     repo = Path(__file__).resolve().parent.parent
@@ -346,9 +353,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    print(f"command: {shlex.join(['python', os.path.relpath(__file__), *sys.argv[1:]])}")
-    print(f"machine: {machine_line()}")
-    print(f"code: {code_version()}")
+    print_run_header(__file__)
     started = time.perf_counter()
     video = long_video(args.minutes)
     clip_dir, qwen_dir = tiny_model_dirs()
