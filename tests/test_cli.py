@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from _chat_server import ScriptedServer, completion, status
+from _torchrun import TWO_PROCESSES, two_process_env
 from msjoe.cli import app, format_time
 from msjoe.samplers import available_samplers, get_sampler
 from msjoe.synthetic_video import write_video
@@ -209,12 +208,9 @@ def test_index_under_torchrun_splits_the_videos_and_reports_once(
 ) -> None:
     missing = tmp_path / "missing.mp4"
     cache = tmp_path / "cache"
-    command = [
-        *[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "msjoe"],
-        *["index", *map(str, videos), str(missing), "--clip", str(tiny_clip_dir), "--cache-dir", str(cache)],
-    ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    args = ["index", *map(str, videos), str(missing), "--clip", str(tiny_clip_dir), "--cache-dir", str(cache)]
+    command = [*TWO_PROCESSES, "-m", "msjoe", *args]
+    result = subprocess.run(command, env=two_process_env(), capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output  # the missing video fails the job, as with one process
     assert output.count("2 indexed, 0 already cached, 1 failed") == 1, output  # the main process reports all shares

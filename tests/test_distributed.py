@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from _torchrun import TWO_PROCESSES, two_process_env
 from msjoe.distributed import (
     SingleProcess,
     all_results,
@@ -37,11 +36,10 @@ def test_one_process_just_calls_the_work() -> None:
 @pytest.mark.slow
 def test_two_processes_share_results_and_fail_together(tmp_path: Path) -> None:
     command = [
-        *[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        *TWO_PROCESSES,
         *[str(REPO / "tests" / "_two_process_collectives.py"), str(tmp_path)],
     ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, timeout=300)
+    result = subprocess.run(command, env=two_process_env(), capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     main, other = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
 

@@ -5,9 +5,7 @@ chosen by the test."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from _chat_server import Handler, ScriptedServer, completion, status
+from _torchrun import TWO_PROCESSES, two_process_env
 from msjoe.cache import FeatureCache
 from msjoe.cli import app
 from msjoe.eval.harness import EvalConfig, PredictionLog, predictions_path, run_eval, shard_path
@@ -311,12 +310,8 @@ def test_cli_eval_on_two_processes_splits_the_items(
         "--sampler", "uniform,bolt", "--frames", "2", "--mllm", server.url, "--model", "m",
         "--clip", tiny_clip_dir, "--cache-dir", tmp_path / "cache", "--out", out, "--json",
     ]  # fmt: skip
-    command = [
-        *[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "msjoe"],
-        *map(str, args),
-    ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    command = [*TWO_PROCESSES, "-m", "msjoe", *map(str, args)]
+    result = subprocess.run(command, env=two_process_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     # Every item asked once in all (uniform: the answer; bolt: queries and answer), not once per process.
     assert len(server.requests) == 3 * 1 + 3 * 2

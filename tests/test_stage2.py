@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _torchrun import TWO_PROCESSES
 from msjoe.data.schema import QAItem
 from msjoe.errors import NonFiniteLossError
 from msjoe.features import DualEncoder, similarity
@@ -593,7 +594,7 @@ def test_two_processes_train_on_the_global_token_mean_and_stay_identical(
     and after two updates both processes hold the same weights and report the same statistics. Then two PPO epochs
     without a KL term where only rank 0's group is tied: the processes score different numbers of turns (rank 0 only
     its synchronising one) and still step alike."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__]
+    command = [*TWO_PROCESSES, __file__]
     command += ["--ddp-worker", str(tiny_qwen_dir), str(tiny_clip_dir), str(tmp_path)]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _torchrun import TWO_PROCESSES, two_process_env
 from msjoe.data.schema import QAItem, read_qa_jsonl, write_qa_jsonl
 from msjoe.data.smoke import write_smoke_dataset
 from msjoe.samplers.usampler import USampler
@@ -164,18 +165,8 @@ def test_two_processes_keep_identical_parameters(
     config = _config(smoke_train_file, tiny_clip_dir, tiny_qwen_dir, out, tmp_path / "cache", steps=3)
     config["run"]["save_every"] = 0
     (out / "config.in.yaml").write_text(yaml.safe_dump(config))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",  # a free rendezvous port on this machine
-        "--nproc_per_node",
-        "2",
-        str(REPO / "tests" / "_two_process_train.py"),
-        str(out / "config.in.yaml"),
-    ]
-    env = {**_env(), "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(command, env=env, capture_output=True, timeout=900)
+    command = [*TWO_PROCESSES, str(REPO / "tests" / "_two_process_train.py"), str(out / "config.in.yaml")]
+    result = subprocess.run(command, env=two_process_env(), capture_output=True, timeout=900)
     assert result.returncode == 0, result.stderr.decode()[-4000:]
 
     ranks = [json.loads((out / f"params_rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -210,12 +201,9 @@ def test_a_failure_on_one_process_while_preparing_ends_every_process(
     out.mkdir()
     config = _config(smoke_train_file, tiny_clip_dir, tiny_qwen_dir, out, tmp_path / "cache")
     (out / "config.in.yaml").write_text(yaml.safe_dump(config))
-    command = [
-        *[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-        *[str(REPO / "tests" / "_two_process_train.py"), str(out / "config.in.yaml"), "--record-error"],
-    ]
-    env = {**_env(), "ACCELERATE_USE_CPU": "true", "MSJOE_TEST_FAIL_INDEXING_ON_RANK": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, timeout=300)
+    command = [*TWO_PROCESSES, str(REPO / "tests" / "_two_process_train.py"), str(out / "config.in.yaml")]
+    env = two_process_env(MSJOE_TEST_FAIL_INDEXING_ON_RANK="1")
+    result = subprocess.run([*command, "--record-error"], env=env, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     errors = [json.loads((out / f"error_rank{rank}.json").read_text()) for rank in (0, 1)]
     assert errors[1] == {"type": "CacheError", "message": "simulated: the cache is unwritable on process 1"}
