@@ -2,9 +2,10 @@
 
 accelerate's own helpers assume nothing fails: with ``main_process_first()``, an exception on the main process
 skips the barrier it owes the others, and with a plain ``gather_object`` a process that raised never joins the
-collective. Either way the other processes wait for the collective timeout (30 minutes by default) and then fail
-with an unrelated message; on one node the launcher usually tears them down sooner, on several nodes it does not.
-Both helpers here end every process with an error naming the process that failed and its error.
+collective. Either way the other processes wait for the collective timeout and then fail with an unrelated
+message; on one node the launcher usually tears them down sooner, on several nodes it does not.
+:func:`main_process_first` and :func:`on_every_process` end every process with an error naming the process that
+failed and its error.
 
 ``state`` is an :class:`accelerate.Accelerator` or :class:`accelerate.PartialState` (anything with
 ``num_processes``, ``process_index`` and ``is_main_process``). With one process both helpers just call ``work()``.
@@ -118,10 +119,7 @@ def main_process_first(state: Any, work: Callable[[], T], *, what: str) -> T:
     for my_turn in (state.is_main_process, not state.is_main_process):
         error = None
         if my_turn:
-            try:
-                result = work()
-            except Exception as caught:  # re-raised below, once the others have heard of it
-                error = caught
+            result, error = _attempt(work)
         _raise_if_any_failed(error, what)
     return result
 
@@ -130,11 +128,7 @@ def on_every_process(state: Any, work: Callable[[], T], *, what: str) -> T:
     """``work()`` on every process at once; this process's result (see :func:`all_results` to share them)."""
     if state.num_processes == 1:
         return work()
-    result, error = None, None
-    try:
-        result = work()
-    except Exception as caught:  # re-raised below, once the others have heard of it
-        error = caught
+    result, error = _attempt(work)
     _raise_if_any_failed(error, what)
     return result  # type: ignore[return-value]
 
@@ -147,6 +141,14 @@ def all_results(state: Any, value: T) -> list[T]:
     from accelerate.utils import gather_object
 
     return list(gather_object([value]))
+
+
+def _attempt(work: Callable[[], T]) -> tuple[T | None, Exception | None]:
+    """``(work(), None)``, or ``(None, error)``: the error is re-raised once the other processes have heard of it."""
+    try:
+        return work(), None
+    except Exception as error:
+        return None, error
 
 
 def _raise_if_any_failed(error: BaseException | None, what: str) -> None:
