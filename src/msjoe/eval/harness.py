@@ -463,23 +463,21 @@ def run_eval(
     logs = main_process_first(state, open_logs, what="reading the prediction files")
     rank, world = state.process_index, state.num_processes
     # Whole videos per process, the same for every (sampler, K): a video is decoded and encoded by one process.
-    share = {item.id for item in my_share(state, items, lambda item: item.video_key)}
-    pending = {
-        key: [
-            item for item in items if item.id in share and item.id not in log.done_ids(retry_errors=config.retry_errors)
-        ]
-        for key, log in logs.items()
-    }
+    mine = my_share(state, items, lambda item: item.video_key)
+    pending = {}
+    for key, log in logs.items():
+        done = log.done_ids(retry_errors=config.retry_errors)
+        pending[key] = [item for item in mine if item.id not in done]
 
     def answer_share() -> dict[tuple[str, int], list[str]]:
         """Answer this process's pending items; the ids written, per (sampler, K)."""
         written: dict[tuple[str, int], list[str]] = {key: [] for key in logs}
         writers = logs if world == 1 else {key: PredictionLog(shard_path(log.path, rank)) for key, log in logs.items()}
         with progress_bar(enabled=progress and state.is_main_process) as bar:
-            share = "" if world == 1 else f" (process 0 of {world})"
-            task = bar.add_task(f"{bench.name}{share}", total=sum(len(todo) for todo in pending.values()))
+            whose = "" if world == 1 else f" (process 0 of {world})"
+            task = bar.add_task(f"{bench.name}{whose}", total=sum(len(todo) for todo in pending.values()))
             for (sampler, k), todo in pending.items():
-                bar.update(task, description=f"{bench.name} {sampler} K={k}{share}")
+                bar.update(task, description=f"{bench.name} {sampler} K={k}{whose}")
 
                 def ask(item: QAItem, sampler: str = sampler, k: int = k) -> dict[str, Any]:
                     return answer_item(
