@@ -209,7 +209,8 @@ def _load_models(run: _RunContext) -> tuple[Any, Any, Any]:
 def _prepare(
     run: _RunContext, encoder: Any, *, queries: Any, require_difficulty: bool
 ) -> tuple[list[TrainExample], Any, Any]:
-    """Read the QA file, index the videos (main process first, filling the shared cache), skip bad items.
+    """Read the QA file, index the videos and write the stage-1 queries (with several processes, each its share
+    first, into the shared caches), skip bad items.
 
     Returns the examples, the :class:`~msjoe.train.data.PreparedData` and the frame store (or None)."""
     from msjoe.cache import FeatureCache
@@ -265,16 +266,16 @@ def _prepare(
         what="preparing the training data",
     )
     prepared.skipped = skipped_before + prepared.skipped
-    if run.accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        # Every process must hold the same examples in the same order, or the data slices silently misalign.
-        main_ids = [[example.id for example in prepared.examples]]
-        broadcast_object_list(main_ids)
-        if main_ids[0] != [example.id for example in prepared.examples]:
+    if accelerator.num_processes > 1:
+        # Every process must hold the same examples in the same order, or the data slices silently misalign. All
+        # processes compare all lists, so all stop together (one stopping alone would leave the others at DDP's
+        # first collective).
+        ids = all_results(accelerator, [example.id for example in prepared.examples])
+        differing = [rank for rank, other in enumerate(ids) if other != ids[0]]
+        if differing:
             raise MsjoeError(
-                f"process {run.accelerator.process_index} prepared different training items than the main process "
-                "(a video readable on one machine but not another?): check skipped.jsonl and the file systems"
+                f"process {differing[0]} prepared different training items than the main process (a video readable "
+                "on one machine but not another?): check skipped.jsonl and the file systems"
             )
     if run.is_main:
         _write_skipped(run.output_dir / SKIPPED_FILE, prepared.skipped)
