@@ -182,12 +182,7 @@ class TransformersMLLM(MLLM):
             return encodings[0].to(self.device)
         lengths = [encoding["input_ids"].shape[1] for encoding in encodings]
         width = max(lengths)
-        per_token = {
-            key
-            for encoding, length in zip(encodings, lengths, strict=True)
-            for key, value in encoding.items()
-            if isinstance(value, torch.Tensor) and tuple(value.shape) == (1, length)
-        }
+        per_token = _per_token_keys(encodings)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._padding_token_id()
         batch: dict[str, torch.Tensor] = {}
         for key in sorted(per_token):
@@ -398,12 +393,7 @@ class TransformersMLLM(MLLM):
         # later position, so visible padding changes nothing before it, and an all-ones mask lets attention keep its
         # causal fast path (a padding mask makes sdpa visit every block: about twice the attention work here).
         # Anything else (pixel values, image grids) is per image: rows in order.
-        per_token = {
-            key
-            for encoding, length in zip(encodings, prompt_lengths, strict=True)
-            for key, value in encoding.items()
-            if isinstance(value, torch.Tensor) and tuple(value.shape) == (1, length)
-        }
+        per_token = _per_token_keys(encodings)
         inputs: dict[str, object] = {}
         for key in sorted(per_token):
             rows = []
@@ -501,3 +491,14 @@ class TransformersMLLM(MLLM):
             of_chat[c] = tuple(per_image[position : position + count])
             position += count
         return BaseModelOutputWithPooling(pooler_output=tuple(f for c in row_chats for f in of_chat.get(c, ())))
+
+
+def _per_token_keys(encodings: Sequence[BatchFeature]) -> set[str]:
+    """Keys of the inputs that hold one value per token (``[1, prompt length]``: ids, masks, token types); the
+    others (pixel values, image grids) hold one row per image or patch."""
+    return {
+        key
+        for encoding in encodings
+        for key, value in encoding.items()
+        if isinstance(value, torch.Tensor) and tuple(value.shape) == (1, encoding["input_ids"].shape[1])
+    }
