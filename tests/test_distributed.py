@@ -13,6 +13,7 @@ from msjoe.distributed import (
     SingleProcess,
     all_results,
     check_launch,
+    collective_timeout,
     main_process_first,
     my_share,
     on_every_process,
@@ -83,3 +84,19 @@ def test_a_launch_that_accelerate_saw_as_one_process_is_refused(monkeypatch: pyt
     expected = r"launched as 2 processes but accelerate set up a single one.*ACCELERATE_USE_CPU"
     with pytest.raises(MsjoeError, match=expected):
         check_launch(SingleProcess())
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "an hour"])
+def test_a_bad_collective_timeout_is_named(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("MSJOE_COLLECTIVE_TIMEOUT_MIN", value)
+    with pytest.raises(
+        MsjoeError, match=f"MSJOE_COLLECTIVE_TIMEOUT_MIN must be a positive number of minutes, got '{value}'"
+    ):
+        collective_timeout()
+
+
+def test_the_collective_timeout_defaults_to_three_hours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MSJOE_COLLECTIVE_TIMEOUT_MIN", raising=False)
+    assert collective_timeout().total_seconds() == 3 * 3600
+    monkeypatch.setenv("MSJOE_COLLECTIVE_TIMEOUT_MIN", "30")
+    assert collective_timeout().total_seconds() == 1800

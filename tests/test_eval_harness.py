@@ -17,6 +17,8 @@ from _chat_server import Handler, ScriptedServer, completion, status
 from _torchrun import TWO_PROCESSES, two_process_env
 from msjoe.cache import FeatureCache
 from msjoe.cli import app
+from msjoe.distributed import SingleProcess
+from msjoe.errors import MsjoeError
 from msjoe.eval.harness import EvalConfig, PredictionLog, predictions_path, run_eval, shard_path
 from msjoe.features import DualEncoder
 from msjoe.mllm import load_mllm
@@ -329,3 +331,20 @@ def test_cli_eval_rejects_workers_with_a_local_model(tmp_path: Path) -> None:
     args = ["eval", "--benchmark", "longvideobench", "--annotations", tmp_path, "--mllm", "some/local-model"]
     result = CliRunner().invoke(app, [str(a) for a in [*args, "--workers", "2", "--out", tmp_path]])
     assert result.exit_code == 1 and "--workers" in result.output
+
+
+def test_answers_that_never_reach_the_prediction_file_stop_the_scoring(
+    qa: VideoQA, benchmark_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Process 0 of two writes its share into a shard file; were --out a per-node disk, the main process could not
+    # merge it (simulated: merging finds nothing) and would score those items as missing. It must say so instead.
+    import msjoe.eval.harness as harness
+
+    monkeypatch.setattr(harness, "merge_shards", lambda log: 0)
+    process_0_of_2 = SingleProcess(num_processes=2, process_index=0, is_main_process=True)
+    out = tmp_path / "out"
+    with pytest.raises(MsjoeError, match=r"process 0 answered \d+ uniform K=2 items that are not in .*file system"):
+        run_eval(qa, config(benchmark_files, out, samplers=["uniform"]), progress=False, processes=process_0_of_2)
+    shard = shard_path(predictions_path(out, "longvideobench", "uniform", 2), 0)
+    assert read_lines(shard)  # the answers are kept in the shard for a rerun to merge
+    assert not (out / "scores.json").exists()  # nothing was scored from incomplete predictions
