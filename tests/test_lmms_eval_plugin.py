@@ -6,7 +6,7 @@ name through msjoe's ``lmms_eval.models`` entry point, and lmms-eval's ``Instanc
 Skipped when lmms-eval is not importable: it is an optional extra whose full install drags in a CUDA torch build.
 Install what these tests need without touching the environment's torch or PyAV (see docs/lmms_eval.md):
 
-    pip install --no-deps lmms-eval==0.7.3 <the packages listed there>
+    pip install -c constraints.txt --no-deps -r requirements-lmms-eval.txt
 """
 
 from __future__ import annotations
@@ -295,3 +295,34 @@ def test_unsupported_requests_fail_with_a_clear_message(server: ScriptedServer, 
 )
 def test_split_multiple_choice(prompt: str, question: str, options: list[str] | None) -> None:
     assert split_multiple_choice(prompt) == (question, options)
+
+
+def test_documented_offline_smoke_task_runs_as_pasted(tmp_path: Path) -> None:
+    """docs/lmms_eval.md's "Check the install offline" block, pasted into a shell at a repository root, evaluates the
+    example task through lmms-eval's own command line and writes one sample per doc with msjoe's reply."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "lmms_eval.md").read_text()
+    block = re.search(r"<!-- smoke-task -->\n```bash\n(.*?)```", doc, re.S)
+    assert block, "docs/lmms_eval.md lost its smoke-task block"
+    (tmp_path / "examples").symlink_to(root / "examples", target_is_directory=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.update({name: str(tmp_path / "hf" / name.lower()) for name in ("HF_HOME", "LMMS_EVAL_DATASETS_CACHE")})
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block.group(1)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "Error during evaluation" not in output, output[-3000:]  # lmms-eval exits 0 even then
+    [samples] = (tmp_path / "smoke-runs" / "lmms-eval").glob("*_samples_msjoe_smoke_videoqa.jsonl")
+    lines = [json.loads(line) for line in samples.read_text().splitlines()]
+    expected = [json.loads(line) for line in (root / "examples/lmms_eval_smoke/docs.jsonl").read_text().splitlines()]
+    assert sorted(line["doc_id"] for line in lines) == list(range(len(expected)))
+    assert all(line["target"] == doc["answer"] and doc["question"] in line["input"] for line, doc in zip(
+        sorted(lines, key=lambda line: line["doc_id"]), expected, strict=True))  # fmt: skip
+    assert all(isinstance(line["resps"], str) and line["resps"].strip() for line in lines)  # the tiny MLLM replied
+    assert "msjoe_smoke_videoqa" in output  # the results table
