@@ -96,6 +96,7 @@ def index(
     prints the combined report.
     """
     from msjoe.cache import FeatureCache
+    from msjoe.devices import check_device
     from msjoe.distributed import all_results, launched_processes, my_share, on_every_process, process_device
     from msjoe.errors import MsjoeError
     from msjoe.features import DualEncoder
@@ -104,7 +105,7 @@ def index(
 
     with launched_processes() as state:
         try:
-            device = process_device(state, device)
+            device = check_device(process_device(state, device))
             share = my_share(state, videos, lambda path: str(path.expanduser().resolve()))
             encoder, cache = on_every_process(
                 state,
@@ -155,12 +156,14 @@ def select(
 ) -> None:
     """Choose K key frames of VIDEO for the given queries and print their timestamps."""
     from msjoe.cache import FeatureCache
+    from msjoe.devices import check_device
     from msjoe.errors import MsjoeError
     from msjoe.features import DualEncoder
     from msjoe.index import index_video
     from msjoe.pipeline import build_sampler, query_similarity, select_frames
 
     try:
+        device = check_device(device)
         chosen_sampler = build_sampler(sampler, checkpoint=sampler_checkpoint)
         if not 1 <= len(query) <= 4:
             raise ValueError(f"give 1 to 4 --query options, got {len(query)}")
@@ -231,10 +234,12 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
     """Answer QUESTION about VIDEO from K key frames chosen for queries the MLLM writes."""
+    from msjoe.devices import check_device
     from msjoe.errors import MsjoeError
     from msjoe.pipeline import PipelineConfig, VideoQA
 
     try:
+        device = check_device(device)
         if model and not mllm.startswith(("http://", "https://")):
             raise ValueError("--model names a model on an HTTP server: use it with an http(s) --mllm URL")
         config = PipelineConfig(
@@ -359,6 +364,7 @@ def evaluate(
     OUT/report.md and OUT/scores.json. Under `accelerate launch` (or `torchrun`; on CPU with
     ACCELERATE_USE_CPU=true) each process answers the questions of every N-th video with its own model copy (with
     `--device cuda`, on its own GPU); OUT must be on a file system every process sees."""
+    from msjoe.devices import check_device
     from msjoe.distributed import launched_processes, on_every_process, process_device
     from msjoe.errors import MsjoeError
     from msjoe.eval.harness import EvalConfig, run_eval
@@ -367,7 +373,7 @@ def evaluate(
     is_http = mllm.startswith(("http://", "https://"))
     with launched_processes() as state:
         try:
-            device = process_device(state, device)
+            device = check_device(process_device(state, device))
             if model and not is_http:
                 raise ValueError("--model names a model on an HTTP server: use it with an http(s) --mllm URL")
             if workers > 1 and not is_http:

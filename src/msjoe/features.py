@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from msjoe.devices import check_device
 from msjoe.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -137,9 +138,11 @@ class DualEncoder:
         Raises:
             ModelLoadError: missing folder, a folder without a model, a model that is not a dual encoder, no
                 processor, or a hub id that cannot be fetched. The message names the id or path.
+            DeviceError: ``device`` names no device of this machine (the message lists those that exist).
         """
         from transformers import AutoModel, AutoProcessor
 
+        device = check_device(device)  # before the weights load: a missing GPU is a one-line error
         torch_dtype = _parse_dtype(dtype)
         name = str(name_or_path)
         local = Path(name).expanduser()

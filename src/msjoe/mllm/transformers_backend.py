@@ -20,6 +20,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeatur
 from transformers import GenerationConfig as HFGenerationConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from msjoe.devices import check_device
 from msjoe.errors import ModelLoadError
 from msjoe.mllm import register_backend
 from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message
@@ -85,6 +86,7 @@ class TransformersMLLM(MLLM):
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        device = check_device(device)  # before the weights load: a missing GPU is a one-line error
         self.model_id = model
         location: str | Path = model
         if Path(model).expanduser().exists():
