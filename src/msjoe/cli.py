@@ -59,6 +59,11 @@ def format_time(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{sec:04.1f}" if hours else f"{minutes}:{sec:04.1f}"
 
 
+def _fewer_frames_note(chosen: int, requested: int) -> str:
+    """What to say next to the number of key frames when the video had fewer candidates than the budget."""
+    return f"-k {requested} asked; the video has only {chosen} candidate frames" if chosen < requested else ""
+
+
 def _fail(error: Exception | str, hint: str | None = None) -> typer.Exit:
     """Print the error (and a hint) and return the exit to raise. Another process's failure, forwarded to this one
     under ``accelerate launch``, is not printed again: the failed process prints it."""
@@ -181,7 +186,8 @@ def select(
         result = {
             "video": str(video),
             "sampler": sampler,
-            "k": k,
+            "k": len(chosen),  # every candidate when the video has fewer than the budget
+            "requested_k": k,
             "queries": list(query),
             "num_candidates": len(features.timestamps),
             "indices": chosen,
@@ -191,7 +197,8 @@ def select(
         }
         typer.echo(json.dumps(result, indent=2))
         return
-    table = Table("#", "time", "seconds", "similarity", "best query", title=f"{len(chosen)} key frames ({sampler})")
+    title, note = f"{len(chosen)} key frames ({sampler})", _fewer_frames_note(len(chosen), k)
+    table = Table("#", "time", "seconds", "similarity", "best query", title=title, caption=note or None)
     for rank, (ts, value, q) in enumerate(zip(timestamps, best.values, best.indices, strict=True), start=1):
         table.add_row(str(rank), format_time(ts), f"{ts:.2f}", f"{float(value):.4f}", escape(query[int(q)]))
     Console().print(table)
@@ -266,8 +273,9 @@ def ask(
     source = " (from the question: no query could be parsed)" if answer.queries_from_question else ""
     queries = "; ".join(escape(q) for q in answer.queries) or "none"
     out.print(f"[bold]queries[/]{source}: {queries}", soft_wrap=True)
+    note = _fewer_frames_note(answer.k, answer.requested_k)
     out.print(
-        f"[bold]key frames[/] ({len(answer.chosen_timestamps)}): "
+        f"[bold]key frames[/] ({answer.k}{'; ' + note if note else ''}): "
         + ", ".join(map(format_time, answer.chosen_timestamps))
     )
     out.print(f"[bold]reply[/]: {escape(answer.reply.strip())}", soft_wrap=True)

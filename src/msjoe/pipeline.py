@@ -105,10 +105,19 @@ class Answer:
     chosen_indices: list[int]
     chosen_timestamps: list[float]
     timings: dict[str, float]
+    requested_k: int
+    """The frame budget asked for; :attr:`k` is what was used (fewer when the video has fewer candidates)."""
+
+    @property
+    def k(self) -> int:
+        """How many key frames the MLLM saw: the budget, or every candidate of a video that has fewer."""
+        return len(self.chosen_indices)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view (the similarity matrix as nested lists, rounded)."""
         return {
+            "k": self.k,
+            "requested_k": self.requested_k,
             "letter": self.letter,
             "status": self.status,
             "reply": self.reply,
@@ -179,9 +188,22 @@ def query_similarity(encoder: DualEncoder, queries: Sequence[str], features: Fra
 
 
 def select_frames(sampler: Sampler, sim: torch.Tensor, k: int, *, seed: int = 0) -> list[int]:
-    """K candidate indices in time order (seeded, so stochastic samplers are reproducible)."""
+    """K candidate indices in time order (seeded, so stochastic samplers are reproducible).
+
+    A budget above the number of candidates T gives all T, with a warning: the caller reports ``len(result)``,
+    not ``k``, as the number of key frames.
+    """
     generator = torch.Generator().manual_seed(seed)
-    return sampler.select(sim, k, generator=generator).tolist()
+    chosen = sampler.select(sim, k, generator=generator).tolist()
+    if len(chosen) < k:
+        logger.warning(
+            "asked for %d key frames but the video has only %d candidate frames: using all %d "
+            "(a higher fps gives more candidates)",
+            k,
+            len(chosen),
+            len(chosen),
+        )
+    return chosen
 
 
 def answer_question(
@@ -380,4 +402,5 @@ class VideoQA:
             chosen_indices=chosen,
             chosen_timestamps=chosen_ts,
             timings=timings,
+            requested_k=k,
         )
