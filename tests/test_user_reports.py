@@ -82,3 +82,29 @@ def test_select_frames_warns_when_the_budget_exceeds_the_candidates(caplog: pyte
     with caplog.at_level(logging.WARNING, logger="msjoe.pipeline"):
         assert select_frames(get_sampler("topk"), torch.tensor([[0.1, 0.3, 0.2]]), 5) == [0, 1, 2]
     assert "only 3 candidate frames" in caplog.text
+
+
+# --- empty queries --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("queries", "number"), [([""], 1), (["  "], 1), (["a square", "\t \n"], 2)])
+def test_select_rejects_empty_queries_before_loading_the_encoder(
+    five_second_video: Path, tmp_path: Path, queries: list[str], number: int
+) -> None:
+    # The encoder folder does not exist: a command that got past the check would report that instead.
+    flags = [arg for query in queries for arg in ("-q", query)]
+    code, _, output = invoke("select", five_second_video, *flags, "--clip", tmp_path / "no-clip")
+    assert code == 1 and f"query {number} is empty" in output and "no-clip" not in output
+
+
+def test_library_rejects_empty_queries(five_second_video: Path, tiny_clip_dir: Path, tmp_path: Path) -> None:
+    from msjoe.index import index_video
+    from msjoe.pipeline import check_queries, query_similarity
+
+    encoder = DualEncoder.from_pretrained(tiny_clip_dir)
+    features = index_video(five_second_video, encoder, FeatureCache(tmp_path))
+    with pytest.raises(ValueError, match=r"query 2 is empty \(' '\)"):
+        query_similarity(encoder, ["a square", " "], features)
+    assert query_similarity(encoder, ["a square"], features).shape == (1, 5)
+    with pytest.raises(ValueError, match="give 1 to 4 queries, got 0"):
+        check_queries([])
+    with pytest.raises(ValueError, match="list of strings"):
+        check_queries("a square")  # a bare string would be read as one query per character

@@ -165,13 +165,15 @@ def select(
     from msjoe.errors import MsjoeError
     from msjoe.features import DualEncoder
     from msjoe.index import index_video
-    from msjoe.pipeline import build_sampler, query_similarity, select_frames
+    from msjoe.pipeline import build_sampler, check_queries, query_similarity, select_frames
+    from msjoe.samplers import MAX_QUERIES
 
     try:
         device = check_device(device)
         chosen_sampler = build_sampler(sampler, checkpoint=sampler_checkpoint)
-        if not 1 <= len(query) <= 4:
-            raise ValueError(f"give 1 to 4 --query options, got {len(query)}")
+        if not 1 <= len(query) <= MAX_QUERIES:
+            raise ValueError(f"give 1 to {MAX_QUERIES} --query options, got {len(query)}")
+        check_queries(query)  # before the encoder loads
         encoder = DualEncoder.from_pretrained(clip, device=device)
         if sampler == "qframe":
             chosen_sampler = build_sampler(sampler, logit_scale=encoder.logit_scale)

@@ -182,9 +182,29 @@ def write_queries(
     return parse_queries(reply, max_queries=max_queries), reply
 
 
+def check_queries(queries: Sequence[str]) -> list[str]:
+    """The queries as a list, after checking there are 1 to :data:`MAX_QUERIES` of them and none is empty.
+
+    An empty or whitespace query would still be encoded (into the text tower's embedding of nothing) and steer
+    the selection toward whatever frames resemble it, so it is an error rather than something to drop quietly.
+
+    Raises:
+        ValueError: not a list of strings, the wrong number of queries, or an empty one (numbered from 1).
+    """
+    if isinstance(queries, str) or not all(isinstance(query, str) for query in queries):
+        raise ValueError(f"queries must be a list of strings, got {queries!r}")
+    queries = list(queries)
+    if not 1 <= len(queries) <= MAX_QUERIES:
+        raise ValueError(f"give 1 to {MAX_QUERIES} queries, got {len(queries)}")
+    for number, query in enumerate(queries, start=1):
+        if not query.strip():
+            raise ValueError(f"query {number} is empty ({query!r}): a query describes what to look for in the frames")
+    return queries
+
+
 def query_similarity(encoder: DualEncoder, queries: Sequence[str], features: FrameFeatures) -> torch.Tensor:
-    """S [Nq, T]: cosine similarity of each query to each cached candidate frame."""
-    return similarity(encoder.encode_texts(list(queries)), features.embeddings)
+    """S [Nq, T]: cosine similarity of each query to each cached candidate frame (see :func:`check_queries`)."""
+    return similarity(encoder.encode_texts(check_queries(queries)), features.embeddings)
 
 
 def select_frames(sampler: Sampler, sim: torch.Tensor, k: int, *, seed: int = 0) -> list[int]:
