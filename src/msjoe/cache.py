@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from msjoe.atomic import TEMP_SUFFIX, create_temp_file
 from msjoe.errors import CacheError, VideoNotFoundError
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ FORMAT_VERSION = 1
 """Bump when the entry layout or the way frames are decoded/encoded changes: older entries then read as stale."""
 
 ENTRY_SUFFIX = ".safetensors"
-TEMP_SUFFIX = ".tmp"
 STALE_TEMP_AGE_S = 3600.0
 """Temporary files older than this are leftovers of a crashed write (a live write takes seconds) and are deleted."""
 
@@ -429,8 +428,7 @@ def atomic_writer(path: Path, *, what: str = "feature cache entry") -> Iterator[
     ``what`` and ``path``. Leftovers of a crashed process end in :data:`TEMP_SUFFIX`
     (see :func:`remove_stale_temp_files`).
     """
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=TEMP_SUFFIX)
-    temp = Path(temp_name)
+    fd, temp = create_temp_file(path.parent, prefix=f".{path.stem}.")  # the umask's mode, not mkstemp's 0600
     body_done = False
     try:
         with os.fdopen(fd, "w+b") as file:

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from msjoe.atomic import NEW_FILE_MODE
 from msjoe.cache import FeatureCache, FrameFeatures, fingerprint, key_digest
 from msjoe.data.schema import QAItem
 from msjoe.errors import VideoError
@@ -196,7 +197,7 @@ class ReplyCache:
             self.records[key] = full
             return
         line = (json.dumps(full, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, NEW_FILE_MODE)  # minus the umask
         try:
             written = os.write(fd, line)
             if written != len(line):  # a short write (disk full): finish it, or the next record shares the line
