@@ -108,3 +108,34 @@ def test_library_rejects_empty_queries(five_second_video: Path, tiny_clip_dir: P
         check_queries([])
     with pytest.raises(ValueError, match="list of strings"):
         check_queries("a square")  # a bare string would be read as one query per character
+
+
+# --- eval: malformed annotation rows --------------------------------------------------------------------------
+def lvb_row(qid: str, **changes: object) -> dict[str, object]:
+    row = {"id": qid, "video_id": "five", "video_path": "five.mp4", "question": f"Question {qid}?",
+           "candidates": ["red", "green"], "correct_choice": 0, "duration": 5.0, "duration_group": 15,
+           "question_category": "S2E"}  # fmt: skip
+    return {**row, **changes}
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_eval_prints_the_skipped_annotation_rows(
+    server: ScriptedServer, five_second_video: Path, tiny_clip_dir: Path, tmp_path: Path, as_json: bool
+) -> None:
+    server.default = lambda handler, body: handler.send_json(200, completion("(A)"))
+    rows = [lvb_row("good"), *(lvb_row(f"bad{i}", correct_choice=7) for i in range(6)), lvb_row("noq", question=5)]
+    annotations = tmp_path / "lvb.json"
+    annotations.write_text(json.dumps(rows))
+    out = tmp_path / "out"
+    code, stdout, output = invoke(
+        "eval", "--benchmark", "longvideobench", "--annotations", annotations, "--videos", five_second_video.parent,
+        "--sampler", "uniform", "--frames", "2", "--mllm", server.url, "--model", "m", "--clip", tiny_clip_dir,
+        "--cache-dir", tmp_path / "cache", "--out", out, *(["--json"] if as_json else []),
+    )  # fmt: skip
+    assert code == 0, output
+    console = output.replace(stdout, "")  # stderr
+    assert "7 malformed annotation rows skipped" in console
+    assert "lvb.json[1]: " in console and "lvb.json[5]: " in console and "lvb.json[6]" not in console  # the first 5
+    assert f"... and 2 more, all listed in {out / 'report.md'}" in console
+    if as_json:
+        assert len(json.loads(stdout)["skipped_rows"]) == 7  # stdout is still one JSON document

@@ -319,6 +319,15 @@ def smoke_data(
     typer.echo(write_smoke_dataset(folder, num_items=items, seed=seed))
 
 
+def _skipped_rows_summary(rows: list[dict[str, str]], out: Path, shown: int = 5) -> str:
+    """The count of malformed annotation rows and the first few (where, why); the report lists them all."""
+    lines = [f"warning: {len(rows)} malformed annotation row{'s' * (len(rows) != 1)} skipped:"]
+    lines += [f"  {row['location']}: {row['reason']}" for row in rows[:shown]]
+    if len(rows) > shown:
+        lines.append(f"  ... and {len(rows) - shown} more, all listed in {out / 'report.md'}")
+    return "\n".join(lines)
+
+
 def _csv_list(text: str, what: str, convert: type = str) -> list:
     """``"a,b"`` -> ``["a", "b"]`` (converted), rejecting empty entries with a message naming the option."""
     parts = [part.strip() for part in text.split(",")]
@@ -426,6 +435,8 @@ def evaluate(
             raise _fail(error, hint=f"finished items are saved in {out}; rerun to resume") from error
     if not state.is_main_process:
         return
+    if entry["skipped_rows"]:  # on stderr, so --json output stays one document
+        console.print(_skipped_rows_summary(entry["skipped_rows"], out), soft_wrap=True, markup=False, highlight=False)
     if as_json:
         typer.echo(json.dumps(entry))
         return
