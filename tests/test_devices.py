@@ -76,4 +76,5 @@ def test_every_command_reports_a_missing_device_without_a_traceback(
     result = CliRunner().invoke(app, [str(a) for a in [*args, *common]])
     assert result.exit_code == 1, result.output
     assert "this machine has: cpu (or auto)" in result.output and "Traceback" not in result.output
+    assert "rerun to resume" not in result.output  # nothing ran, so there is nothing to resume
     assert not (tmp_path / "cache").exists()  # stopped before indexing anything

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,76 @@ def test_eval_prints_the_skipped_annotation_rows(
     assert f"... and 2 more, all listed in {out / 'report.md'}" in console
     if as_json:
         assert len(json.loads(stdout)["skipped_rows"]) == 7  # stdout is still one JSON document
+
+
+# --- messages that used to mislead ----------------------------------------------------------------------------
+def test_a_folder_is_not_reported_as_a_missing_video(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    from msjoe.cache import fingerprint
+    from msjoe.errors import VideoNotFoundError
+    from msjoe.video import probe
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for read in (fingerprint, probe):
+        with pytest.raises(VideoNotFoundError, match="clips is a folder, not a video file"):
+            read(folder)
+    with pytest.raises(VideoNotFoundError, match=r"video file not found: .*absent\.mp4"):
+        fingerprint(tmp_path / "absent.mp4")
+    code, _, output = invoke("select", folder, "-q", "x", "--clip", tiny_clip_dir, "--cache-dir", tmp_path / "c")
+    assert code == 1 and "is a folder, not a video file" in output and "not found" not in output
+
+
+def test_an_unwritable_cache_names_the_cli_options_on_the_command_line(
+    five_second_video: Path, tiny_clip_dir: Path, tmp_path: Path
+) -> None:
+    from msjoe.errors import CacheError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the cache folder cannot be created under a file, even by root")
+    with pytest.raises(CacheError, match=r"pass FeatureCache\(root=...\) to a writable folder"):
+        FeatureCache(blocker / "cache").ensure_writable()  # Python users get the Python remedy
+
+    args = ["--clip", tiny_clip_dir, "--cache-dir", blocker / "cache"]
+    for command in (["index", five_second_video], ["select", five_second_video, "-q", "x"]):
+        code, _, output = invoke(*command, *args)
+        assert code == 1 and f"cannot create the feature cache directory {blocker / 'cache'}" in output
+        assert "choose a writable folder with --cache-dir or $MSJOE_CACHE" in output
+        assert "FeatureCache(" not in output
+
+
+def test_eval_offers_to_resume_only_when_the_run_had_started(
+    server: ScriptedServer, five_second_video: Path, tiny_clip_dir: Path, tmp_path: Path
+) -> None:
+    from _chat_server import status
+
+    annotations = tmp_path / "lvb.json"
+    annotations.write_text(json.dumps([lvb_row("q0"), lvb_row("q1")]))
+    common = ["eval", "--benchmark", "longvideobench", "--videos", five_second_video.parent, "--sampler", "uniform",
+              "--frames", "2", "--mllm", server.url, "--model", "m", "--clip", tiny_clip_dir,
+              "--cache-dir", tmp_path / "cache", "--out", tmp_path / "out"]  # fmt: skip
+    # Setup errors: nothing ran, so there is nothing to resume.
+    for bad in (["--annotations", tmp_path / "absent.json"], ["--annotations", annotations, "--frames", "0"]):
+        code, _, output = invoke(*common, *bad)
+        assert code != 0 and "error" in output.lower() and "rerun to resume" not in output
+    # The server refuses the credentials part-way: finished items are kept, a rerun resumes.
+    server.script.append(status(200, completion("(A)")))
+    server.default = status(401, {"error": {"message": "bad key"}})
+    code, _, output = invoke(*common, "--annotations", annotations)
+    assert code == 1 and "401" in output
+    assert f"finished items are saved in {tmp_path / 'out'}; rerun to resume" in output
+
+
+def test_a_damaged_prediction_line_is_named_without_inviting_to_delete_the_file(tmp_path: Path) -> None:
+    from msjoe.eval.harness import PredictionLog
+
+    path = tmp_path / "uniform_k2.jsonl"
+    path.write_text('{"id": "q0", "reply": "A"}\n{"id": "q1", "reply": \n{"id": "q2", "reply": "C"}\n')
+    with pytest.raises(ValueError) as raised:
+        PredictionLog(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}:2: not a prediction record")
+    assert "fix line 2 or delete that line alone (its item is answered again); keep the others" in message
+    assert "delete the file" not in message
+    path.write_text('{"id": "q0"}\n{"id": 3}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: a prediction record needs a string 'id': fix line 2")):
+        PredictionLog(path)

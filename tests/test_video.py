@@ -466,7 +466,7 @@ def test_missing_file(tmp_path):
         iter_frames(tmp_path / "missing.mp4", [0.0])  # at call time
     with pytest.raises(FileNotFoundError):  # VideoNotFoundError is also a FileNotFoundError
         decode_frames(str(tmp_path / "missing.mp4"), [0.0])
-    with pytest.raises(VideoNotFoundError, match="not a file"):
+    with pytest.raises(VideoNotFoundError, match="is a folder, not a video file"):
         probe(tmp_path)
 
 

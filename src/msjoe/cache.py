@@ -36,7 +36,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from msjoe.atomic import TEMP_SUFFIX, create_temp_file
-from msjoe.errors import CacheError, VideoNotFoundError
+from msjoe.errors import CacheError
 
 if TYPE_CHECKING:
     from msjoe.video import VideoInfo
@@ -53,6 +53,8 @@ STALE_TEMP_AGE_S = 3600.0
 """Temporary files older than this are leftovers of a crashed write (a live write takes seconds) and are deleted."""
 
 FINGERPRINT_CHUNK = 1 << 20
+
+_REMEDY = f"Set ${CACHE_ENV_VAR} or pass FeatureCache(root=...) to a writable folder"
 
 
 def default_cache_dir() -> Path:
@@ -72,11 +74,11 @@ def fingerprint(path: str | Path) -> str:
     video workflow). Files up to 3 MiB are hashed whole.
 
     Raises:
-        VideoNotFoundError: ``path`` is missing or not a file.
+        VideoNotFoundError: ``path`` is missing, or a folder or other non-file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise VideoNotFoundError(f"video not found: {path}")
+    from msjoe.video import existing_video_file  # here: the cache's readers need no video decoder
+
+    path = existing_video_file(path)
     size = path.stat().st_size
     digest = hashlib.sha256(f"msjoe-fingerprint-v1:{size}:".encode())
     with path.open("rb") as file:
@@ -290,15 +292,9 @@ class FeatureCache:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise CacheError(
-                f"cannot create the feature cache directory {self.root}: {err}. "
-                f"Set {CACHE_ENV_VAR} or pass FeatureCache(root=...) to a writable folder."
-            ) from err
+            raise CacheError(f"cannot create the feature cache directory {self.root}: {err}", remedy=_REMEDY) from err
         if not os.access(self.root, os.W_OK | os.X_OK):
-            raise CacheError(
-                f"the feature cache directory {self.root} is not writable. "
-                f"Set {CACHE_ENV_VAR} or pass FeatureCache(root=...) to a writable folder."
-            )
+            raise CacheError(f"the feature cache directory {self.root} is not writable", remedy=_REMEDY)
 
     def put(self, key: CacheKey, features: FrameFeatures) -> FrameFeatures:
         """Store ``features`` under ``key`` atomically; return them exactly as :meth:`get` will read them back.
@@ -325,10 +321,7 @@ class FeatureCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise CacheError(
-                f"cannot create the feature cache directory {path.parent}: {err}. "
-                f"Set {CACHE_ENV_VAR} or pass FeatureCache(root=...) to a writable folder."
-            ) from err
+            raise CacheError(f"cannot create the feature cache directory {path.parent}: {err}", remedy=_REMEDY) from err
         self._remove_stale_temp_files(path.parent)
         _atomic_write(path, data)
         return dataclasses.replace(

@@ -68,7 +68,10 @@ def _fail(error: Exception | str, hint: str | None = None) -> typer.Exit:
     """Print the error (and a hint) and return the exit to raise. Another process's failure, forwarded to this one
     under ``accelerate launch``, is not printed again: the failed process prints it."""
     from msjoe.distributed import PeerFailedError
+    from msjoe.errors import CacheError
 
+    if isinstance(error, CacheError) and error.remedy:  # the library's remedy names Python arguments
+        error, hint = error.problem, "choose a writable folder with --cache-dir or $MSJOE_CACHE"
     if not isinstance(error, PeerFailedError):
         message = str(error) + (f" ({hint})" if hint else "")
         console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
@@ -181,7 +184,7 @@ def select(
         sim = query_similarity(encoder, query, features)
         chosen = select_frames(chosen_sampler, sim, k, seed=seed)
     except (MsjoeError, ValueError) as error:
-        raise _fail(str(error)) from error
+        raise _fail(error) from error
     timestamps = [float(features.timestamps[i]) for i in chosen]
     best = sim[:, chosen].max(dim=0)
     if as_json:
@@ -267,7 +270,7 @@ def ask(
         with console.status("answering..."):
             answer = qa.ask(video, question, option or None)
     except (MsjoeError, ValueError) as error:
-        raise _fail(str(error)) from error
+        raise _fail(error) from error
     if as_json:
         typer.echo(json.dumps({"video": str(video), "question": question, "options": option or [], **answer.to_dict()}))
         return
@@ -386,7 +389,7 @@ def evaluate(
     from msjoe.devices import check_device
     from msjoe.distributed import launched_processes, on_every_process, process_device
     from msjoe.errors import MsjoeError
-    from msjoe.eval.harness import EvalConfig, run_eval
+    from msjoe.eval.harness import EvalConfig, is_run_fatal, run_eval
     from msjoe.pipeline import PipelineConfig, VideoQA
 
     is_http = mllm.startswith(("http://", "https://"))
@@ -432,7 +435,9 @@ def evaluate(
             )
             entry = run_eval(qa, config, processes=state)
         except (MsjoeError, ValueError, FileNotFoundError) as error:
-            raise _fail(error, hint=f"finished items are saved in {out}; rerun to resume") from error
+            # Only a failure of the model server stops a run part-way; anything else stopped it before it began.
+            hint = f"finished items are saved in {out}; rerun to resume" if is_run_fatal(error) else None
+            raise _fail(error, hint=hint) from error
     if not state.is_main_process:
         return
     if entry["skipped_rows"]:  # on stderr, so --json output stays one document

@@ -36,7 +36,16 @@ class UnsupportedCodecError(VideoError):
 
 # --- feature cache -----------------------------------------------------------------------------------------
 class CacheError(MsjoeError):
-    """The feature cache cannot be read or written (the entry itself is rebuilt, not reported)."""
+    """The feature cache cannot be read or written (the entry itself is rebuilt, not reported).
+
+    ``problem`` is what went wrong; ``remedy``, when the fix is to choose another folder, says how in Python
+    (``FeatureCache(root=...)``); the command line says it with its own options instead.
+    """
+
+    def __init__(self, problem: str, *, remedy: str | None = None) -> None:
+        super().__init__(f"{problem}. {remedy}" if remedy else problem)
+        self.problem = problem
+        self.remedy = remedy
 
 
 # --- models ------------------------------------------------------------------------------------------------

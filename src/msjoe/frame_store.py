@@ -96,6 +96,7 @@ FRAMES_SUBDIR = "frames"
 """Default store folder inside a feature cache root (feature shards are 2-hex-digit folders: no clash)."""
 
 ProgressCallback = Callable[[int, int], None]
+_REMEDY = "Pass FrameStore(root=...) a writable folder (FrameStore.for_cache: the feature cache's)"
 
 # Requested times match stored candidates within this (the same float64 grid gives exact equality; the slack
 # absorbs a round trip through float32 or JSON).
@@ -287,9 +288,9 @@ class FrameStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise CacheError(f"cannot create the frame store directory {self.root}: {err}") from err
+            raise CacheError(f"cannot create the frame store directory {self.root}: {err}", remedy=_REMEDY) from err
         if not os.access(self.root, os.W_OK | os.X_OK):
-            raise CacheError(f"the frame store directory {self.root} is not writable")
+            raise CacheError(f"the frame store directory {self.root} is not writable", remedy=_REMEDY)
 
     def build(
         self,
@@ -320,7 +321,7 @@ class FrameStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise CacheError(f"cannot create the frame store directory {path.parent}: {err}") from err
+            raise CacheError(f"cannot create the frame store directory {path.parent}: {err}", remedy=_REMEDY) from err
         remove_stale_temp_files(path.parent)
         metadata = {
             "format": FORMAT_NAME,

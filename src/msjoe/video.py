@@ -136,7 +136,7 @@ def probe(path: str | Path) -> VideoInfo:
         EmptyVideoError: the video stream has no frame.
         CorruptVideoError: truncated or damaged (e.g. an MP4 whose index points past the end of the file).
     """
-    path = _existing_file(path)
+    path = existing_video_file(path)
     with _open_video(path) as (container, stream):
         reader = _FrameReader(container, stream, path, threads=1)
         duration = reader.declared_duration_s
@@ -225,7 +225,7 @@ def iter_frames(
     Arguments are checked when called; the file is opened on the first ``next()``, which raises the
     :mod:`msjoe.errors` video errors listed in :func:`probe`.
     """
-    path = _existing_file(path)
+    path = existing_video_file(path)
     times = _check_timestamps(timestamps)
     size = _check_size(size)
     _check_int("threads", threads, minimum=0)
@@ -241,7 +241,7 @@ def decode_frames(
     threads: int = 0,
 ) -> np.ndarray:
     """All frames at ``timestamps`` as one uint8 array ``[N, H, W, 3]``; see :func:`iter_frames`."""
-    path = _existing_file(path)
+    path = existing_video_file(path)
     times = _check_timestamps(timestamps)
     size = _check_size(size)
     _check_int("threads", threads, minimum=0)
@@ -695,14 +695,21 @@ def _output_hw(display_hw: tuple[int, int], size: Size) -> tuple[int, int]:
 # --- argument checks -----------------------------------------------------------------------------------------
 
 
-def _existing_file(path: str | Path) -> Path:
+def existing_video_file(path: str | Path) -> Path:
+    """``path`` as a :class:`Path` if it names an existing regular file.
+
+    Raises:
+        VideoNotFoundError: nothing is there, or a folder (or another non-file) is; the message says which.
+    """
     if not isinstance(path, str | Path):
         raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
     path = Path(path)
     if not path.exists():
         raise VideoNotFoundError(f"video file not found: {path}")
+    if path.is_dir():
+        raise VideoNotFoundError(f"{path} is a folder, not a video file")
     if not path.is_file():
-        raise VideoNotFoundError(f"not a file: {path}")
+        raise VideoNotFoundError(f"{path} is not a regular file (a device, socket or pipe), so not a video file")
     return path
 
 

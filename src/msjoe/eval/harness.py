@@ -177,14 +177,14 @@ class PredictionLog:
         for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
+            # Name the line and what deleting it costs: the other lines are finished answers worth keeping.
+            fix = f"fix line {number} or delete that line alone (its item is answered again); keep the others"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{self.path}:{number}: not a prediction record ({err.msg}); fix or delete the file"
-                ) from None
+                raise ValueError(f"{self.path}:{number}: not a prediction record ({err.msg}): {fix}") from None
             if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-                raise ValueError(f"{self.path}:{number}: a prediction record needs a string 'id'")
+                raise ValueError(f"{self.path}:{number}: a prediction record needs a string 'id': {fix}")
             self.records[record["id"]] = record
 
     def append(self, record: Mapping[str, Any]) -> None:
