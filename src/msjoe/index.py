@@ -170,10 +170,10 @@ def index_videos(
     paths = [str(p) for p in paths]
     report = IndexReport()
     started = time.perf_counter()
-    cache.ensure_writable()
-    cache.clean()  # temp files of writes that crashed in an earlier run
+    # Writability is checked at the first video that needs writing (before decoding it), not here: a read-only
+    # cache that already holds every video (a shared, finished index) is fine.
+    cache.clean()  # temp files of writes that crashed in an earlier run (a read-only cache keeps them)
     if frame_store is not None:
-        frame_store.ensure_writable()
         frame_store.clean()
     with _batch_progress(progress, len(paths)) as (on_video_done, frame_progress):
         for path in paths:
@@ -181,6 +181,7 @@ def index_videos(
                 key, cached = _lookup(path, encoder, cache, fps, max_frames)
                 decoded = cached is None
                 if decoded:
+                    cache.ensure_writable()  # fail before minutes of decoding, not after
                     with frame_progress(Path(path).name) as on_frames:
                         features = _compute(path, encoder, fps, max_frames, batch_size, threads, on_frames)
                     if key is not None:
