@@ -4,6 +4,9 @@ entry checksum's coverage."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from msjoe.atomic import STALE_TEMP_AGE_S, remove_stale_temp_files
+from msjoe.cache import atomic_writer
 from msjoe.cli import app
 from msjoe.synthetic_video import write_video
 
@@ -68,3 +73,92 @@ def test_index_on_a_read_only_cache_that_holds_every_video(
         code, output = run("index", videos[0], videos[1], *common)
         assert code == 1 and f"the feature cache directory {cache} is not writable" in output
         assert snapshot(cache) == before
+
+
+# --- leftovers of killed writers ------------------------------------------------------------------------------
+WRITER = """
+import sys, time
+from pathlib import Path
+from msjoe.cache import atomic_writer
+with atomic_writer(Path(sys.argv[1])) as file:
+    file.write(b"half an entry")
+    file.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+STORE_BUILDER = """
+import sys, time
+from msjoe.cache import FeatureCache
+from msjoe.frame_store import FrameStore
+
+def stop_here(done, total):
+    print("building", flush=True)
+    time.sleep(600)
+
+FrameStore.for_cache(FeatureCache(sys.argv[1])).build(sys.argv[2], progress=stop_here)
+"""
+
+
+@contextmanager
+def started(script: str, *args: object) -> Iterator[subprocess.Popen[str]]:
+    """A Python process running ``script`` that has printed its first line (it then waits to be killed)."""
+    process = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip(), "the writer did not start"
+        yield process
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.tmp"))
+
+
+def age(path: Path, seconds: float) -> None:
+    os.utime(path, (time.time() - seconds, time.time() - seconds))
+
+
+def test_a_killed_writers_temp_file_goes_at_once_a_live_ones_stays(tmp_path: Path) -> None:
+    entry = tmp_path / "ab" / "entry.safetensors"
+    entry.parent.mkdir()
+    with started(WRITER, entry) as writer:
+        (temp,) = temp_files(tmp_path)
+        age(temp, 2 * 3600)  # older than the age rule: the writer's lock still keeps it
+        assert remove_stale_temp_files(entry.parent) == 0 and temp.exists()
+        writer.kill()
+        writer.wait(timeout=60)
+    age(temp, 2)  # seconds, not an hour, after the writer died
+    assert remove_stale_temp_files(entry.parent) == 1 and not temp.exists() and not entry.exists()
+
+
+def test_this_process_never_removes_its_own_write_in_progress(tmp_path: Path) -> None:
+    entry = tmp_path / "entry.safetensors"
+    with atomic_writer(entry) as file:
+        file.write(b"in progress")
+        (temp,) = temp_files(tmp_path)
+        age(temp, 2 * 3600)
+        assert remove_stale_temp_files(tmp_path) == 0 and temp.exists()
+    assert entry.read_bytes() == b"in progress" and not temp_files(tmp_path)
+
+
+def test_a_temp_file_without_a_writer_name_still_waits_for_the_age_rule(tmp_path: Path) -> None:
+    # Written by an older msjoe, whose writers took no lock: only its age says it is abandoned.
+    unnamed = tmp_path / ".entry.abc.tmp"
+    unnamed.write_bytes(b"?")
+    age(unnamed, 60)
+    assert remove_stale_temp_files(tmp_path) == 0
+    age(unnamed, 2 * STALE_TEMP_AGE_S)
+    assert remove_stale_temp_files(tmp_path) == 1
+
+
+def test_rerunning_a_killed_store_frames_index_removes_its_temp_file(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    video = write_video(tmp_path / "v.mp4", duration=4.0, fps=4.0, size=(64, 48))
+    cache = tmp_path / "cache"
+    with started(STORE_BUILDER, cache, video):
+        (temp,) = temp_files(cache / "frames")  # killed while building the frame store entry
+    age(temp, 2)
+    code, output = run("index", video, "--store-frames", "--clip", tiny_clip_dir, "--cache-dir", cache)
+    assert code == 0, output
+    assert not temp_files(cache) and len(list((cache / "frames").rglob("*.safetensors"))) == 1

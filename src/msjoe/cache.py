@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import struct
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from msjoe.atomic import TEMP_SUFFIX, create_temp_file
+from msjoe.atomic import STALE_TEMP_AGE_S, atomic_file, remove_stale_temp_files
 from msjoe.errors import CacheError
 
 if TYPE_CHECKING:
@@ -49,9 +48,6 @@ FORMAT_VERSION = 1
 """Bump when the entry layout or the way frames are decoded/encoded changes: older entries then read as stale."""
 
 ENTRY_SUFFIX = ".safetensors"
-STALE_TEMP_AGE_S = 3600.0
-"""Temporary files older than this are leftovers of a crashed write (a live write takes seconds) and are deleted."""
-
 FINGERPRINT_CHUNK = 1 << 20
 
 _REMEDY = f"Set ${CACHE_ENV_VAR} or pass FeatureCache(root=...) to a writable folder"
@@ -361,28 +357,6 @@ class FeatureCache:
             raise CacheError(f"cannot delete feature cache entry {path}: {err}") from err
 
 
-def remove_stale_temp_files(directory: Path, older_than_s: float = STALE_TEMP_AGE_S) -> int:
-    """Delete the temp files of :func:`atomic_writer` in ``directory`` older than ``older_than_s``; return how many.
-
-    A live write takes seconds, so an old temp file is the leftover of a crashed process; younger ones may belong
-    to a concurrent writer and are kept.
-    """
-    removed = 0
-    now = time.time()
-    try:
-        candidates = [p for p in directory.iterdir() if p.name.endswith(TEMP_SUFFIX)]
-    except OSError:
-        return 0
-    for candidate in candidates:
-        try:
-            if now - candidate.stat().st_mtime > older_than_s:
-                candidate.unlink()
-                removed += 1
-        except OSError:
-            continue  # another process removed or renamed it first
-    return removed
-
-
 def _read_metadata(data: bytes) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors buffer (8-byte little-endian header length, then a JSON header)."""
     if len(data) < 8:
@@ -411,37 +385,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 @contextmanager
 def atomic_writer(path: Path, *, what: str = "feature cache entry") -> Iterator[BinaryIO]:
-    """A binary file to write ``path``'s content to, so that ``path`` is either absent/old or complete, never partial.
+    """A binary file to write ``path``'s content to, so that ``path`` is either absent/old or complete, never partial
+    (:func:`msjoe.atomic.atomic_file`: a locked temp file beside ``path``, fsynced and renamed onto it).
 
-    The file is a temp file in ``path``'s directory (``os.replace`` is atomic only within a filesystem), opened
-    ``w+b`` so writers may seek back (e.g. to fill in a header). On a clean exit it is fsynced (so a power loss
-    cannot leave a renamed but empty file), renamed onto ``path`` and the directory fsynced (so the rename itself
-    is durable). If the body raises, the temp file is removed, the previous entry, if any, is untouched and the
-    exception propagates unchanged; failures of the flush, fsync or rename raise :class:`CacheError` naming
-    ``what`` and ``path``. Leftovers of a crashed process end in :data:`TEMP_SUFFIX`
-    (see :func:`remove_stale_temp_files`).
+    If the body raises, the temp file is removed, the previous entry, if any, is untouched and the exception
+    propagates unchanged; failures of the flush, fsync or rename raise :class:`CacheError` naming ``what`` and
+    ``path``. Leftovers of a killed process are removed by :func:`remove_stale_temp_files`.
     """
-    fd, temp = create_temp_file(path.parent, prefix=f".{path.stem}.")  # the umask's mode, not mkstemp's 0600
-    body_done = False
-    try:
-        with os.fdopen(fd, "w+b") as file:
-            yield file
-            body_done = True
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)  # after closing: Windows cannot rename an open file
-    except BaseException as err:
-        temp.unlink(missing_ok=True)
-        if body_done and isinstance(err, OSError):
-            raise CacheError(f"cannot write {what} {path}: {err}") from err
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return  # platforms without directory fds (Windows): the rename is still atomic
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+
+    def write_error(err: OSError) -> CacheError:
+        return CacheError(f"cannot write {what} {path}: {err}")
+
+    with atomic_file(path, prefix=f".{path.stem}.", on_write_error=write_error) as file:
+        yield file
