@@ -3,6 +3,9 @@ entry checksum's coverage."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -11,13 +14,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from msjoe.atomic import STALE_TEMP_AGE_S, remove_stale_temp_files
-from msjoe.cache import atomic_writer
+from msjoe.cache import CacheKey, FeatureCache, FrameFeatures, atomic_writer
 from msjoe.cli import app
+from msjoe.frame_store import FrameStore
 from msjoe.synthetic_video import write_video
+from msjoe.video import VideoInfo
 
 
 def run(*args: object) -> tuple[int, str]:
@@ -79,7 +86,7 @@ def test_index_on_a_read_only_cache_that_holds_every_video(
 WRITER = """
 import sys, time
 from pathlib import Path
-from msjoe.cache import atomic_writer
+from msjoe.cache import CacheKey, FeatureCache, FrameFeatures, atomic_writer
 with atomic_writer(Path(sys.argv[1])) as file:
     file.write(b"half an entry")
     file.flush()
@@ -162,3 +169,60 @@ def test_rerunning_a_killed_store_frames_index_removes_its_temp_file(tiny_clip_d
     code, output = run("index", video, "--store-frames", "--clip", tiny_clip_dir, "--cache-dir", cache)
     assert code == 0, output
     assert not temp_files(cache) and len(list((cache / "frames").rglob("*.safetensors"))) == 1
+
+
+# --- the checksum covers the metadata -------------------------------------------------------------------------
+def same_length_edit(path: Path, old: bytes, new: bytes) -> None:
+    """Change bytes of a file's header in place, keeping its length: still a well-formed safetensors file."""
+    data = path.read_bytes()
+    assert len(old) == len(new) and data.count(old) == 1, data[:2000]
+    path.write_bytes(data.replace(old, new))
+
+
+KEY = CacheKey("f" * 32, "/models/clip", "rev", 1.0, 64)
+
+
+def features(num_frames: int = 5) -> FrameFeatures:
+    info = VideoInfo("/videos/a.mp4", float(num_frames), 25.0, 25 * num_frames, "h264", 128, 72, 0, 0.0)
+    embeddings = torch.nn.functional.normalize(torch.randn(num_frames, 8, generator=torch.Generator().manual_seed(0)))
+    return FrameFeatures(np.arange(num_frames) + 0.5, embeddings, info, KEY.model_id, KEY.revision, 1.0, 64)
+
+
+def test_damaged_feature_cache_metadata_is_caught(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cache = FeatureCache(tmp_path)
+    cache.put(KEY, features())
+    assert cache.get(KEY).video_info.height == 72
+    # The probe info is used later (decoding sizes): a damaged value must not be served.
+    same_length_edit(cache.path(KEY), b'\\"height\\": 72', b'\\"height\\": 27')
+    assert cache.get(KEY) is None and not cache.path(KEY).exists()
+    assert "checksum mismatch (damaged data or metadata)" in caplog.text
+
+
+def test_feature_cache_entries_of_earlier_versions_are_still_read(tmp_path: Path) -> None:
+    # Written before the checksum covered the metadata: no scope field, a SHA-256 of the tensor bytes alone.
+    from safetensors.torch import save
+
+    cache = FeatureCache(tmp_path, storage_dtype=torch.float32)
+    stored = features()
+    embeddings, timestamps = stored.embeddings.contiguous(), torch.from_numpy(stored.timestamps.astype(np.float64))
+    tensor_sha = hashlib.sha256(embeddings.numpy().tobytes() + timestamps.numpy().tobytes()).hexdigest()
+    metadata = {
+        "format": "msjoe-frame-features", "format_version": "1", "key": json.dumps(KEY.as_dict(), sort_keys=True),
+        "video": json.dumps(dataclasses.asdict(stored.video), sort_keys=True), "num_frames": "5", "embed_dim": "8",
+        "created": "2026-01-01T00:00:00+00:00", "checksum": f"sha256:{tensor_sha}",
+    }  # fmt: skip
+    cache.path(KEY).parent.mkdir(parents=True)
+    cache.path(KEY).write_bytes(save({"embeddings": embeddings, "timestamps": timestamps}, metadata=metadata))
+    loaded = cache.get(KEY)
+    assert loaded is not None and torch.equal(loaded.embeddings, embeddings) and loaded.video == stored.video
+
+
+def test_damaged_frame_store_metadata_is_caught(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    video = write_video(tmp_path / "v.mp4", duration=3.0, fps=4.0, size=(64, 48))
+    store = FrameStore(tmp_path / "frames")
+    store.build(video)
+    assert store.has(video)
+    (entry,) = (tmp_path / "frames").rglob("*.safetensors")
+    same_length_edit(entry, b'\\"height\\": 48', b'\\"height\\": 84')  # the video's size: sets the served size
+    assert not store.has(video) and not entry.exists()
+    assert "index checksum mismatch (damaged data or metadata)" in caplog.text

@@ -6,7 +6,7 @@ One entry is one safetensors file ``<root>/<2 hex>/<key digest>.safetensors`` ho
   about 1e-4, far below the differences between frames that matter to a sampler),
 - ``timestamps``: ``[T]`` float64 seconds,
 - metadata (JSON strings): format name and version, the full key, the video's probe info, the creation time and a
-  SHA-256 of the tensor bytes.
+  SHA-256 of the tensor bytes and of the other metadata (the probe info is used to decode frames later).
 
 Reads verify everything: an entry that is truncated, garbage, fails its checksum, has the wrong shapes, or was
 written for another key or format version is logged, deleted and reported as a miss, so the caller rebuilds it.
@@ -50,6 +50,7 @@ FORMAT_VERSION = 1
 ENTRY_SUFFIX = ".safetensors"
 FINGERPRINT_CHUNK = 1 << 20
 
+_SCOPE = "tensors+metadata"
 _REMEDY = f"Set ${CACHE_ENV_VAR} or pass FeatureCache(root=...) to a writable folder"
 
 
@@ -181,11 +182,25 @@ def _video_from_dict(record: dict[str, Any]) -> VideoInfo | dict[str, Any]:
     return record
 
 
-def _checksum(embeddings: torch.Tensor, timestamps: torch.Tensor) -> str:
+CHECKSUM_SCOPE_FIELD = "checksum_covers"
+"""Metadata field saying what an entry's checksum covers. Entries written before it existed lack it: their
+checksum covers the arrays alone, and they are still read (verified that way) rather than rebuilt."""
+
+
+def covered_metadata(metadata: dict[str, str], checksum_field: str) -> bytes:
+    """The bytes of an entry's metadata that its checksum covers: every field but the checksum, canonical JSON."""
+    return json.dumps({k: v for k, v in metadata.items() if k != checksum_field}, sort_keys=True).encode()
+
+
+def _checksum(embeddings: torch.Tensor, timestamps: torch.Tensor, metadata: dict[str, str] | None) -> str:
+    """SHA-256 of the tensors and of ``metadata`` (all fields but the checksum; ``None``: the tensors alone, as
+    entries written before :data:`CHECKSUM_SCOPE_FIELD` were)."""
     digest = hashlib.sha256()
     # Hash the tensors' memory in place (buffer protocol): no copy of a multi-MB entry.
     digest.update(embeddings.contiguous().view(torch.uint8).numpy())
     digest.update(timestamps.contiguous().view(torch.uint8).numpy())
+    if metadata is not None:
+        digest.update(covered_metadata(metadata, "checksum"))
     return "sha256:" + digest.hexdigest()
 
 
@@ -270,8 +285,11 @@ class FeatureCache:
             )
         if not embeddings.is_floating_point() or timestamps.dtype != torch.float64:
             raise _CorruptEntry(f"wrong dtypes: embeddings {embeddings.dtype}, timestamps {timestamps.dtype}")
-        if _checksum(embeddings, timestamps) != expected_checksum:
-            raise _CorruptEntry("checksum mismatch (damaged data)")
+        scope = metadata.get(CHECKSUM_SCOPE_FIELD)
+        if scope not in (None, _SCOPE):
+            raise _CorruptEntry(f"unknown checksum scope {scope!r}")
+        if _checksum(embeddings, timestamps, metadata if scope else None) != expected_checksum:
+            raise _CorruptEntry("checksum mismatch (damaged data or metadata)")
         return FrameFeatures(
             timestamps=timestamps.numpy(),
             embeddings=embeddings.float(),
@@ -309,8 +327,9 @@ class FeatureCache:
             "num_frames": str(embeddings.shape[0]),
             "embed_dim": str(embeddings.shape[1]),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "checksum": _checksum(embeddings, timestamps),
+            CHECKSUM_SCOPE_FIELD: _SCOPE,
         }
+        metadata["checksum"] = _checksum(embeddings, timestamps, metadata)
         data = save_safetensors({"embeddings": embeddings, "timestamps": timestamps}, metadata=metadata)
 
         path = self.path(key)

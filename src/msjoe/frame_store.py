@@ -28,7 +28,7 @@ One safetensors file per entry, ``<root>/<2 hex>/<key digest>.safetensors``, lai
 - ``crc32``: uint32 ``[N]``, a CRC-32 of each JPEG,
 - ``jpeg``: uint8 ``[bytes]``, the JPEGs back to back,
 - metadata: format name and version, the full key, the video's probe info, the stored frame size, the creation
-  time and a SHA-256 of ``offsets``, ``timestamps`` and ``crc32``.
+  time and a SHA-256 of ``offsets``, ``timestamps``, ``crc32`` and the other metadata.
 
 A read parses the header and the small arrays (about 20 bytes a frame) and then reads only the JPEGs it needs,
 so its cost does not grow with the video's length. Verification matches that: the file length must be exactly
@@ -61,10 +61,12 @@ import numpy as np
 from PIL import Image
 
 from msjoe.cache import (
+    CHECKSUM_SCOPE_FIELD,
     ENTRY_SUFFIX,
     STALE_TEMP_AGE_S,
     FeatureCache,
     atomic_writer,
+    covered_metadata,
     default_cache_dir,
     key_digest,
     remove_stale_temp_files,
@@ -96,6 +98,7 @@ FRAMES_SUBDIR = "frames"
 """Default store folder inside a feature cache root (feature shards are 2-hex-digit folders: no clash)."""
 
 ProgressCallback = Callable[[int, int], None]
+_SCOPE = "index+metadata"
 _REMEDY = "Pass FrameStore(root=...) a writable folder (FrameStore.for_cache: the feature cache's)"
 
 # Requested times match stored candidates within this (the same float64 grid gives exact equality; the slack
@@ -406,7 +409,7 @@ def _write_entry(
     num_frames = len(timestamps)
     # The header's length depends only on the digits of the blob size and on the checksum (fixed length): reserve
     # room for the largest possible values, so the JPEGs can be written before the header is known.
-    placeholder = {**metadata, "index_checksum": "sha256:" + "0" * 64}
+    placeholder = {**metadata, CHECKSUM_SCOPE_FIELD: _SCOPE, "index_checksum": "sha256:" + "0" * 64}
     reserve = len(_header_bytes(placeholder, num_frames, jpeg_bytes=2**63 - 1))
     index_bytes = 20 * num_frames + 8  # offsets (8 [N+1]) + timestamps (8 [N]) + crc32 (4 [N])
     jpeg_start = 8 + reserve + index_bytes
@@ -432,15 +435,22 @@ def _write_entry(
         raise AssertionError(f"decoded {done} frames for {num_frames} timestamps")  # iter_frames' contract
 
     times = np.ascontiguousarray(timestamps, dtype=np.float64)
-    metadata = {**metadata, "index_checksum": _index_checksum(offsets, times, crcs)}
+    metadata = {**metadata, CHECKSUM_SCOPE_FIELD: _SCOPE}
+    metadata["index_checksum"] = _index_checksum(offsets, times, crcs, metadata)
     header = _header_bytes(metadata, num_frames, int(offsets[-1]), reserve)
     file.write(struct.pack("<Q", len(header)) + header + offsets.tobytes() + times.tobytes() + crcs.tobytes(), at=0)
 
 
-def _index_checksum(offsets: np.ndarray, timestamps: np.ndarray, crcs: np.ndarray) -> str:
+def _index_checksum(
+    offsets: np.ndarray, timestamps: np.ndarray, crcs: np.ndarray, metadata: dict[str, str] | None
+) -> str:
+    """SHA-256 of the index arrays and of ``metadata`` (all fields but the checksum; ``None``: the arrays alone,
+    as entries written before :data:`~msjoe.cache.CHECKSUM_SCOPE_FIELD` were)."""
     digest = hashlib.sha256()
     for array in (offsets, timestamps, crcs):
         digest.update(array.data)
+    if metadata is not None:
+        digest.update(covered_metadata(metadata, "index_checksum"))
     return "sha256:" + digest.hexdigest()
 
 
@@ -488,8 +498,11 @@ def _read_index(file: BinaryIO, key: FrameStoreKey) -> _EntryIndex:
     offsets = np.frombuffer(index, dtype="<i8", count=num_frames + 1)
     timestamps = np.frombuffer(index, dtype="<f8", count=num_frames, offset=8 * (num_frames + 1))
     crcs = np.frombuffer(index, dtype="<u4", count=num_frames, offset=16 * num_frames + 8)
-    if _index_checksum(offsets, timestamps, crcs) != expected_checksum:
-        raise _CorruptEntry("index checksum mismatch (damaged data)")
+    scope = metadata.get(CHECKSUM_SCOPE_FIELD)
+    if scope not in (None, _SCOPE):
+        raise _CorruptEntry(f"unknown checksum scope {scope!r}")
+    if _index_checksum(offsets, timestamps, crcs, metadata if scope else None) != expected_checksum:
+        raise _CorruptEntry("index checksum mismatch (damaged data or metadata)")
     if offsets[0] != 0 or offsets[-1] != jpeg_end - jpeg_begin or np.any(np.diff(offsets) <= 0):
         raise _CorruptEntry("inconsistent frame offsets")
     return _EntryIndex(
