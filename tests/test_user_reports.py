@@ -213,3 +213,42 @@ def test_a_damaged_prediction_line_is_named_without_inviting_to_delete_the_file(
     path.write_text('{"id": "q0"}\n{"id": 3}\n')
     with pytest.raises(ValueError, match=re.escape(f"{path}:2: a prediction record needs a string 'id': fix line 2")):
         PredictionLog(path)
+
+
+# --- how times print ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def odd_length_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5.28 s: the last 1-fps candidate is (5 + 5.28) / 2, which float arithmetic makes 5.140000000000001."""
+    return write_video(tmp_path_factory.mktemp("odd") / "odd.mp4", duration=5.28, fps=25.0, size=(64, 48))
+
+
+def test_times_print_as_what_they_are(
+    server: ScriptedServer, odd_length_video: Path, tiny_clip_dir: Path, tmp_path: Path
+) -> None:
+    from msjoe.video import candidate_timestamps, probe, round_seconds
+
+    assert candidate_timestamps(probe(odd_length_video))[-1] == 5.140000000000001  # the exact value is kept
+    assert round_seconds(5.140000000000001) == 5.14 and round_seconds(1 / 3) == 0.333333
+
+    common = ["-k", "6", "--clip", tiny_clip_dir, "--cache-dir", tmp_path]
+    code, stdout, output = invoke("select", odd_length_video, "-q", "x", *common, "--json")
+    assert code == 0, output
+    assert json.loads(stdout)["timestamps"][-1] == 5.14 and "5.140000000000001" not in stdout
+
+    server.default = lambda handler, body: handler.send_json(200, completion("A"))
+    mllm = ["-o", "yes", "-o", "no", "--mllm", server.url, "--model", "m"]
+    code, stdout, output = invoke("ask", odd_length_video, "Which one?", *mllm, *common, "--json")
+    assert code == 0, output
+    assert json.loads(stdout)["chosen_timestamps"][-1] == 5.14 and "5.140000000000001" not in stdout
+
+    annotations = tmp_path / "lvb.json"
+    annotations.write_text(json.dumps([lvb_row("q0", video_path="odd.mp4")]))
+    out = tmp_path / "out"
+    code, _, output = invoke(
+        "eval", "--benchmark", "longvideobench", "--annotations", annotations, "--videos", odd_length_video.parent,
+        "--sampler", "uniform", "--frames", "6", "--mllm", server.url, "--model", "m", "--clip", tiny_clip_dir,
+        "--cache-dir", tmp_path, "--out", out,
+    )  # fmt: skip
+    assert code == 0, output
+    predictions = (out / "predictions" / "longvideobench" / "uniform_k6.jsonl").read_text()
+    assert json.loads(predictions)["chosen_timestamps"][-1] == 5.14 and "5.140000000000001" not in predictions

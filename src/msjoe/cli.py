@@ -185,7 +185,7 @@ def select(
         chosen = select_frames(chosen_sampler, sim, k, seed=seed)
     except (MsjoeError, ValueError) as error:
         raise _fail(error) from error
-    timestamps = [float(features.timestamps[i]) for i in chosen]
+    timestamps = [video_io.round_seconds(features.timestamps[i]) for i in chosen]
     best = sim[:, chosen].max(dim=0)
     if as_json:
         result = {

@@ -114,7 +114,7 @@ class Answer:
         return len(self.chosen_indices)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (the similarity matrix as nested lists, rounded)."""
+        """JSON-ready view (times rounded to the microsecond, the similarity matrix as nested lists, rounded)."""
         return {
             "k": self.k,
             "requested_k": self.requested_k,
@@ -124,9 +124,9 @@ class Answer:
             "queries": self.queries,
             "query_reply": self.query_reply,
             "queries_from_question": self.queries_from_question,
-            "preview_timestamps": self.preview_timestamps,
+            "preview_timestamps": [video_io.round_seconds(t) for t in self.preview_timestamps],
             "chosen_indices": self.chosen_indices,
-            "chosen_timestamps": self.chosen_timestamps,
+            "chosen_timestamps": [video_io.round_seconds(t) for t in self.chosen_timestamps],
             "num_candidates": len(self.candidate_timestamps),
             "similarity": None if self.similarity is None else np.round(self.similarity.numpy(), 4).tolist(),
             "timings": self.timings,

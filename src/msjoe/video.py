@@ -160,6 +160,13 @@ def probe(path: str | Path) -> VideoInfo:
         )
 
 
+def round_seconds(seconds: float) -> float:
+    """``seconds`` rounded to the microsecond, for printing and JSON: 5.14 rather than the 5.140000000000001 that
+    float arithmetic leaves in candidate times. A microsecond is within the frame store's matching tolerance, so
+    a printed time still names the same candidate. Computations keep the exact values."""
+    return round(float(seconds), 6)
+
+
 def candidate_timestamps(info: VideoInfo, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES) -> np.ndarray:
     """Candidate frame times: one per ``1/fps`` interval over the whole video, at most ``max_frames``.
 

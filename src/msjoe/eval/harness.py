@@ -57,6 +57,7 @@ from msjoe.mllm.errors import BackendConnectionError, BackendHTTPError
 from msjoe.pipeline import VideoQA
 from msjoe.progress import progress_bar
 from msjoe.samplers import available_samplers
+from msjoe.video import round_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ def answer_item(
         **_official_outcome(bench, item, answer.reply, scoring or {}),
         "queries": answer.queries,
         "queries_from_question": answer.queries_from_question,
-        "chosen_timestamps": answer.chosen_timestamps,
+        "chosen_timestamps": [round_seconds(t) for t in answer.chosen_timestamps],
         "timings": {**answer.timings, "total": time.perf_counter() - start},
     }
 

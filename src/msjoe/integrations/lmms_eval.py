@@ -319,7 +319,7 @@ class MSJoE(lmms):
             "question": question,
             "options": options,
             "queries": answer.queries if answer else [],
-            "chosen_timestamps": answer.chosen_timestamps if answer else [],
+            "chosen_timestamps": [video_io.round_seconds(t) for t in answer.chosen_timestamps] if answer else [],
             "raw_reply": answer.reply if answer else None,
             "letter": answer.letter if answer else None,
             "reply": text,
