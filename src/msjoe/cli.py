@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from msjoe import video as video_io
+from msjoe.cli_score import score as score_command
 from msjoe.train.cli import app as train_app
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 app.add_typer(train_app, name="train")
+app.command("score")(score_command)
 
 ClipOption = Annotated[
     str, typer.Option("--clip", help="Frozen CLIP/SigLIP dual encoder: Hugging Face id or local folder.")
@@ -361,11 +363,9 @@ def evaluate(
         int, typer.Option(help="Items answered concurrently; only helps with an HTTP --mllm (local models: 1).", min=1)
     ] = 1,
     retry_errors: Annotated[bool, typer.Option(help="Run again the items that failed in an earlier run.")] = False,
-    extractor: Annotated[
-        str | None, typer.Option(help="Answer extraction rule [default: the benchmark's official one].")
-    ] = None,
-    unparsed: Annotated[
-        str | None, typer.Option(help="Unreadable replies: wrong, exclude or random [default: the benchmark's].")
+    rules: Annotated[
+        str | None,
+        typer.Option(help="Scoring rule set (README: Scoring) [default: the benchmark's official one]."),
     ] = None,
     sampler_checkpoint: Annotated[
         Path | None, typer.Option(help="U-Sampler weights folder (required when --sampler lists usampler).")
@@ -382,8 +382,9 @@ def evaluate(
     store_frames: StoreFramesOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print this benchmark's scores as JSON.")] = False,
 ) -> None:
-    """Evaluate samplers x frame budgets on a benchmark: resumable per-item predictions, official scoring,
-    OUT/report.md and OUT/scores.json. Under `accelerate launch` (or `torchrun`; on CPU with
+    """Evaluate samplers x frame budgets on a benchmark: resumable per-item predictions, scoring by a rule set
+    (the benchmark's official one by default; `msjoe score` rescores without models), OUT/report.md and
+    OUT/scores.json. Under `accelerate launch` (or `torchrun`; on CPU with
     ACCELERATE_USE_CPU=true) each process answers the questions of every N-th video with its own model copy (with
     `--device cuda`, on its own GPU); OUT must be on a file system every process sees."""
     from msjoe.devices import check_device
@@ -400,11 +401,7 @@ def evaluate(
                 raise ValueError("--model names a model on an HTTP server: use it with an http(s) --mllm URL")
             if workers > 1 and not is_http:
                 raise ValueError("--workers > 1 needs an HTTP --mllm: a local model answers one item at a time")
-            scoring: dict[str, object] = {"seed": seed}
-            if extractor is not None:
-                scoring["extractor"] = extractor
-            if unparsed is not None:
-                scoring["unparsed"] = unparsed
+            scoring: dict[str, object] = {"seed": seed, "rules": rules}
             config = EvalConfig(
                 benchmark=benchmark,
                 annotations=annotations,

@@ -1,21 +1,6 @@
-"""Evaluation: official answer extraction and accuracy tables (:mod:`msjoe.eval.scoring`)."""
+"""Evaluation: the benchmark harness, reports and plots, rescoring prediction files, and reading them
+(:mod:`msjoe.eval.predictions`). The scoring rule sets live in :mod:`msjoe.rules`."""
 
-from msjoe.eval.scoring import (
-    EXTRACTORS,
-    ScoredItem,
-    ScoringPolicy,
-    Tally,
-    read_predictions,
-    resolve_extractor,
-    score_items,
-)
+from msjoe.eval.predictions import read_predictions
 
-__all__ = [
-    "EXTRACTORS",
-    "ScoredItem",
-    "ScoringPolicy",
-    "Tally",
-    "read_predictions",
-    "resolve_extractor",
-    "score_items",
-]
+__all__ = ["read_predictions"]

@@ -14,12 +14,14 @@ and items whose id is already there are skipped. Reports are written atomically 
 
 Failures: an item whose video is missing is never run; it is listed in the report (``LoadResult.missing``).
 An item whose pipeline raises (corrupt video, a request the server rejects as too long...) gets an error line
-(``status "error"`` and the message), counts as wrong, and is not retried on reruns unless asked
+(``status "error"`` and the message), has no reply (the rule set says how that counts: wrong, left out, or as
+the empty reply; the report lists it), and is not retried on reruns unless asked
 (``retry_errors``). Failures that are not the item's fault (the model server unreachable, overloaded or
 refusing the credentials) stop the run instead: every finished item is already saved, so a rerun resumes.
 
-Scores: ``correct`` in a prediction line is the benchmark's official rule applied when the line was written; the
-reports always rescore the stored replies with the current scoring options, so changing them needs no rerun.
+Scores: ``correct`` in a prediction line is the rule set applied to that reply alone when the line was written; the
+reports always rescore the stored replies with the chosen rule set (:mod:`msjoe.rules`), so changing it needs no
+rerun (``msjoe score`` rescores a prediction file without loading any model).
 
 Several processes (``accelerate launch`` / ``torchrun``, one model per GPU): each answers every N-th pending item
 into its own shard file ``<sampler>_k<K>.rank<R>.jsonl`` beside the prediction file; the main process then moves
@@ -47,7 +49,7 @@ from typing import Any
 
 from msjoe.atomic import write_text_atomically
 from msjoe.data.benchmarks import get_benchmark
-from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult
+from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult, UnrunnableRow
 from msjoe.data.schema import QAItem
 from msjoe.distributed import SingleProcess, all_results, main_process_first, my_share, on_every_process
 from msjoe.errors import MsjoeError
@@ -56,6 +58,7 @@ from msjoe.eval.report import render_markdown
 from msjoe.mllm.errors import BackendConnectionError, BackendHTTPError
 from msjoe.pipeline import VideoQA
 from msjoe.progress import progress_bar
+from msjoe.rules import get_rules
 from msjoe.samplers import available_samplers
 from msjoe.video import round_seconds
 
@@ -82,8 +85,8 @@ class EvalConfig:
         limit: run only the first ``limit`` items (quick checks); ``None`` runs all.
         workers: items answered concurrently (threads; useful with the HTTP backend only, see module docs).
         retry_errors: rerun items whose earlier attempt ended in an error line (the new line supersedes it).
-        scoring: keyword arguments for the benchmark's ``score`` (``extractor``, ``unparsed``, ``seed``); empty
-            means the benchmark's official defaults.
+        scoring: keyword arguments for the benchmark's ``score``: ``rules`` (a rule set name of
+            :mod:`msjoe.rules`) and ``seed`` (of a random fallback); empty means the benchmark's official rule set.
         run_info: what identifies the models (e.g. ``{"mllm": ..., "clip": ...}``), stored with the predictions;
             resuming a file made with different settings is refused, so answers of two setups never mix.
     """
@@ -122,9 +125,10 @@ class EvalConfig:
             raise ValueError(f"limit must be >= 1 (or None for all items), got {self.limit}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        unknown_scoring = set(self.scoring) - {"extractor", "unparsed", "seed"}
+        unknown_scoring = set(self.scoring) - {"rules", "seed"}
         if unknown_scoring:
-            raise ValueError(f"unknown scoring option {sorted(unknown_scoring)[0]!r}; use extractor, unparsed, seed")
+            raise ValueError(f"unknown scoring option {sorted(unknown_scoring)[0]!r}; use rules, seed")
+        get_rules(self.benchmark, self.scoring.get("rules"))  # raises, listing the benchmark's rule sets
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -257,7 +261,8 @@ def is_run_fatal(error: BaseException) -> bool:
 
 
 def _official_outcome(bench: BenchmarkSpec, item: QAItem, reply: str, scoring: Mapping[str, Any]) -> dict[str, Any]:
-    """The benchmark's own rule applied to one reply: the letter it reads and whether that is correct."""
+    """The rule set applied to one reply alone: the letter it reads (a random fallback drawn as for a first item)
+    and whether that is correct."""
     if item.answer is None:
         return {"scored_letter": None, "correct": None}
     scored = bench.score([item], {item.id: reply}, **scoring)["items"][0]
@@ -366,10 +371,15 @@ def _answer_all(
 # The run
 # --------------------------------------------------------------------------------------------------------------
 def _score_run(
-    bench: BenchmarkSpec, items: Sequence[QAItem], records: Mapping[str, Mapping[str, Any]], scoring: Mapping[str, Any]
+    bench: BenchmarkSpec,
+    items: Sequence[QAItem],
+    records: Mapping[str, Mapping[str, Any]],
+    scoring: Mapping[str, Any],
+    unrunnable: Sequence[UnrunnableRow] = (),
 ) -> dict[str, Any] | None:
-    """The official report over ``items`` (failed items count as wrong), without the per-item list (that is
-    in the prediction file); ``None`` when no item has ground truth."""
+    """The rule set's report over ``items`` (failed items have no reply: the rule set says how they count) and
+    the ``unrunnable`` rows it scores, without the per-item list (that is in the prediction file); ``None`` when
+    no item has ground truth."""
     gradable = [item for item in items if item.answer is not None]
     if not gradable:
         return None
@@ -378,7 +388,7 @@ def _score_run(
         for item in gradable
         if item.id in records and records[item.id].get("status") != "error"
     }
-    report = bench.score(gradable, predictions, missing_predictions="wrong", **scoring)
+    report = bench.score(gradable, predictions, unrunnable=unrunnable, **scoring)
     report.pop("items", None)
     return report
 
@@ -539,7 +549,8 @@ def _finish(
                 "error_ids": errors,
                 "error_messages": {record["id"]: record.get("error") for record in selected if record["id"] in errors},
                 "predictions": log.path.relative_to(out).as_posix(),
-                "report": _score_run(bench, items, log.records, scoring),
+                # Rows only the official code can score are added to a whole run, not to a --limit check.
+                "report": _score_run(bench, items, log.records, scoring, result.unrunnable if not config.limit else ()),
             }
         )
 

@@ -61,7 +61,8 @@ def accuracy_series(entry: Mapping[str, Any]) -> tuple[str, list[SamplerSeries]]
         if value is None:
             continue
         metric = report["headline"]["metric"]
-        points.setdefault(run["sampler"], {})[int(run["k"])] = float(value)
+        if run.get("k") is not None:  # a rescored file that does not say its budget has no point on the plot
+            points.setdefault(run["sampler"], {})[int(run["k"])] = float(value)
     series = [
         SamplerSeries(sampler, tuple(sorted(by_k)), tuple(by_k[k] for k in sorted(by_k)))
         for sampler, by_k in points.items()

@@ -32,30 +32,62 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]
     return lines
 
 
-def _runs_by_sampler(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[int]]:
-    samplers = list(dict.fromkeys(run["sampler"] for run in runs))
-    budgets = sorted({int(run["k"]) for run in runs})
-    return samplers, budgets
+def _budget(run: Mapping[str, Any]) -> int | None:
+    """The run's frame budget; ``None`` for a rescored prediction file that does not say (``msjoe score``)."""
+    return None if run.get("k") is None else int(run["k"])
+
+
+def _rules_name(run: Mapping[str, Any]) -> str:
+    report = run.get("report") or {}
+    return str(report.get("rules", {}).get("name", "–"))
 
 
 def _summary_table(benchmarks: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """One row per (benchmark, sampler), one column per budget K: the benchmark's headline metric in %."""
-    budgets = sorted({int(run["k"]) for bench in benchmarks.values() for run in bench["runs"]})
+    """One row per (benchmark, sampler, rule set), one column per budget K: the headline metric in %."""
+    known = sorted({k for bench in benchmarks.values() for run in bench["runs"] if (k := _budget(run)) is not None})
+    unknown = any(_budget(run) is None for bench in benchmarks.values() for run in bench["runs"])
+    budgets: list[int | None] = [*known, *([None] if unknown else [])]
     rows = []
     for name, bench in benchmarks.items():
-        samplers, _ = _runs_by_sampler(bench["runs"])
-        by_key = {(run["sampler"], int(run["k"])): run for run in bench["runs"]}
-        for sampler in samplers:
+        by_key = {(run["sampler"], _rules_name(run), _budget(run)): run for run in bench["runs"]}
+        for sampler, rules in dict.fromkeys((run["sampler"], _rules_name(run)) for run in bench["runs"]):
             metric = next(
                 (r["report"]["headline"]["metric"] for r in bench["runs"] if r["sampler"] == sampler and r["report"]),
                 "accuracy",
             )
             cells = []
             for k in budgets:
-                run = by_key.get((sampler, k))
+                run = by_key.get((sampler, rules, k))
                 cells.append("" if run is None or not run["report"] else _percent(run["report"]["headline"]["value"]))
-            rows.append([name, sampler, metric, *cells])
-    return _table(["benchmark", "sampler", "metric", *(f"K={k}" for k in budgets)], rows)
+            rows.append([name, sampler, f"`{rules}`", metric, *cells])
+    header = ["benchmark", "sampler", "rule set", "metric", *(f"K={'–' if k is None else k}" for k in budgets)]
+    return _table(header, rows)
+
+
+_COUNTS_AS = {
+    "wrong": "counts as wrong",
+    "exclude": "is left out of every count",
+    "random": "gets a random option",
+    "as_empty": "is scored as the empty reply",
+}
+
+
+def _rules_lines(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each rule set the runs were scored with: its name, what it follows (with links) and how it counts."""
+    lines = []
+    rule_sets = {r["report"]["rules"]["name"]: r["report"]["rules"] for r in runs if r["report"]}
+    for name, rules in rule_sets.items():
+        sources = "; ".join(
+            f"[{src['repository']} `{src['path']}` @ {src['commit'][:8]}]({src['url']})" for src in rules["sources"]
+        )
+        follows = f"follows {sources}" if sources else "msjoe's own reading, not an official score"
+        seed = f", seed {rules['seed']}" if rules.get("seed") is not None else ""
+        lines += [
+            f"Scored with rule set `{name}`: {follows}. Reads: {rules['summary']}. A reply it reads nothing in "
+            f"{_COUNTS_AS[rules['unparsed']]}{seed}; an item without a reply {_COUNTS_AS[rules['missing']]}.",
+            "",
+        ]
+    return lines
 
 
 def _run_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -68,17 +100,23 @@ def _run_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
         rows.append(
             [
                 run["sampler"],
-                run["k"],
+                "–" if run.get("k") is None else run["k"],
+                f"`{_rules_name(run)}`",
                 run["items"],
                 overall.get("correct", "–"),
                 overall.get("total", "–"),
                 run["errors"],
                 counts.get("unparsed", "–"),
                 counts.get("random_fallback", "–"),
+                counts.get("missing_predictions", "–"),
+                counts.get("unknown_prediction_ids", "–"),
                 f"`{run['predictions']}`",
             ]
         )
-    header = ["sampler", "K", "items", "correct", "counted", "errors", "unparsed", "random fallback", "predictions"]
+    header = [
+        "sampler", "K", "rule set", "items", "correct", "counted", "errors", "unparsed", "random fallback",
+        "no reply", "replies matching no item", "predictions",
+    ]  # fmt: skip
     return _table(header, rows)
 
 
@@ -98,8 +136,26 @@ def _breakdown_tables(runs: Sequence[Mapping[str, Any]]) -> list[str]:
                 tally = run["report"]["breakdowns"].get(name, {}).get(group)
                 cells.append("" if tally is None else f"{_percent(tally['accuracy'])} ({tally['total']})")
             rows.append([group, *cells])
-        header = [name, *(f"{run['sampler']} K={run['k']}" for run in scored)]
+        header = [name, *(_run_label(run) for run in scored)]
         lines += [f"#### {name}", "", "Accuracy in % (counted items).", "", *_table(header, rows), ""]
+    return lines
+
+
+def _run_label(run: Mapping[str, Any]) -> str:
+    budget = "" if run.get("k") is None else f" K={run['k']}"
+    return f"{run['sampler']}{budget} ({_rules_name(run)})"
+
+
+def _adjusted_ids(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per run, the items without a reply and the replies that match no item: never dropped silently."""
+    lines = []
+    for run in runs:
+        ids = (run.get("report") or {}).get("ids", {})
+        for key, what in (("missing_predictions", "no reply"), ("unknown_predictions", "reply matching no item")):
+            if ids.get(key):
+                shown = ", ".join(str(i) for i in ids[key][:MAX_LISTED])
+                more = f" and {len(ids[key]) - MAX_LISTED} more (see scores.json)" if len(ids[key]) > MAX_LISTED else ""
+                lines.append(f"{_run_label(run)}, {what} ({len(ids[key])}): {shown}{more}")
     return lines
 
 
@@ -134,7 +190,7 @@ def render_markdown(scores: Mapping[str, Any]) -> str:
     lines = ["# msjoe evaluation", ""]
     if not benchmarks:
         return "\n".join([*lines, "No runs yet.", ""])
-    lines += ["Headline metric in % (each benchmark's official scoring; failed items count as wrong).", ""]
+    lines += ["Headline metric in %, scored with the rule set named in each row (see each benchmark's section).", ""]
     lines += [*_summary_table(benchmarks), ""]
     for name, bench in benchmarks.items():
         lines += [f"## {name}", ""]
@@ -145,17 +201,15 @@ def render_markdown(scores: Mapping[str, Any]) -> str:
             f"malformed annotation rows skipped: {len(bench['skipped_rows'])}.",
             "",
         ]
-        policy = next((run["report"]["policy"] for run in bench["runs"] if run["report"]), None)
-        if policy is not None:
-            lines += [
-                "Scoring: " + ", ".join(f"{key} `{value}`" for key, value in policy.items() if value is not None) + ".",
-                "",
-            ]
+        lines += _rules_lines(bench["runs"])
         lines += ["### Runs", "", *_run_table(bench["runs"]), ""]
         metric, series = accuracy_series(bench)
         if series:
             lines += [f"![{name}: {metric} vs frames]({plot_filename(name)})", ""]
-        lines += _listing("Failed items (counted as wrong)", _failures(bench["runs"]))
+        lines += _listing(
+            "Failed items (no reply: counted as the rule set counts a missing reply)", _failures(bench["runs"])
+        )
+        lines += _listing("Items without a reply, replies matching no item", _adjusted_ids(bench["runs"]))
         lines += _listing("Missing videos", bench["missing_videos"])
         lines += _listing(
             "Skipped annotation rows", [f"{row['location']}: {row['reason']}" for row in bench["skipped_rows"]]

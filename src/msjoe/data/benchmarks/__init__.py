@@ -3,11 +3,12 @@
 >>> bench = get_benchmark("videomme")
 >>> result = bench.load("path/to/videomme/test-00000-of-00001.parquet", "path/to/videos")   # or "lmms-lab/Video-MME"
 >>> result.summary()["missing_videos"]        # listed, never an error
->>> report = bench.score(result.items, read_predictions("preds.jsonl"))
+>>> report = bench.score(result.items, read_predictions("preds.jsonl"), rules="videomme")   # msjoe.eval
 >>> report["headline"], report["breakdowns"]["duration"]
 
 A new benchmark is a module defining ``load(annotations, videos) -> LoadResult`` and ``score(items, predictions,
-**policy) -> dict``, registered with :func:`register_benchmark` in the list at the bottom of this file.
+*, rules=None, seed=None, unrunnable=()) -> dict`` (applying its rule sets of :mod:`msjoe.rules`), registered
+with :func:`register_benchmark` in the list at the bottom of this file.
 """
 
 from __future__ import annotations

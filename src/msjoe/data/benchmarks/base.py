@@ -2,18 +2,22 @@
 lookup.
 
 A benchmark module provides ``load(annotations, videos) -> LoadResult`` and ``score(items, predictions, ...) ->
-dict`` and registers a :class:`BenchmarkSpec` (see :mod:`msjoe.data.benchmarks`).
+dict`` and registers a :class:`BenchmarkSpec` (see :mod:`msjoe.data.benchmarks`). Scoring applies a rule set of
+:mod:`msjoe.rules` (:func:`score_with_rules`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from msjoe.data.schema import QAItem
+from msjoe.rules import RuleSet, get_rules
+from msjoe.rules.base import Question
+from msjoe.rules.score import ScoredItem, Tally, build_report, score_replies
 
 VIDEO_EXTENSIONS = (".mp4", ".MP4", ".mkv", ".webm", ".mov", ".avi")
 
@@ -39,6 +43,32 @@ class SkippedRow:
 
 
 @dataclass(frozen=True)
+class UnrunnableRow:
+    """An annotation row msjoe cannot ask (its options are empty, or its answer is not among them) that the
+    benchmark's official code nevertheless scores; rule sets with ``keeps_unrunnable_rows`` score it, the others
+    leave it out. It has the attributes scoring reads (:class:`msjoe.rules.base.Question`).
+
+    Attributes:
+        id: the row's id, as a :class:`QAItem` of it would have.
+        answer: the ground truth as the official code compares it (MLVU's ``"@"`` for an answer that is not a
+            candidate).
+        options: the option texts as stored (may be empty strings, or none).
+        categories: breakdown fields, as a :class:`QAItem` would have them.
+        meta: other fields (``answer_as_stored``...).
+        location: where the row is, as in :class:`SkippedRow`.
+        reason: why msjoe cannot ask it.
+    """
+
+    id: str
+    answer: str
+    options: tuple[str, ...] = ()
+    categories: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    location: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class LoadResult:
     """A benchmark converted to :class:`QAItem` s.
 
@@ -48,12 +78,14 @@ class LoadResult:
         missing: well-formed questions whose video file is absent; never an error, so a partial download can
             still be evaluated and the report says what was left out.
         skipped: malformed rows, with reasons.
+        unrunnable: rows among ``skipped`` that the official code still scores (see :class:`UnrunnableRow`).
     """
 
     benchmark: str
     items: list[QAItem]
     missing: list[QAItem] = field(default_factory=list)
     skipped: list[SkippedRow] = field(default_factory=list)
+    unrunnable: list[UnrunnableRow] = field(default_factory=list)
 
     @property
     def missing_videos(self) -> list[str]:
@@ -68,6 +100,7 @@ class LoadResult:
             "missing_items": len(self.missing),
             "missing_videos": self.missing_videos,
             "skipped_rows": [row.to_dict() for row in self.skipped],
+            "unrunnable_rows": [row.id for row in self.unrunnable],
         }
 
 
@@ -78,7 +111,7 @@ class BenchmarkSpec:
     Attributes:
         name: registry name (``"videomme"``...).
         load: ``load(annotations, videos) -> LoadResult``.
-        score: ``score(items, predictions, **policy) -> report dict``.
+        score: ``score(items, predictions, *, rules=None, seed=None, unrunnable=()) -> report dict``.
         hf_dataset_id: the Hub dataset holding the annotation files, accepted by ``load`` as ``annotations``.
         description: one line for listings.
     """
@@ -161,7 +194,12 @@ def with_extensions(stem: str) -> list[str]:
     return [stem + extension for extension in VIDEO_EXTENSIONS]
 
 
-def split_by_video(benchmark: str, rows: Iterable[tuple[QAItem, bool]], skipped: list[SkippedRow]) -> LoadResult:
+def split_by_video(
+    benchmark: str,
+    rows: Iterable[tuple[QAItem, bool]],
+    skipped: list[SkippedRow],
+    unrunnable: Sequence[UnrunnableRow] = (),
+) -> LoadResult:
     """A :class:`LoadResult` from ``(item, video_exists)`` pairs; later duplicates of an id are skipped."""
     items: list[QAItem] = []
     missing: list[QAItem] = []
@@ -172,7 +210,8 @@ def split_by_video(benchmark: str, rows: Iterable[tuple[QAItem, bool]], skipped:
             continue
         seen.add(item.id)
         (items if exists else missing).append(item)
-    return LoadResult(benchmark, items, missing, skipped)
+    kept = [row for row in unrunnable if row.id not in seen]
+    return LoadResult(benchmark, items, missing, skipped, kept)
 
 
 def require(record: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -193,3 +232,37 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object"}
     return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Scoring
+# ------------------------------------------------------------------------------------------------------------------
+Tables = Callable[[Sequence[Question], Sequence[ScoredItem], RuleSet], tuple[dict[str, dict[str, Tally]], Any]]
+"""``(questions, verdicts, rules) -> (breakdowns, headline)``: a benchmark's tables; ``headline`` is ``(metric,
+value)`` or ``None`` for overall accuracy."""
+
+
+def score_with_rules(
+    benchmark: str,
+    items: Sequence[QAItem],
+    predictions: Mapping[str, str],
+    rules: str | RuleSet | None,
+    seed: int | None,
+    unrunnable: Sequence[UnrunnableRow],
+    tables: Tables,
+) -> dict[str, Any]:
+    """Score ``items`` (and ``unrunnable`` rows, when the rule set keeps them) with a rule set of ``benchmark``
+    (a name, a :class:`RuleSet`, or ``None`` for the benchmark's default) and build the report
+    (:func:`msjoe.rules.score.build_report`, plus ``unrunnable_rows``: their ids and whether they were scored)."""
+    rule_set = rules if isinstance(rules, RuleSet) else get_rules(benchmark, rules)
+    if rule_set.benchmark != benchmark:
+        raise ValueError(f"rule set {rule_set.name!r} scores {rule_set.benchmark}, not {benchmark}")
+    extra = [row for row in unrunnable if row.options or rule_set.unparsed != "random"]
+    questions: list[Question] = [*items, *(extra if rule_set.keeps_unrunnable_rows else [])]
+    scored, unknown = score_replies(questions, predictions, rule_set, seed=seed)
+    unrunnable_ids = {row.id for row in unrunnable}
+    unknown = [key for key in unknown if key not in unrunnable_ids]  # known rows the rule set leaves out
+    breakdowns, headline = tables(questions, scored, rule_set)
+    report = build_report(benchmark, questions, scored, unknown, rule_set, breakdowns, seed=seed, headline=headline)
+    report["unrunnable_rows"] = {"scored": rule_set.keeps_unrunnable_rows, "ids": sorted(unrunnable_ids)}
+    return report

@@ -11,11 +11,10 @@ lmms-eval's docs) carry ``option0``..``option4`` instead of ``candidates``, unus
 are read. Fields from longvideobench/LongVideoBench ``longvideobench/longvideobench_dataset.py`` and lmms-eval
 ``lmms_eval/tasks/longvideobench/utils.py``.
 
-Scoring follows lmms-eval's ``longvideobench_process_results`` / ``longvideobench_aggregate_results`` (the
-LongVideoBench repository ships no scoring script; its leaderboard scores submitted files): MMMU's
-multiple-choice parser, a random option for replies it cannot read (here seeded and reported:
-``unparsed="random"``, ``seed``; ``unparsed="wrong"`` turns it off), accuracy per ``duration_group`` and per
-``question_category``, and overall.
+Scoring: a rule set of :mod:`msjoe.rules` (default ``longvideobench``: lmms-eval's
+``longvideobench_process_results`` since commit c0bc79f1, which LongVideoBench's repository defers to, with its
+random fallback drawn from a seeded stream; also ``longvideobench_mmmu``, the older MMMU-style parser, and
+``msjoe``); accuracy per ``duration_group`` and per ``question_category``, and overall.
 """
 
 from __future__ import annotations
@@ -29,23 +28,17 @@ from msjoe.data.benchmarks.base import (
     LoadResult,
     RowError,
     SkippedRow,
+    UnrunnableRow,
     VideoFinder,
     require,
     resolve_annotations,
+    score_with_rules,
     split_by_video,
 )
 from msjoe.data.schema import QAFormatError, QAItem
-from msjoe.eval.scoring import (
-    Extractor,
-    MissingPolicy,
-    ScoringPolicy,
-    UnparsedPolicy,
-    breakdown,
-    build_report,
-    category_values,
-    score_items,
-)
 from msjoe.mllm.prompts import option_letters
+from msjoe.rules import RuleSet
+from msjoe.rules.score import breakdown, category_values
 
 NAME = "longvideobench"
 HF_DATASET_ID = "longvideobench/LongVideoBench"
@@ -160,21 +153,21 @@ def score(
     items: Sequence[QAItem],
     predictions: Mapping[str, str],
     *,
-    extractor: str | Extractor = "longvideobench",
-    unparsed: UnparsedPolicy = "random",
-    missing_predictions: MissingPolicy = "error",
-    seed: int = 0,
+    rules: str | RuleSet | None = None,
+    seed: int | None = None,
+    unrunnable: Sequence[UnrunnableRow] = (),
 ) -> dict[str, Any]:
     """LongVideoBench accuracy overall, by ``duration_group`` and by ``question_category``.
 
-    By default an unreadable reply gets a random option as lmms-eval does, but seeded (``seed``, per item id)
-    and listed in the report (``counts["random_fallback"]``, ``ids["random_fallback"]``); pass
-    ``unparsed="wrong"`` to count such replies as wrong instead.
+    With the default rule set an unreadable reply gets a random option as lmms-eval draws it (``seed``, default
+    lmms-eval's 0; draws in item order), listed in the report (``counts["random_fallback"]``,
+    ``ids["random_fallback"]``); ``rules="msjoe"`` counts such replies as wrong instead.
     """
-    policy = ScoringPolicy(extractor, unparsed, missing_predictions, seed)
-    scored, unknown = score_items(items, predictions, policy)
-    tables = {
-        "duration_group": breakdown(items, scored, category_values("duration_group"), DURATION_GROUPS),
-        "question_category": breakdown(items, scored, category_values("question_category")),
-    }
-    return build_report(NAME, items, scored, unknown, policy, tables)
+
+    def tables(questions, scored, rule_set):
+        return {
+            "duration_group": breakdown(questions, scored, category_values("duration_group"), DURATION_GROUPS),
+            "question_category": breakdown(questions, scored, category_values("question_category")),
+        }, None
+
+    return score_with_rules(NAME, items, predictions, rules, seed, unrunnable, tables)

@@ -10,11 +10,12 @@ genre), ``video_info`` (``duration_minutes``, among others) and ``qa``, a list o
 ``README.md``, and third-party loaders of the same file; the field list of ``video_info`` beyond
 ``duration_minutes`` was not checked.
 
-Scoring follows THUDM/LVBench ``lvbench/metrics/compute_accuracy.py``: exact match of the extracted letter
-(extraction: ``lvbench/utils/answer_util.py``'s ``polish_answer``) with ``answer``; per question type, a question
-counts in every type it lists; overall accuracy counts each question once. The official script skips questions
-without an answer in the file: pass ``missing_predictions="exclude"`` for that (the default raises). The report
-adds the leaderboard's ``result.json`` keys (``scripts/test_acc.py``): ER, EU, KIR, TG, Rea, Sum, Overall.
+Scoring: a rule set of :mod:`msjoe.rules` (default ``lvbench``: ``polish_answer`` then THUDM/LVBench
+``lvbench/metrics/compute_accuracy.py``: exact match with the stored ``answer``, a question counting in every
+type it lists, questions without a reply skipped; also ``lvbench_exact``, ``lvbench_lmms_eval``, ``msjoe``).
+Questions whose options cannot be split out of the text, or whose answer is not an option letter, cannot be
+asked but are scored as the official script scores them (:class:`UnrunnableRow`). The report adds the
+leaderboard's ``result.json`` keys (``scripts/test_acc.py``): ER, EU, KIR, TG, Rea, Sum, Overall.
 """
 
 from __future__ import annotations
@@ -29,25 +30,19 @@ from msjoe.data.benchmarks.base import (
     LoadResult,
     RowError,
     SkippedRow,
+    UnrunnableRow,
     VideoFinder,
     find_files,
     require,
     resolve_annotations,
+    score_with_rules,
     split_by_video,
     with_extensions,
 )
 from msjoe.data.schema import QAFormatError, QAItem
-from msjoe.eval.scoring import (
-    Extractor,
-    MissingPolicy,
-    ScoringPolicy,
-    UnparsedPolicy,
-    breakdown,
-    build_report,
-    category_values,
-    score_items,
-)
 from msjoe.mllm.prompts import LETTERS
+from msjoe.rules import RuleSet
+from msjoe.rules.score import breakdown, category_values
 
 NAME = "lvbench"
 HF_DATASET_ID = "zai-org/LVBench"
@@ -73,6 +68,7 @@ def load(annotations: str | Path, videos: str | Path | None) -> LoadResult:
         path = find_files(path, (ANNOTATION_FILE, f"**/{ANNOTATION_FILE}"), ANNOTATION_FILE)[0]
     finder = VideoFinder(videos)
     skipped: list[SkippedRow] = []
+    unrunnable: list[UnrunnableRow] = []
     rows = []
     with path.open(encoding="utf-8") as file:
         for number, line in enumerate(file, start=1):
@@ -103,10 +99,34 @@ def load(annotations: str | Path, videos: str | Path | None) -> LoadResult:
                         raise RowError(f"expected an object, got {type(qa).__name__}")
                     item = _item(qa, key=key, video=video, video_type=video_type, duration=duration)
                 except (RowError, QAFormatError) as err:
-                    skipped.append(SkippedRow(f"{where} qa[{index}]", str(err)))
+                    location = f"{where} qa[{index}]"
+                    row = _unrunnable(qa, location, str(err), video_type)
+                    if row is not None:
+                        unrunnable.append(row)
+                    note = "; still scored by compute_accuracy.py" if row is not None else ""
+                    skipped.append(SkippedRow(location, f"{err}{note}"))
                     continue
                 rows.append((item, exists))
-    return split_by_video(NAME, rows, skipped)
+    return split_by_video(NAME, rows, skipped, unrunnable)
+
+
+def _unrunnable(qa: object, location: str, reason: str, video_type: str | None) -> UnrunnableRow | None:
+    """The row as ``compute_accuracy.py`` scores it (it needs ``uid``, ``answer`` and ``question_type``), or
+    ``None`` when the official script could not score it either."""
+    if not isinstance(qa, dict) or not isinstance(qa.get("uid"), str | int) or isinstance(qa.get("uid"), bool):
+        return None
+    answer, types = qa.get("answer"), qa.get("question_type")
+    if not isinstance(answer, str) or not answer or not isinstance(types, list) or not types:
+        return None
+    if not all(isinstance(t, str) and t for t in types):
+        return None
+    categories: dict[str, Any] = {"question_type": tuple(types)}
+    if video_type:
+        categories["video_type"] = video_type
+    return UnrunnableRow(
+        str(qa["uid"]), answer, categories=categories, meta={"answer_as_stored": answer}, location=location,
+        reason=reason,
+    )  # fmt: skip
 
 
 def _duration(video_info: object) -> float | None:
@@ -174,7 +194,8 @@ def _item(qa: dict[str, Any], *, key: str, video: str, video_type: str | None, d
     categories: dict[str, Any] = {"question_type": [t.strip() for t in types]}
     if video_type:
         categories["video_type"] = video_type
-    meta: dict[str, Any] = {"key": key}
+    answer = require(qa, "answer", str)
+    meta: dict[str, Any] = {"key": key, "answer_as_stored": answer}  # compared as stored: "A " never matches
     evidence = []
     reference = qa.get("time_reference")
     if isinstance(reference, str) and reference.strip():
@@ -187,7 +208,7 @@ def _item(qa: dict[str, Any], *, key: str, video: str, video_type: str | None, d
         video=video,
         question=question,
         options=tuple(options),
-        answer=require(qa, "answer", str).strip(),
+        answer=answer.strip(),
         duration=duration,
         source=NAME,
         task=categories["question_type"][0],
@@ -201,19 +222,26 @@ def score(
     items: Sequence[QAItem],
     predictions: Mapping[str, str],
     *,
-    extractor: str | Extractor = "lvbench",
-    unparsed: UnparsedPolicy = "wrong",
-    missing_predictions: MissingPolicy = "error",
-    seed: int = 0,
+    rules: str | RuleSet | None = None,
+    seed: int | None = None,
+    unrunnable: Sequence[UnrunnableRow] = (),
 ) -> dict[str, Any]:
-    """LVBench accuracy overall and per ``question_type`` (multi-type questions count in each of their types),
-    plus ``report["leaderboard"]``, the leaderboard's ``result.json`` (abbreviated type names and Overall)."""
-    policy = ScoringPolicy(extractor, unparsed, missing_predictions, seed)
-    scored, unknown = score_items(items, predictions, policy)
-    by_type = breakdown(items, scored, category_values("question_type"), tuple(LEADERBOARD_NAMES))
-    tables = {"question_type": by_type, "video_type": breakdown(items, scored, category_values("video_type"))}
-    report = build_report(NAME, items, scored, unknown, policy, tables)
-    leaderboard = {LEADERBOARD_NAMES.get(name, name): t.accuracy for name, t in by_type.items()}
+    """LVBench accuracy overall and per ``question_type`` (a question counts in each type it lists; with the
+    official rule set, twice in a type it lists twice), plus ``report["leaderboard"]``, the leaderboard's
+    ``result.json`` (abbreviated type names and Overall). ``unrunnable``: :attr:`LoadResult.unrunnable`."""
+
+    def tables(questions, scored, rule_set):
+        def table(name, order=()):
+            return breakdown(questions, scored, category_values(name), order, repeated_groups=rule_set.repeated_groups)
+
+        return {
+            "question_type": table("question_type", tuple(LEADERBOARD_NAMES)),
+            "video_type": table("video_type"),
+        }, None
+
+    report = score_with_rules(NAME, items, predictions, rules, seed, unrunnable, tables)
+    by_type = report["breakdowns"]["question_type"]
+    leaderboard = {LEADERBOARD_NAMES.get(name, name): t["accuracy"] for name, t in by_type.items()}
     leaderboard["Overall"] = report["overall"]["accuracy"]
     report["leaderboard"] = leaderboard
     return report

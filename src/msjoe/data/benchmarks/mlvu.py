@@ -12,12 +12,13 @@ letters the candidates in order and finds the answer by text) and third-party lo
 Questions have no id, so items are named ``<json stem>/<video stem>_<n>``, ``n`` counting that video's
 questions in the file.
 
-Scoring: MLVU's ``choice_bench.py`` (``check_ans``) and lmms-eval's ``lmms_eval/tasks/mlvu/utils.py``: exact
-letter match, accuracy per task, M-Avg = the unweighted mean of the per-task accuracies (lmms-eval's
-``mlvu_aggregate_results_dev``). lmms-eval averages over its fixed task list and counts a task without questions
-as 0; here the mean is over the tasks present in ``items``, so a subset gives the mean of what was run. The
-report also gives the micro average over all questions (``overall``), which ``choice_bench.py`` prints as
-"Avg".
+Scoring: a rule set of :mod:`msjoe.rules` (default ``mlvu``: MLVU's
+``evaluation/multiple_choice_evaluation/choice_bench.py``; also ``mlvu_videochat2``, ``mlvu_lmms_eval``,
+``mlvu_lmms_eval_legacy``, ``msjoe``): accuracy per task, headline M-Avg = the unweighted mean of the per-task
+accuracies (``choice_bench.py``'s "Avg", a macro mean over the tasks that have questions; lmms-eval divides by
+its 7 tasks instead). The report also gives the micro average over all questions (``overall``). Rows
+``choice_bench.py`` scores but msjoe cannot ask (an empty candidate, an answer that is not a candidate: 6 of the
+2,175 dev rows) are :class:`UnrunnableRow` s.
 """
 
 from __future__ import annotations
@@ -32,25 +33,18 @@ from msjoe.data.benchmarks.base import (
     LoadResult,
     RowError,
     SkippedRow,
+    UnrunnableRow,
     VideoFinder,
     find_files,
     require,
     resolve_annotations,
+    score_with_rules,
     split_by_video,
 )
 from msjoe.data.schema import QAFormatError, QAItem
-from msjoe.eval.scoring import (
-    Extractor,
-    MissingPolicy,
-    ScoringPolicy,
-    UnparsedPolicy,
-    breakdown,
-    build_report,
-    category_values,
-    mean_accuracy,
-    score_items,
-)
 from msjoe.mllm.prompts import option_letters
+from msjoe.rules import RuleSet
+from msjoe.rules.score import breakdown, category_values, mean_accuracy
 
 NAME = "mlvu"
 HF_DATASET_ID = "MLVU/MVLU"
@@ -67,6 +61,7 @@ def load(annotations: str | Path, videos: str | Path | None) -> LoadResult:
     files = [path] if path.is_file() else _task_files(path)
     finder = VideoFinder(videos)
     skipped: list[SkippedRow] = []
+    unrunnable: list[UnrunnableRow] = []
     rows = []
     for file in files:
         try:
@@ -92,8 +87,46 @@ def load(annotations: str | Path, videos: str | Path | None) -> LoadResult:
                 occurrences[video_name] = number + 1
                 rows.append(_item(record, file, number, finder))
             except (RowError, QAFormatError) as err:
-                skipped.append(SkippedRow(f"{file.name}[{index}]", str(err)))
-    return split_by_video(NAME, rows, skipped)
+                location = f"{file.name}[{index}]"
+                row = _unrunnable(record, file, occurrences, location, str(err))
+                if row is not None:
+                    unrunnable.append(row)
+                note = "; still scored by choice_bench.py" if row is not None else ""
+                skipped.append(SkippedRow(location, f"{err}{note}"))
+    return split_by_video(NAME, rows, skipped, unrunnable)
+
+
+def _unrunnable(
+    record: object, file: Path, occurrences: dict[str, int], location: str, reason: str
+) -> UnrunnableRow | None:
+    """The row as ``choice_bench.py`` scores it: it needs a video, a candidate list and an answer; the letter is
+    that of the last candidate equal to the answer, ``"@"`` when there is none (``chr(ord("A") - 1)``)."""
+    if not isinstance(record, dict) or record.get("video") not in occurrences:
+        return None
+    candidates, answer = record.get("candidates"), record.get("answer")
+    if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
+        return None
+    if not isinstance(answer, str):
+        return None
+    matches = [i for i, c in enumerate(candidates) if c == answer]
+    letter = chr(ord("A") + matches[-1]) if matches else "@"
+    task = _task_of(record, file)
+    video_name = record["video"]
+    return UnrunnableRow(
+        _item_id(file, video_name, occurrences[video_name] - 1), letter, options=tuple(candidates),
+        categories={"task": task}, meta={"file": file.name, "video_name": video_name}, location=location,
+        reason=reason,
+    )  # fmt: skip
+
+
+def _task_of(record: dict[str, Any], file: Path) -> str:
+    match = _TASK_FILE.fullmatch(file.name)
+    file_task = match.group(2) if match else file.stem
+    return record.get("question_type") if isinstance(record.get("question_type"), str) else file_task
+
+
+def _item_id(file: Path, video_name: str, number: int) -> str:
+    return f"{file.stem}/{Path(video_name).stem}_{number}"
 
 
 def _task_files(folder: Path) -> list[Path]:
@@ -115,12 +148,12 @@ def _item(record: dict[str, Any], file: Path, number: int, finder: VideoFinder) 
     stem = file.stem
     match = _TASK_FILE.fullmatch(file.name)
     file_task = match.group(2) if match else stem
-    task = record.get("question_type") if isinstance(record.get("question_type"), str) else file_task
+    task = _task_of(record, file)
     folders = dict.fromkeys([stem, task, file_task])  # video/1_plotQA/, video/plotQA/
     video, exists = finder.find([f"{folder}/{video_name}" for folder in folders] + [video_name])
     duration = record.get("duration")
     item = QAItem(
-        id=f"{stem}/{Path(video_name).stem}_{number}",
+        id=_item_id(file, video_name, number),
         video=video,
         question=require(record, "question", str),
         options=tuple(c.strip() for c in candidates),
@@ -138,21 +171,21 @@ def score(
     items: Sequence[QAItem],
     predictions: Mapping[str, str],
     *,
-    extractor: str | Extractor = "mlvu",
-    unparsed: UnparsedPolicy = "wrong",
-    missing_predictions: MissingPolicy = "error",
-    seed: int = 0,
+    rules: str | RuleSet | None = None,
+    seed: int | None = None,
+    unrunnable: Sequence[UnrunnableRow] = (),
 ) -> dict[str, Any]:
     """MLVU per-task accuracy and M-Avg (the headline: the mean of per-task accuracies), plus the micro average.
 
-    The default extraction is MLVU's own, made for its prompt ending in ``"Best option:("``; for prompts that
-    ask for the letter (msjoe's), pass ``extractor="mlvu_lmms_eval"`` or ``"msjoe"``.
+    The default rule set is MLVU's own, made for its prompt ending in ``"Best option: ("``; msjoe's prompt asks
+    for the letter, so ``rules="msjoe"`` or ``"mlvu_lmms_eval"`` read more of its replies.
+    ``unrunnable``: :attr:`LoadResult.unrunnable` (scored by the official rule sets).
     """
-    policy = ScoringPolicy(extractor, unparsed, missing_predictions, seed)
-    scored, unknown = score_items(items, predictions, policy)
-    by_task = breakdown(items, scored, category_values("task"), TASKS)
-    report = build_report(
-        NAME, items, scored, unknown, policy, {"task": by_task}, headline=("m_avg", mean_accuracy(by_task))
-    )
+
+    def tables(questions, scored, rule_set):
+        by_task = breakdown(questions, scored, category_values("task"), TASKS)
+        return {"task": by_task}, ("m_avg", mean_accuracy(by_task, rule_set.mean_over))
+
+    report = score_with_rules(NAME, items, predictions, rules, seed, unrunnable, tables)
     report["m_avg"] = report["headline"]["value"]
     return report

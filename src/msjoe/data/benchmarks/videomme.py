@@ -8,12 +8,10 @@ seconds), ``domain``, ``sub_category``, ``url``, ``videoID`` (the YouTube id, wh
 ``videomme_doc_to_visual`` notes). Fields read from the dataset card and lmms-eval's
 ``lmms_eval/tasks/videomme/utils.py`` (EvolvingLMMs-Lab/lmms-eval).
 
-Scoring follows ``evaluation/eval_your_results.py`` of BradyFU/Video-MME (the script the Video-MME README
-points to): the answer is the first capital A-D in the reply after removing known prefixes; a reply with no
-such letter is left out of both the correct and the answered counts (``unparsed="exclude"``; lmms-eval counts
-it wrong instead, pass ``unparsed="wrong"`` to match lmms-eval); accuracies per duration bucket, domain
-("video category"), sub-category and task type, plus overall. The parquet gives no duration in seconds, so
-items have ``duration=None``.
+Scoring: a rule set of :mod:`msjoe.rules` (default ``videomme``: the ``eval_your_results.py`` the Video-MME
+README links to; also ``videomme_legacy``, ``videomme_lmms_eval``, ``msjoe``); accuracies per duration bucket,
+domain ("video category"), sub-category and task type, plus overall. The parquet gives no duration in seconds,
+so items have ``duration=None``.
 """
 
 from __future__ import annotations
@@ -26,24 +24,18 @@ from msjoe.data.benchmarks.base import (
     LoadResult,
     RowError,
     SkippedRow,
+    UnrunnableRow,
     VideoFinder,
     find_files,
     require,
     resolve_annotations,
+    score_with_rules,
     split_by_video,
 )
 from msjoe.data.schema import QAFormatError, QAItem
-from msjoe.eval.scoring import (
-    Extractor,
-    MissingPolicy,
-    ScoringPolicy,
-    UnparsedPolicy,
-    breakdown,
-    build_report,
-    category_values,
-    score_items,
-)
 from msjoe.mllm.prompts import normalize_options
+from msjoe.rules import RuleSet
+from msjoe.rules.score import breakdown, category_values
 
 NAME = "videomme"
 HF_DATASET_ID = "lmms-lab/Video-MME"
@@ -122,23 +114,26 @@ def score(
     items: Sequence[QAItem],
     predictions: Mapping[str, str],
     *,
-    extractor: str | Extractor = "videomme",
-    unparsed: UnparsedPolicy = "exclude",
-    missing_predictions: MissingPolicy = "error",
-    seed: int = 0,
+    rules: str | RuleSet | None = None,
+    seed: int | None = None,
+    unrunnable: Sequence[UnrunnableRow] = (),
 ) -> dict[str, Any]:
     """Video-MME accuracy overall and by ``duration``, ``domain``, ``sub_category`` and ``task_type``.
 
-    ``predictions`` maps question ids to raw replies (see :func:`msjoe.eval.scoring.read_predictions`, which
-    also reads Video-MME's official results file). Defaults reproduce the official script; the report layout is
-    described in :func:`msjoe.eval.scoring.build_report`.
+    ``predictions`` maps question ids to raw replies (see :func:`msjoe.eval.predictions.read_predictions`, which
+    also reads Video-MME's official results file); ``rules`` names a rule set (``None``: the official one). The
+    report layout is described in :func:`msjoe.rules.score.build_report`.
     """
-    policy = ScoringPolicy(extractor, unparsed, missing_predictions, seed)
-    scored, unknown = score_items(items, predictions, policy)
-    tables = {
-        "duration": breakdown(items, scored, category_values("duration"), DURATIONS),
-        "domain": breakdown(items, scored, category_values("domain"), DOMAINS),
-        "sub_category": breakdown(items, scored, category_values("sub_category"), SUB_CATEGORIES),
-        "task_type": breakdown(items, scored, category_values("task_type"), TASK_TYPES),
-    }
-    return build_report(NAME, items, scored, unknown, policy, tables)
+
+    def tables(questions, scored, rule_set):
+        def table(name, order):
+            return breakdown(questions, scored, category_values(name), order, repeated_groups=rule_set.repeated_groups)
+
+        return {
+            "duration": table("duration", DURATIONS),
+            "domain": table("domain", DOMAINS),
+            "sub_category": table("sub_category", SUB_CATEGORIES),
+            "task_type": table("task_type", TASK_TYPES),
+        }, None
+
+    return score_with_rules(NAME, items, predictions, rules, seed, unrunnable, tables)
