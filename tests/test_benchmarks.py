@@ -1,7 +1,8 @@
 """Benchmark loaders on small annotation files in each benchmark's released format (with a malformed row and a
-missing video each), official answer extraction, and scores checked against hand-computed accuracies."""
+missing video each), and scores checked against hand-computed accuracies (rule sets in detail: test_rules.py)."""
 
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -12,16 +13,7 @@ import pytest
 from msjoe.data.benchmarks import available_benchmarks, get_benchmark, longvideobench, lvbench, mlvu, videomme
 from msjoe.data.benchmarks.base import resolve_annotations
 from msjoe.data.schema import QAItem
-from msjoe.eval.scoring import (
-    extract_longvideobench,
-    extract_lvbench,
-    extract_mlvu,
-    extract_mlvu_lmms_eval,
-    extract_msjoe,
-    extract_videomme,
-    random_fallback,
-    read_predictions,
-)
+from msjoe.eval.predictions import read_predictions
 from msjoe.synthetic_video import write_video
 
 
@@ -86,65 +78,6 @@ def test_unreachable_hub_and_missing_files_raise_file_not_found(tmp_path, monkey
         lvbench.load(tmp_path / "nowhere" / "video_info.meta.jsonl", None)  # a path, never sent to the Hub
     with pytest.raises(FileNotFoundError, match="video folder not found"):
         lvbench.load(write_lvbench(tmp_path), tmp_path / "no-videos")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Answer extraction: each rule on replies where the rules disagree (derived by hand from the cited sources)
-# --------------------------------------------------------------------------------------------------------------
-OPTIONS = ["a red umbrella", "a blue hat", "a green bag", "a yellow coat"]
-
-
-@pytest.mark.parametrize(
-    ("reply", "expected"),
-    [
-        ("B", "B"),
-        ("The best answer is C.", "C"),
-        ("Based on the video, the answer is C", "B"),  # first capital A-D: the "B" of "Based"
-        ("I cannot tell from these frames.", None),
-        ("the answer is d", None),  # lower case is never read
-        ("(E)", None),  # only A-D exist in Video-MME
-    ],
-)
-def test_extract_videomme(reply, expected):
-    assert extract_videomme(reply) == expected
-
-
-@pytest.mark.parametrize(
-    ("reply", "expected"),
-    [
-        ("(B) is better than (C)", "C"),  # bracketed marks, the last one wins
-        ("B", "B"),
-        ("C.", "C"),  # stripped to "C", then " C " is found
-        ("I pick B or maybe D here", "D"),  # "B " and "D " both found: the later one
-        ("I think the man is holding a blue hat in that scene", "B"),  # > 5 words: option text
-        ("a blue hat", None),  # option text is only read in replies longer than 5 words
-        ("I do not know", None),
-    ],
-)
-def test_extract_longvideobench(reply, expected):
-    assert extract_longvideobench(reply, OPTIONS) == expected
-
-
-@pytest.mark.parametrize(
-    ("reply", "expected"),
-    [("(B) a dog", "B"), ("B. a dog", "B"), ("C", "C"), ("Answer: C", "A"), ("", None), ("   ", None)],
-)
-def test_extract_lvbench(reply, expected):
-    assert extract_lvbench(reply) == expected
-
-
-@pytest.mark.parametrize(
-    ("reply", "official", "lmms_eval"),
-    [("A) Yellow", "A", "A"), ("(B) Red", None, "B"), ("B.", None, None), (" C ", "C", "C"), ("Red", None, None)],
-)
-def test_extract_mlvu_rules(reply, official, lmms_eval):
-    assert extract_mlvu(reply) == official
-    assert extract_mlvu_lmms_eval(reply) == lmms_eval
-
-
-def test_extract_msjoe_never_guesses():
-    assert extract_msjoe("Based on the video, the answer is C", OPTIONS) == "C"
-    assert extract_msjoe("A man is walking", OPTIONS) is None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -256,41 +189,37 @@ VIDEOMME_REPLIES = {
 
 def test_videomme_official_scoring():
     items = videomme_items()
-    with pytest.raises(ValueError, match=r"1 of 6 items have no prediction, e.g. \['q6'\]"):
-        videomme.score(items, VIDEOMME_REPLIES)
-    report = videomme.score(items, VIDEOMME_REPLIES, missing_predictions="wrong")
-    # official: the unparsed q4 leaves the denominators; counted q1 q2 q3 q5 q6, right q1 q3 q5
-    assert acc(report, "overall") == (3, 5) and report["headline"] == {"metric": "accuracy", "value": 0.6}
+    report = videomme.score(items, VIDEOMME_REPLIES)
+    # official: the unparsed q4 and the reply-less q6 (scored as "") leave the denominators; right q1 q3 q5
+    assert acc(report, "overall") == (3, 4) and report["headline"] == {"metric": "accuracy", "value": 0.75}
     assert list(report["breakdowns"]["duration"]) == ["short", "medium", "long"]
     assert acc(report, "breakdowns", "duration", "short") == (1, 2)
-    assert acc(report, "breakdowns", "duration", "medium") == (1, 2)
+    assert acc(report, "breakdowns", "duration", "medium") == (1, 1)
     assert acc(report, "breakdowns", "duration", "long") == (1, 1)
-    assert acc(report, "breakdowns", "domain", "Knowledge") == (2, 4)
+    assert acc(report, "breakdowns", "domain", "Knowledge") == (2, 3)
     assert acc(report, "breakdowns", "domain", "Sports Competition") == (1, 1)
     assert acc(report, "breakdowns", "task_type", "Counting Problem") == (3, 3)
-    assert acc(report, "breakdowns", "task_type", "OCR Problems") == (0, 2)
+    assert acc(report, "breakdowns", "task_type", "OCR Problems") == (0, 1)
     assert report["counts"] == {
         "items": 6,
-        "counted": 5,
+        "counted": 4,
         "unparsed": 1,
         "random_fallback": 0,
         "missing_predictions": 1,
         "unknown_prediction_ids": 0,
     }
     assert report["ids"]["unparsed"] == ["q4"] and report["ids"]["missing_predictions"] == ["q6"]
-    assert report["policy"] == {
-        "extractor": "videomme",
-        "unparsed": "exclude",
-        "missing_predictions": "wrong",
-        "seed": None,
-    }
+    assert (report["rules"]["name"], report["rules"]["unparsed"], report["rules"]["missing"]) == (
+        "videomme",
+        "exclude",
+        "as_empty",
+    )
     json.dumps(report)  # the report is JSON-serialisable
 
-    lmms_eval_like = videomme.score(items, VIDEOMME_REPLIES, unparsed="wrong", missing_predictions="exclude")
-    assert acc(lmms_eval_like, "overall") == (3, 5)  # q4 counted wrong, q6 left out
-    assert acc(lmms_eval_like, "breakdowns", "duration", "long") == (1, 2)
-    ours = videomme.score(items, VIDEOMME_REPLIES, extractor="msjoe", missing_predictions="exclude")
-    assert acc(ours, "overall") == (2, 4)  # q5 reads as C: wrong; q4 unparsed and excluded
+    lmms_eval = videomme.score(items, VIDEOMME_REPLIES, rules="videomme_lmms_eval")
+    assert acc(lmms_eval, "overall") == (2, 6)  # every item counts; q5 reads C after "the answer is"
+    ours = videomme.score(items, VIDEOMME_REPLIES, rules="msjoe")
+    assert acc(ours, "overall") == (2, 6)  # q5 reads as C: wrong; q4 and q6 count as wrong
 
 
 def test_videomme_official_results_file_is_read(tmp_path):
@@ -385,6 +314,9 @@ def test_longvideobench_parquet_layout_and_test_split(tmp_path):
         longvideobench.score(items, {"v1_0": "C", "v2_0": "A"})
 
 
+OPTIONS = ["a red umbrella", "a blue hat", "a green bag", "a yellow coat"]
+
+
 def lvb_items() -> list[QAItem]:
     def item(qid, answer, group, category):
         return QAItem(
@@ -418,16 +350,11 @@ LVB_REPLIES = {
 def test_longvideobench_scoring_with_seeded_random_fallback():
     items = lvb_items()
     report = longvideobench.score(items, LVB_REPLIES, seed=3)
-    assert report["policy"] == {
-        "extractor": "longvideobench",
-        "unparsed": "random",
-        "missing_predictions": "error",
-        "seed": 3,
-    }
+    assert report["rules"]["name"] == "longvideobench" and report["rules"]["seed"] == 3
     assert report["ids"]["random_fallback"] == ["d", "e"] and report["counts"]["random_fallback"] == 2
     chosen = {record["id"]: record["chosen"] for record in report["items"]}
-    letters = ["A", "B", "C", "D"]
-    assert chosen["d"] == random_fallback("d", letters, 3) and chosen["e"] == random_fallback("e", letters, 3)
+    draws = random.Random(3)  # lmms-eval: random.seed(seed), then one random.choice per unread reply, in order
+    assert (chosen["d"], chosen["e"]) == (draws.choice("ABCD"), draws.choice("ABCD"))
     luck = {"d": chosen["d"] == "D", "e": chosen["e"] == "B"}
     assert acc(report, "overall") == (2 + luck["d"] + luck["e"], 5)
     assert acc(report, "breakdowns", "duration_group", "15") == (1, 2)
@@ -435,17 +362,11 @@ def test_longvideobench_scoring_with_seeded_random_fallback():
     assert acc(report, "breakdowns", "duration_group", "3600") == (int(luck["e"]), 1)
     assert acc(report, "breakdowns", "question_category", "S2E") == (2 + luck["e"], 3)
     assert acc(report, "breakdowns", "question_category", "T3O") == (int(luck["d"]), 2)
+    assert longvideobench.score(items, LVB_REPLIES, seed=3) == report  # reproducible
 
-    # reproducible, and a fallback depends only on (seed, id): not on the other items or their order
-    assert longvideobench.score(items, LVB_REPLIES, seed=3) == report
-    reordered = longvideobench.score(items[::-1][:2], {"e": "Hmm.", "d": "I am not sure."}, seed=3)
-    assert {r["id"]: r["chosen"] for r in reordered["items"]} == {"e": chosen["e"], "d": chosen["d"]}
-    draws = {random_fallback("d", letters, seed) for seed in range(40)}
-    assert draws == set(letters)  # the seed matters and every option can be drawn
-
-    strict = longvideobench.score(items, LVB_REPLIES, unparsed="wrong")
+    strict = longvideobench.score(items, LVB_REPLIES, rules="msjoe")
     assert acc(strict, "overall") == (2, 5) and strict["ids"]["unparsed"] == ["d", "e"]
-    assert strict["policy"]["seed"] is None
+    assert strict["rules"]["seed"] is None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -529,10 +450,10 @@ def test_lvbench_scoring_counts_multi_type_questions_in_each_type(tmp_path):
     assert sum(t["total"] for t in types.values()) == 5  # uid 1 counts in two types
     assert report["leaderboard"] == {"ER": 1.0, "TG": 0.0, "Rea": 1.0, "Overall": 0.75}
 
-    official_skip = lvbench.score(items, {"1": "A", "3": "B"}, missing_predictions="exclude")
+    official_skip = lvbench.score(items, {"1": "A", "3": "B"})  # compute_accuracy skips absent uids
     assert acc(official_skip, "overall") == (1, 2) and official_skip["ids"]["missing_predictions"] == ["2", "5"]
-    videomme_rule = lvbench.score(items, answers, extractor="videomme")  # what lmms-eval uses for LVBench
-    assert acc(videomme_rule, "overall") == (4, 4)  # the first capital A-D of "I choose B" is B
+    lmms_eval = lvbench.score(items, answers, rules="lvbench_lmms_eval")
+    assert acc(lmms_eval, "overall") == (4, 4)  # lmms-eval reads the "B" after "I choose"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -596,7 +517,7 @@ def test_mlvu_loader(tmp_path, clip):
     assert result.missing_videos == [str(videos / "2_needle" / "needle_33.mp4")]
     reasons = {row.location: row.reason for row in result.skipped}
     assert reasons == {
-        "1_plotQA.json[2]": "field 'answer' 'Purple' is not one of the candidates",
+        "1_plotQA.json[2]": "field 'answer' 'Purple' is not one of the candidates; still scored by choice_bench.py",
         "9_summary.json": "no row has 'candidates': an open-ended generation task, not scored by M-Avg",
     }
 
@@ -606,7 +527,7 @@ def test_mlvu_m_avg_is_the_mean_of_per_task_accuracies(tmp_path):
     items = result.items  # plotQA x2, findNeedle x2
     replies = {
         "1_plotQA/movie101_66_0": "A) Yellow",  # right
-        "1_plotQA/movie101_66_1": "(C) Green",  # right letter, but MLVU's rule expects the "(" in the prompt
+        "1_plotQA/movie101_66_1": "C. Green",  # right letter, but MLVU's rule compares the whole reply
         "2_needle/needle_32_0": "B) Delivers a product",  # right
         "2_needle/needle_33_0": "A",  # right
     }
@@ -616,7 +537,10 @@ def test_mlvu_m_avg_is_the_mean_of_per_task_accuracies(tmp_path):
     assert report["m_avg"] == pytest.approx((0.5 + 1.0) / 2)
     assert report["headline"] == {"metric": "m_avg", "value": report["m_avg"]}
     assert report["overall"]["accuracy"] == pytest.approx(3 / 4)  # the micro average differs from M-Avg
-    lenient = mlvu.score(items, replies, extractor="mlvu_lmms_eval")
+    assert result.unrunnable[0].answer == "@"  # Purple is no candidate: choice_bench.py's letter "@"
+    with_row = mlvu.score(items, replies, unrunnable=result.unrunnable)  # scored, and wrong, as officially
+    assert acc(with_row, "breakdowns", "task", "plotQA") == (1, 3)
+    lenient = mlvu.score(items, replies, rules="msjoe")
     assert lenient["m_avg"] == 1.0
 
 

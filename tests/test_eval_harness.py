@@ -125,10 +125,13 @@ def test_run_writes_predictions_and_a_report(qa: VideoQA, server: ScriptedServer
     bolt = read_lines(predictions_path(out, "longvideobench", "bolt", 2))[0]
     assert bolt["queries"] == ["a red square", "a blue screen"]
 
-    # 2 right of 4 run (the failed item counts as wrong); the absent video is listed, not counted.
+    # 2 right of 4 run: the failed item has no reply, which lmms-eval's rule scores as "" (a random option, here
+    # the first draw of the seed-0 stream: wrong); the absent video is listed, not counted.
     runs = {run["sampler"]: run for run in entry["runs"]}
     for run in runs.values():
         assert run["report"]["overall"] == {"correct": 2, "total": 4, "accuracy": 0.5}
+        assert run["report"]["ids"]["missing_predictions"] == ["q3"]
+        assert run["report"]["rules"]["name"] == "longvideobench" and run["report"]["rules"]["missing"] == "as_empty"
         assert run["report"]["headline"] == {"metric": "accuracy", "value": 0.5}
         assert run["errors"] == 1 and run["error_ids"] == ["q3"]
         categories = run["report"]["breakdowns"]["question_category"]
@@ -138,7 +141,7 @@ def test_run_writes_predictions_and_a_report(qa: VideoQA, server: ScriptedServer
 
     report = (out / "report.md").read_text()
     summary_row = next(line for line in report.splitlines() if line.startswith("| longvideobench | uniform"))
-    assert summary_row == "| longvideobench | uniform | accuracy | 50.0 |"
+    assert summary_row == "| longvideobench | uniform | `longvideobench` | accuracy | 50.0 |"
     assert "absent.mp4" in report and "`q3 (all runs): NotAVideoError" in report
     assert "| S2E | 100.0 (2) | 100.0 (2) |" in report
 
@@ -268,6 +271,7 @@ def test_resuming_with_other_settings_is_refused(qa: VideoQA, benchmark_files, t
         ({"limit": 0}, "limit must be >= 1"),
         ({"workers": 0}, "workers must be >= 1"),
         ({"scoring": {"policy": "x"}}, "unknown scoring option 'policy'"),
+        ({"scoring": {"rules": "videomme"}}, "unknown rule set 'videomme' for longvideobench"),
     ],
 )
 def test_config_rejects_bad_settings(benchmark_files, tmp_path: Path, overrides: dict, message: str) -> None:
@@ -291,7 +295,7 @@ def test_cli_eval_end_to_end(server: ScriptedServer, tiny_clip_dir: Path, benchm
                                                                     ("bolt", 3)}  # fmt: skip
     assert all(run["report"]["headline"]["value"] == 0.5 for run in entry["runs"])
     report = (out / "report.md").read_text()
-    assert "| longvideobench | bolt | accuracy | 50.0 | 50.0 |" in report
+    assert "| longvideobench | bolt | `longvideobench` | accuracy | 50.0 | 50.0 |" in report
 
     # Table output, and a rerun asks nothing new.
     before = len(server.requests)

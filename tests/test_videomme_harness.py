@@ -202,7 +202,7 @@ def test_run_eval_scores_videomme_by_duration_domain_and_task(
     report = entry["runs"][0]["report"]
     assert report["overall"] == EXPECTED_OVERALL
     assert report["counts"]["unparsed"] == 2 and report["ids"]["unparsed"] == ["001-3", "003-3"]
-    assert report["policy"]["unparsed"] == "exclude" and report["policy"]["extractor"] == "videomme"
+    assert report["rules"]["unparsed"] == "exclude" and report["rules"]["name"] == "videomme"
     counts = breakdown_counts(report)
     assert counts == EXPECTED_BREAKDOWNS
     assert counts == tally_from_predictions(lines)
@@ -216,7 +216,7 @@ def test_run_eval_scores_videomme_by_duration_domain_and_task(
     assert not any(question_text(qid) in asked for qid in MISSING)
     report_md = (out / "report.md").read_text()
     assert "Missing videos (1):" in report_md and "zZ9nMissing1.mp4" in report_md
-    assert "| videomme | uniform | accuracy | 57.1 |" in report_md
+    assert "| videomme | uniform | `videomme` | accuracy | 57.1 |" in report_md
     assert "| medium | 66.7 (3) |" in report_md
     assert (out / plot_filename("videomme")).is_file() and f"({plot_filename('videomme')})" in report_md
 
@@ -255,7 +255,7 @@ def test_cli_eval_with_tiny_local_models(
     out = tmp_path / "out"
     args = [
         "eval", "--benchmark", "videomme", "--annotations", annotations, "--videos", videos,
-        "--sampler", "uniform,bolt", "--frames", "2", "--unparsed", "wrong", "--mllm", tiny_qwen_dir,
+        "--sampler", "uniform,bolt", "--frames", "2", "--rules", "videomme_lmms_eval", "--mllm", tiny_qwen_dir,
         "--clip", tiny_clip_dir, "--cache-dir", tmp_path / "cache", "--out", out, "--json",
     ]  # fmt: skip
     result = CliRunner().invoke(app, [str(a) for a in args])
@@ -269,7 +269,7 @@ def test_cli_eval_with_tiny_local_models(
         assert all(isinstance(line["reply"], str) and len(line["chosen_timestamps"]) <= run["k"] for line in lines)
         # Unparsed replies count as wrong here, so every item is counted in each of its groups.
         report = run["report"]
-        assert report["overall"]["total"] == len(RUNNABLE) and report["policy"]["unparsed"] == "wrong"
+        assert report["overall"]["total"] == len(RUNNABLE) and report["rules"]["unparsed"] == "wrong"
         assert report["overall"]["correct"] == sum(line["correct"] for line in lines)
         assert breakdown_counts(report) == tally_from_predictions(lines)
         assert sum(total for _, total in breakdown_counts(report)["duration"].values()) == len(RUNNABLE)
