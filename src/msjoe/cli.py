@@ -365,7 +365,7 @@ def evaluate(
     retry_errors: Annotated[bool, typer.Option(help="Run again the items that failed in an earlier run.")] = False,
     rules: Annotated[
         str | None,
-        typer.Option(help="Scoring rule set (README: Scoring) [default: the benchmark's official one]."),
+        typer.Option(help="Scoring rule set (README: Scoring) \\[default: the benchmark's official one]."),
     ] = None,
     sampler_checkpoint: Annotated[
         Path | None, typer.Option(help="U-Sampler weights folder (required when --sampler lists usampler).")

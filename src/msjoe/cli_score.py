@@ -29,9 +29,9 @@ def score(
     ],
     rules: Annotated[
         str | None,
-        typer.Option(help="Rule set (see the README's Scoring section) [default: the benchmark's official one]."),
+        typer.Option(help="Rule set (see the README's Scoring section) \\[default: the benchmark's official one]."),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of a random fallback [default: the rule set's].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of a random fallback \\[default: the rule set's].")] = None,
     id_field: Annotated[
         str | None, typer.Option(help="lmms-eval samples: the field of 'doc' holding the item id.")
     ] = None,
