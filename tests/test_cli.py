@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +128,25 @@ def test_ask_human_output_shows_queries_frames_and_answer(
     assert "answer: <unparsed>" in out and "key frames (2)" in out
 
 
+def test_ask_gives_up_on_a_silent_server_after_the_timeout_and_retries_it_is_given(
+    videos: list[Path], tiny_clip_dir: Path, tmp_path: Path
+) -> None:
+    # The socket listens (the kernel accepts the connection) but nobody ever reads or answers: with the defaults
+    # (120 s, 3 retries) this takes 8 minutes to fail.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        started = time.monotonic()
+        code, out = run(
+            "ask", videos[0], "Which one?", "-o", "yes", "-o", "no", "-k", "2", "--mllm", url, "--model", "m",
+            "--timeout", "0.3", "--max-retries", "1", "--clip", tiny_clip_dir, "--cache-dir", tmp_path,
+        )  # fmt: skip
+        waited = time.monotonic() - started
+    assert code == 1 and "timed out after 2 attempts" in out and "Traceback" not in out
+    assert waited < 60  # not the default 120 s per attempt
+
+
 def test_samplers_lists_the_registry() -> None:
     code, out = run("samplers")
     assert code == 0 and out.split() == available_samplers()
@@ -174,7 +195,8 @@ def test_select_query_with_markup_characters(videos: list[Path], tiny_clip_dir: 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--model", "foo"], "--model names a model on an HTTP server"),
+        (["--model", "foo"], "--model: options of an HTTP server"),
+        (["--timeout", "5", "--api-key-env", "K"], "--timeout, --api-key-env: options of an HTTP server"),
         (["--sampler", "bolt2"], "unknown sampler 'bolt2'"),
         (["--sampler", "usampler"], "needs trained weights"),
     ],

@@ -246,6 +246,19 @@ def test_generate_until_with_lmms_eval_instances_and_tiny_local_models(
     assert lines[2]["error"] == error and lines[2]["queries"] == []
 
 
+def test_http_settings_from_model_args_reach_the_backend(
+    server: ScriptedServer, tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_PROVIDER_KEY", "provider-key")
+    arguments = f"mllm={server.url},model=m,clip={tiny_clip_dir},timeout=2.5,max_retries=0,api_key_env=MY_PROVIDER_KEY"
+    model = get_model("msjoe").create_from_arg_string(arguments)
+    backend = model.qa.mllm
+    assert backend.max_retries == 0 and backend._client.timeout.read == 2.5
+    assert backend._client.headers["Authorization"] == "Bearer provider-key"
+    with pytest.raises(ValueError, match=r"timeout: options of an HTTP server"):
+        get_model("msjoe").create_from_arg_string(f"mllm=/local/model,clip={tiny_clip_dir},timeout=3")
+
+
 def test_unsupported_requests_fail_with_a_clear_message(server: ScriptedServer, tiny_clip_dir: Path) -> None:
     qa = VideoQA(
         DualEncoder.from_pretrained(str(tiny_clip_dir)),

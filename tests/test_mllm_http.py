@@ -83,6 +83,26 @@ def test_normal_reply_and_request_body(server: ScriptedServer, monkeypatch: pyte
     assert np.abs(np.asarray(sent_full, dtype=float) - full.pixels).mean() < 4  # same picture, JPEG loss only
 
 
+def test_api_key_from_the_variable_api_key_env_names(server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MSJOE_API_KEY", "default-key")
+    monkeypatch.setenv("MY_PROVIDER_KEY", "provider-key")
+    client(server, api_key_env="MY_PROVIDER_KEY").chat([Message("user", ["hi"])])
+    assert server.requests[-1][2]["Authorization"] == "Bearer provider-key"
+    monkeypatch.delenv("MY_PROVIDER_KEY")
+    with pytest.raises(ValueError, match=r"\$MY_PROVIDER_KEY.*unset or empty"):
+        client(server, api_key_env="MY_PROVIDER_KEY")
+
+
+def test_openai_api_key_is_the_fallback(server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MSJOE_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "openai-key")
+    client(server).chat([Message("user", ["hi"])])
+    assert server.requests[-1][2]["Authorization"] == "Bearer openai-key"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    client(server).chat([Message("user", ["hi"])])
+    assert "Authorization" not in server.requests[-1][2]
+
+
 def test_model_name_is_discovered_when_not_given(server: ScriptedServer) -> None:
     mllm = client(server, model=None)
     assert mllm.chat([Message("user", ["hi"])]) == "echo: hi"
@@ -101,6 +121,13 @@ def test_server_error_then_success_is_retried(server: ScriptedServer) -> None:
     assert len(server.requests) == 3
 
 
+@pytest.mark.parametrize("code", [501, 505, 507, 520, 599])
+def test_every_5xx_is_retried(server: ScriptedServer, code: int) -> None:
+    server.script.append(status(code, {"error": {"message": "server trouble"}}))
+    assert client(server).chat([Message("user", ["hi"])]) == "echo: hi"
+    assert len(server.requests) == 2
+
+
 def test_persistent_server_error_gives_up_after_the_retries(server: ScriptedServer) -> None:
     server.default = status(502, {"error": {"message": "bad gateway"}})
     with pytest.raises(BackendHTTPError, match="bad gateway") as caught:
@@ -116,10 +143,19 @@ def test_rate_limit_honours_retry_after(server: ScriptedServer) -> None:
     assert second - first >= 0.4  # waited as told, not the 1 ms backoff
 
 
+def test_retry_after_ms_is_honoured_on_a_5xx(server: ScriptedServer) -> None:
+    server.script.append(status(503, {"error": {"message": "busy"}}, {"retry-after-ms": "400", "Retry-After": "9"}))
+    assert client(server, backoff=0.001).chat([Message("user", ["hi"])]) == "echo: hi"
+    (first, *_), (second, *_) = server.requests
+    assert 0.4 <= second - first < 5  # the milliseconds header, not the 1 ms backoff nor the 9 s of Retry-After
+
+
 def test_retry_after_parsing() -> None:
     import httpx
 
     assert _retry_after_seconds(httpx.Response(429, headers={"Retry-After": "3"})) == 3.0
+    assert _retry_after_seconds(httpx.Response(429, headers={"retry-after-ms": "250", "Retry-After": "3"})) == 0.25
+    assert _retry_after_seconds(httpx.Response(429, headers={"retry-after-ms": "x", "Retry-After": "3"})) == 3.0
     date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
     assert 25 < _retry_after_seconds(httpx.Response(429, headers={"Retry-After": date})) <= 30
     assert _retry_after_seconds(httpx.Response(429)) is None

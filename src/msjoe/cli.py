@@ -14,6 +14,8 @@ from rich.table import Table
 
 from msjoe import video as video_io
 from msjoe.cli_score import score as score_command
+from msjoe.mllm import http_options
+from msjoe.mllm.http_backend import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from msjoe.train.cli import app as train_app
 
 app = typer.Typer(
@@ -48,6 +50,34 @@ MllmOption = Annotated[
     str, typer.Option("--mllm", help="MLLM: Hugging Face id, local folder, or an OpenAI-compatible http(s) URL.")
 ]
 ModelOption = Annotated[str | None, typer.Option("--model", help="Model name to request from an HTTP server.")]
+TimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        help=f"HTTP --mllm: seconds to wait for the server, per attempt \\[default: {DEFAULT_TIMEOUT:g}].",
+        min=1e-3,
+        show_default=False,
+    ),
+]
+MaxRetriesOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-retries",
+        help=f"HTTP --mllm: retries after a timeout, dropped connection, 408, 429 or 5xx \\[default: "
+        f"{DEFAULT_MAX_RETRIES}].",
+        min=0,
+        show_default=False,
+    ),
+]
+ApiKeyEnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key-env",
+        help="HTTP --mllm: the environment variable holding the API key \\[default: $MSJOE_API_KEY, then "
+        "$OPENAI_API_KEY].",
+        show_default=False,
+    ),
+]
 DtypeOption = Annotated[str, typer.Option("--dtype", help="MLLM dtype: auto, bfloat16, float16, float32.")]
 DeviceOption = Annotated[
     str, typer.Option("--device", help="Torch device for the models: cpu, cuda, cuda:1, auto (CUDA when available).")
@@ -64,6 +94,11 @@ def format_time(seconds: float) -> str:
 def _fewer_frames_note(chosen: int, requested: int) -> str:
     """What to say next to the number of key frames when the video had fewer candidates than the budget."""
     return f"-k {requested} asked; the video has only {chosen} candidate frames" if chosen < requested else ""
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of a keyword argument (``max_retries`` -> ``--max-retries``)."""
+    return "--" + name.replace("_", "-")
 
 
 def _fail(error: Exception | str, hint: str | None = None) -> typer.Exit:
@@ -237,6 +272,9 @@ def ask(
     ] = None,
     mllm: MllmOption = "Qwen/Qwen2.5-VL-7B-Instruct",
     model: ModelOption = None,
+    timeout: TimeoutOption = None,
+    max_retries: MaxRetriesOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     clip: ClipOption = "openai/clip-vit-large-patch14",
     fps: FpsOption = video_io.DEFAULT_FPS,
     max_frames: MaxFramesOption = video_io.DEFAULT_MAX_FRAMES,
@@ -254,8 +292,9 @@ def ask(
 
     try:
         device = check_device(device)
-        if model and not mllm.startswith(("http://", "https://")):
-            raise ValueError("--model names a model on an HTTP server: use it with an http(s) --mllm URL")
+        mllm_options = http_options(
+            mllm, _flag, model=model, timeout=timeout, max_retries=max_retries, api_key_env=api_key_env
+        )
         config = PipelineConfig(
             k=k,
             sampler=sampler,
@@ -265,7 +304,6 @@ def ask(
             seed=seed,
             store_frames=store_frames,
         )
-        mllm_options = {"model": model} if model else None
         qa = VideoQA.from_pretrained(
             mllm, clip, device=device, dtype=dtype, cache_dir=cache_dir, config=config, mllm_options=mllm_options
         )
@@ -372,6 +410,9 @@ def evaluate(
     ] = None,
     mllm: MllmOption = "Qwen/Qwen2.5-VL-7B-Instruct",
     model: ModelOption = None,
+    timeout: TimeoutOption = None,
+    max_retries: MaxRetriesOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     clip: ClipOption = "openai/clip-vit-large-patch14",
     fps: FpsOption = video_io.DEFAULT_FPS,
     max_frames: MaxFramesOption = video_io.DEFAULT_MAX_FRAMES,
@@ -397,8 +438,9 @@ def evaluate(
     with launched_processes() as state:
         try:
             device = check_device(process_device(state, device))
-            if model and not is_http:
-                raise ValueError("--model names a model on an HTTP server: use it with an http(s) --mllm URL")
+            mllm_options = http_options(
+                mllm, _flag, model=model, timeout=timeout, max_retries=max_retries, api_key_env=api_key_env
+            )
             if workers > 1 and not is_http:
                 raise ValueError("--workers > 1 needs an HTTP --mllm: a local model answers one item at a time")
             scoring: dict[str, object] = {"seed": seed, "rules": rules}
@@ -426,7 +468,7 @@ def evaluate(
                     dtype=dtype,
                     cache_dir=cache_dir,
                     config=pipeline,
-                    mllm_options={"model": model} if model else None,
+                    mllm_options=mllm_options,
                 ),
                 what="loading the models",
             )

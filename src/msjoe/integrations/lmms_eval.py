@@ -48,6 +48,7 @@ except ImportError as err:  # the module is useless without lmms-eval: say how t
 from msjoe import video as video_io
 from msjoe.eval.harness import is_run_fatal
 from msjoe.features import DEFAULT_CLIP
+from msjoe.mllm import http_options
 from msjoe.mllm.base import GenerationConfig
 from msjoe.mllm.prompts import LETTERS, strip_option_prefix
 from msjoe.pipeline import DEFAULT_MLLM, DEFAULT_SAMPLER, Answer, PipelineConfig, VideoQA
@@ -137,6 +138,10 @@ class MSJoE(lmms):
     Model arguments (``--model_args key=value,...``):
         mllm: the MLLM, a Hugging Face id, a local folder or an OpenAI-compatible ``http(s)://.../v1`` URL.
         model: the model name to request from an HTTP server.
+        timeout, max_retries: for an HTTP server, seconds to wait per attempt (default 120) and retries after a
+            timeout, dropped connection, 408, 429 or 5xx (default 3).
+        api_key_env: for an HTTP server, the environment variable holding the API key (default:
+            ``$MSJOE_API_KEY``, then ``$OPENAI_API_KEY``).
         clip: the frozen CLIP/SigLIP dual encoder (Hugging Face id or local folder).
         sampler: the key-frame sampler (``bolt``, ``usampler``, ``uniform``...; see ``msjoe samplers``).
         sampler_checkpoint: U-Sampler weights folder, required with ``sampler=usampler``.
@@ -162,6 +167,9 @@ class MSJoE(lmms):
         mllm: str = DEFAULT_MLLM,
         clip: str = DEFAULT_CLIP,
         model: str | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        api_key_env: str | None = None,
         sampler: str = DEFAULT_SAMPLER,
         sampler_checkpoint: str | None = None,
         frames: int = 32,
@@ -191,9 +199,13 @@ class MSJoE(lmms):
         )
         self._check_options(reply, on_error)
         mllm, clip = str(mllm), str(clip)
-        is_http = mllm.startswith(("http://", "https://"))
-        if model is not None and not is_http:
-            raise ValueError("model names a model on an HTTP server: use it with an http(s) mllm URL")
+        http = http_options(  # model_args arrive as text or as lmms-eval's guess of the type
+            mllm,
+            model=None if model is None else str(model),
+            timeout=None if timeout is None else float(timeout),
+            max_retries=None if max_retries is None else int(max_retries),
+            api_key_env=None if api_key_env is None else str(api_key_env),
+        )
         if str(batch_size) != "1":
             logger.warning("msjoe answers one item at a time; batch_size=%s is ignored", batch_size)
         qa = VideoQA.from_pretrained(
@@ -203,7 +215,7 @@ class MSJoE(lmms):
             dtype=dtype,
             cache_dir=cache_dir,
             config=config,
-            mllm_options={"model": str(model)} if model is not None else None,
+            mllm_options=http,
         )
         self._setup(qa, reply=reply, on_error=on_error, log_file=log_file)
 

@@ -24,6 +24,8 @@ __all__ = [
     "Message",
     "available_backends",
     "get_backend",
+    "http_options",
+    "is_http_spec",
     "load_mllm",
     "register_backend",
 ]
@@ -60,9 +62,26 @@ def get_backend(name: str, **options: Any) -> MLLM:
     return _REGISTRY[name](**options)
 
 
+def is_http_spec(spec: str) -> bool:
+    """Whether a model spec is the URL of an OpenAI-compatible server (else a Hugging Face id or local folder)."""
+    return spec.startswith(("http://", "https://"))
+
+
+def http_options(spec: str, label: Callable[[str], str] = str, **options: Any) -> dict[str, Any]:
+    """The HTTP backend's ``options`` that are set (not None), for ``load_mllm(spec, **...)``.
+
+    Raises ``ValueError`` naming them (each through ``label``, e.g. as a command-line flag) when ``spec`` is a
+    local model, which would not use them."""
+    given = {name: value for name, value in options.items() if value is not None}
+    if given and not is_http_spec(spec):
+        names = ", ".join(label(name) for name in given)
+        raise ValueError(f"{names}: options of an HTTP server, for an http(s) URL ({spec!r} is a local model)")
+    return given
+
+
 def load_mllm(spec: str, **options: Any) -> MLLM:
     """Open a model from a spec: an ``http(s)://`` URL of an OpenAI-compatible server (backend ``"openai"``;
     pass ``model=``), else a Hugging Face id or local folder (backend ``"transformers"``)."""
-    if spec.startswith(("http://", "https://")):
+    if is_http_spec(spec):
         return get_backend("openai", base_url=spec, **options)
     return get_backend("transformers", model=spec, **options)

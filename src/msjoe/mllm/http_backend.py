@@ -5,8 +5,10 @@ resized on the client to ``ImagePart.max_pixels`` so that neither bandwidth nor 
 exceed what the caller asked for.
 
 Failures are split into transient ones, retried with exponential backoff and jitter (connection errors, timeouts,
-dropped connections, 408/429/5xx; ``Retry-After`` is honoured), and permanent ones raised at once (other 4xx,
-malformed bodies). See :mod:`msjoe.mllm.errors`.
+dropped connections, 408, 429 and every 5xx; a server's ``retry-after-ms`` or ``Retry-After`` is honoured), and
+permanent ones raised at once (other 4xx, malformed bodies). See :mod:`msjoe.mllm.errors`. The worst case before
+an error is ``(max_retries + 1) * timeout`` plus the backoff delays: lower both (``--timeout``, ``--max-retries``)
+to give up sooner on a server that accepts connections but never answers.
 
 Concurrency uses threads rather than asyncio: the rest of msjoe is synchronous, threads work from notebooks that
 already run an event loop, and the work is network wait (released GIL). One semaphore per client bounds the
@@ -39,8 +41,16 @@ from msjoe.mllm.errors import (
     MalformedReplyError,
 )
 
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+RETRYABLE_4XX = frozenset({408, 429})  # request timeout, rate limit: the same request can succeed later
 API_KEY_VARIABLES = ("MSJOE_API_KEY", "OPENAI_API_KEY")
+"""Where the API key is read from by default, first set wins (``api_key_env`` names another variable)."""
+DEFAULT_TIMEOUT = 120.0
+DEFAULT_MAX_RETRIES = 3
+
+
+def is_retryable_status(status: int) -> bool:
+    """Whether a reply with HTTP ``status`` is worth sending again: 408, 429 and every 5xx (the server's fault)."""
+    return status in RETRYABLE_4XX or 500 <= status <= 599
 
 
 def encode_image(part: ImagePart, image_format: Literal["jpeg", "png"] = "jpeg", multiple: int = 1) -> str:
@@ -72,7 +82,14 @@ def _server_message(response: httpx.Response) -> str:
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:
-    """The ``Retry-After`` header in seconds (delta-seconds or an HTTP date), or ``None``."""
+    """The wait a server asks for, in seconds, or ``None``: ``retry-after-ms`` (milliseconds, sent by OpenAI's API)
+    when it is a number, else ``Retry-After`` (delta-seconds or an HTTP date)."""
+    milliseconds = response.headers.get("retry-after-ms")
+    if milliseconds is not None:
+        try:
+            return max(0.0, float(milliseconds) / 1000.0)
+        except ValueError:
+            pass
     value = response.headers.get("retry-after")
     if value is None:
         return None
@@ -86,6 +103,16 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
         return None
 
 
+def _api_key_from_environment(variable: str | None) -> str | None:
+    """The key in ``$variable`` (which must be set), else in the first set of :data:`API_KEY_VARIABLES`."""
+    if variable is not None:
+        key = os.environ.get(variable, "").strip()
+        if not key:
+            raise ValueError(f"api_key_env names ${variable}, but that environment variable is unset or empty")
+        return key
+    return next((os.environ[name].strip() for name in API_KEY_VARIABLES if os.environ.get(name, "").strip()), None)
+
+
 @register_backend("openai")
 class HTTPMLLM(MLLM):
     """Chat with a model behind an OpenAI-compatible ``/chat/completions`` endpoint.
@@ -93,7 +120,10 @@ class HTTPMLLM(MLLM):
     Args:
         base_url: the API root, e.g. ``"http://127.0.0.1:8000/v1"`` (a full ``.../chat/completions`` URL works too).
         model: the served model name; ``None`` asks ``GET /models`` and uses the only model served.
-        api_key: sent as a bearer token; defaults to ``$MSJOE_API_KEY``, then ``$OPENAI_API_KEY``, else none.
+        api_key: sent as a bearer token; defaults to the variable ``api_key_env`` names, else ``$MSJOE_API_KEY``,
+            then ``$OPENAI_API_KEY``, else none.
+        api_key_env: the name of the environment variable holding the key (e.g. ``"TOGETHER_API_KEY"``); an
+            error when it is unset or empty. Keys stay out of command lines and logs this way.
         timeout: seconds allowed to connect and between bytes of the reply, per attempt.
         max_retries: extra attempts after a transient failure (0 = try once).
         backoff: first retry delay in seconds; doubles each retry, with jitter (50-100 % of the nominal delay).
@@ -113,8 +143,9 @@ class HTTPMLLM(MLLM):
         model: str | None = None,
         *,
         api_key: str | None = None,
-        timeout: float = 120.0,
-        max_retries: int = 3,
+        api_key_env: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         backoff: float = 1.0,
         max_backoff: float = 30.0,
         max_concurrency: int = 8,
@@ -137,7 +168,7 @@ class HTTPMLLM(MLLM):
         self.max_concurrency = max_concurrency
         self.image_format, self.image_multiple = image_format, image_multiple
         self.extra_body = dict(extra_body or {})
-        api_key = api_key or next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
+        api_key = api_key or _api_key_from_environment(api_key_env)
         self._client = httpx.Client(
             headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
             timeout=httpx.Timeout(timeout),
@@ -237,7 +268,7 @@ class HTTPMLLM(MLLM):
                         ) from None
                 message = _server_message(response)
                 status = response.status_code
-                if status not in RETRYABLE_STATUS:
+                if not is_retryable_status(status):
                     hint = (
                         " (is the base URL right? OpenAI-compatible servers usually end in /v1)"
                         if status == 404
