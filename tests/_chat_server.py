@@ -119,6 +119,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         server = self.server
+        if body.get("max_tokens") == 1:  # HTTPMLLM.check (no item asks for one token): scripted and recorded apart
+            with server.lock:
+                server.checks.append(body)
+            server.check(self, body)
+            return
         with server.lock:
             server.requests.append((time.monotonic(), self.path, dict(self.headers), body))
             behaviour = server.script.popleft() if server.script else server.default
@@ -134,7 +139,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class ScriptedServer(ThreadingHTTPServer):
-    """Answers POSTs with ``script`` behaviours in arrival order, then with ``default``; records every request."""
+    """Answers POSTs with ``script`` behaviours in arrival order, then with ``default``; records every request.
+
+    The one-token request ``HTTPMLLM.check`` sends before a run is answered by ``check`` instead (default: echo)
+    and recorded in ``checks``, so the scripts and ``requests`` are about the items alone."""
 
     daemon_threads = True
     block_on_close = False
@@ -144,6 +152,8 @@ class ScriptedServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.script: deque[Behaviour] = deque()
         self.default: Behaviour = echo
+        self.check: Behaviour = echo
+        self.checks: list[dict[str, Any]] = []
         self.requests: list[tuple[float, str, dict[str, str], dict[str, Any]]] = []
         self.in_flight = self.max_in_flight = 0
 

@@ -4,6 +4,7 @@ chosen by the test."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import time
@@ -16,9 +17,11 @@ from typer.testing import CliRunner
 from _chat_server import Handler, ScriptedServer, completion, status
 from _torchrun import TWO_PROCESSES, two_process_env
 from msjoe.cache import FeatureCache
-from msjoe.cli import app
+from msjoe.cli import EXIT_ITEMS_FAILED, app
+from msjoe.data.benchmarks import get_benchmark
 from msjoe.distributed import SingleProcess
 from msjoe.errors import MsjoeError
+from msjoe.eval.failures import SYSTEMATIC_FAILURES, SystematicFailureError
 from msjoe.eval.harness import EvalConfig, PredictionLog, predictions_path, run_eval, shard_path
 from msjoe.features import DualEncoder
 from msjoe.mllm import load_mllm
@@ -289,19 +292,84 @@ def test_cli_eval_end_to_end(server: ScriptedServer, tiny_clip_dir: Path, benchm
         "--clip", tiny_clip_dir, "--cache-dir", tmp_path / "cache", "--out", out, "--json",
     ]  # fmt: skip
     result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
+    # The corrupt video's item failed in each of the 4 runs: the report is written, the exit status says so.
+    assert result.exit_code == EXIT_ITEMS_FAILED, result.output
+    assert "4 item answer(s) failed" in result.stderr and "--retry-errors" in result.stderr
     entry = json.loads(result.stdout)
     assert {(run["sampler"], run["k"]) for run in entry["runs"]} == {("uniform", 2), ("uniform", 3), ("bolt", 2),
                                                                     ("bolt", 3)}  # fmt: skip
     assert all(run["report"]["headline"]["value"] == 0.5 for run in entry["runs"])
     report = (out / "report.md").read_text()
     assert "| longvideobench | bolt | `longvideobench` | accuracy | 50.0 | 50.0 |" in report
+    assert len(server.checks) == 1  # the backend was checked once, before the first item
 
-    # Table output, and a rerun asks nothing new.
+    # Table output, and a rerun asks nothing new (not even the check).
     before = len(server.requests)
     result = CliRunner().invoke(app, [str(a) for a in args[:-1]])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_ITEMS_FAILED, result.output
     assert len(server.requests) == before and "50.0" in result.stdout and "report.md" in result.output
+    assert len(server.checks) == 1
+
+    # Without failed items (only the first question), the exit status is 0.
+    limited = [*args[:-1], "--limit", "1", "--out", tmp_path / "first-item"]
+    result = CliRunner().invoke(app, [str(a) for a in limited])
+    assert result.exit_code == 0, result.output
+
+
+def test_cli_eval_with_a_model_the_server_does_not_serve_stops_before_any_item(
+    server: ScriptedServer, tiny_clip_dir: Path, benchmark_files, tmp_path: Path
+) -> None:
+    # What transformers serve answers to every request for another model than the one it was started with.
+    server.default = server.check = status(400, {"detail": "Server is pinned to 'served-model'; requested 'typo'."})
+    annotations, videos = benchmark_files
+    args = [
+        "eval", "--benchmark", "longvideobench", "--annotations", annotations, "--videos", videos,
+        "--sampler", "uniform", "--frames", "2", "--mllm", server.url, "--model", "typo", "--max-retries", "0",
+        "--clip", tiny_clip_dir, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "out",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.output.split())
+    assert "cannot answer a chat with model 'typo'" in message and "pinned to 'served-model'" in message
+    assert "the server lists ['served-model']" in message
+    assert server.requests == []  # no item was sent
+    assert not any(path.read_text() for path in (tmp_path / "out").glob("predictions/*/*.jsonl"))
+
+
+def test_a_run_whose_first_items_all_fail_alike_stops_without_recording_them(
+    qa: VideoQA, server: ScriptedServer, benchmark_files, tmp_path: Path
+) -> None:
+    # The check (text only) passes, but the server refuses every request with images: a text-only model.
+    refuse_images = status(400, {"object": "error", "message": "this model does not accept image inputs"})
+    server.default = refuse_images
+    annotations, videos = benchmark_files
+    loaded = get_benchmark("longvideobench").load(annotations, videos)
+    readable = dataclasses.replace(loaded, items=[item for item in loaded.items if item.id != "q3"])
+    settings = config(benchmark_files, tmp_path / "out", samplers=["uniform", "bolt"], budgets=[2, 3])
+    with pytest.raises(SystematicFailureError, match=rf"first {SYSTEMATIC_FAILURES} items .* image inputs"):
+        run_eval(qa, settings, progress=False, loaded=readable)
+    assert len(server.requests) == SYSTEMATIC_FAILURES  # stopped there, not after all 12 item answers
+    assert not any(path.read_text() for path in (tmp_path / "out").glob("predictions/*/*.jsonl"))
+
+    # Fixed server: the rerun asks every item again, the failed ones included (uniform: 3 items x 2 budgets x 1
+    # request; bolt: x 2 requests), and none is an error.
+    server.default = scripted_mllm
+    entry = run_eval(qa, settings, progress=False, loaded=readable)
+    assert len(server.requests) == SYSTEMATIC_FAILURES + 6 + 12
+    assert all(run["errors"] == 0 and run["report"]["overall"]["total"] == 3 for run in entry["runs"])
+
+
+def test_items_failing_alike_after_a_success_are_ordinary_failures(
+    qa: VideoQA, server: ScriptedServer, benchmark_files, tmp_path: Path
+) -> None:
+    server.script.append(scripted_mllm)  # q0 answered; every later request refused the same way
+    server.default = status(400, {"object": "error", "message": "too many images"})
+    annotations, videos = benchmark_files
+    loaded = get_benchmark("longvideobench").load(annotations, videos)
+    readable = dataclasses.replace(loaded, items=[item for item in loaded.items if item.id != "q3"])
+    settings = config(benchmark_files, tmp_path / "out", samplers=["uniform"], budgets=[2, 3, 4])
+    entry = run_eval(qa, settings, progress=False, loaded=readable)
+    assert [run["errors"] for run in entry["runs"]] == [2, 3, 3]  # 8 alike failures, but not from the start
 
 
 @pytest.mark.slow
@@ -318,7 +386,10 @@ def test_cli_eval_on_two_processes_splits_the_items(
     ]  # fmt: skip
     command = [*TWO_PROCESSES, "-m", "msjoe", *map(str, args)]
     result = subprocess.run(command, env=two_process_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # The corrupt video's item failed: the main process ends with EXIT_ITEMS_FAILED, which torchrun reports as a
+    # failed child (its own status is 1).
+    assert result.returncode != 0 and f"exitcode  : {EXIT_ITEMS_FAILED}" in result.stderr, result.stderr[-4000:]
+    assert "2 item answer(s) failed" in result.stderr
     # Every item asked once in all (uniform: the answer; bolt: queries and answer), not once per process.
     assert len(server.requests) == 3 * 1 + 3 * 2
     entry = json.loads(result.stdout)  # printed by the main process only

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from _chat_server import Handler, ScriptedServer, completion
+from _chat_server import Handler, ScriptedServer, completion, status
 
 SKIP_REASON = "lmms-eval is not installed (optional extra; see docs/lmms_eval.md for a CPU-only install)"
 pytest.importorskip("lmms_eval.api.model", reason=SKIP_REASON)
@@ -27,9 +27,11 @@ from lmms_eval.api.instance import Instance  # noqa: E402
 from lmms_eval.models import get_model  # noqa: E402
 
 from msjoe.cache import FeatureCache  # noqa: E402
+from msjoe.eval.failures import SYSTEMATIC_FAILURES, SystematicFailureError  # noqa: E402
 from msjoe.features import DualEncoder  # noqa: E402
 from msjoe.integrations.lmms_eval import MSJoE, split_multiple_choice  # noqa: E402
 from msjoe.mllm import load_mllm  # noqa: E402
+from msjoe.mllm.errors import BackendCheckError  # noqa: E402
 from msjoe.pipeline import PipelineConfig, VideoQA  # noqa: E402
 from msjoe.synthetic_video import write_video  # noqa: E402
 
@@ -257,6 +259,42 @@ def test_http_settings_from_model_args_reach_the_backend(
     assert backend._client.headers["Authorization"] == "Bearer provider-key"
     with pytest.raises(ValueError, match=r"timeout: options of an HTTP server"):
         get_model("msjoe").create_from_arg_string(f"mllm=/local/model,clip={tiny_clip_dir},timeout=3")
+
+
+def test_a_model_the_server_does_not_serve_fails_when_the_model_is_built(
+    server: ScriptedServer, tiny_clip_dir: Path
+) -> None:
+    server.check = status(404, {"object": "error", "message": "The model `typo` does not exist."})  # vLLM's answer
+    with pytest.raises(BackendCheckError, match=r"model 'typo'.*does not exist.*the server lists \['served-model'\]"):
+        get_model("msjoe").create_from_arg_string(f"mllm={server.url},model=typo,clip={tiny_clip_dir}")
+    assert server.requests == []
+
+
+def test_requests_failing_alike_from_the_first_stop_the_run(
+    server: ScriptedServer, tiny_clip_dir: Path, videos: dict[str, Path], tmp_path: Path
+) -> None:
+    server.default = status(400, {"object": "error", "message": "this model does not accept image inputs"})
+    qa = VideoQA(
+        DualEncoder.from_pretrained(str(tiny_clip_dir)),
+        load_mllm(server.url, model="m"),
+        FeatureCache(tmp_path / "cache"),
+        PipelineConfig(k=2, sampler="uniform"),
+    )
+    model = MSJoE.from_pipeline(qa)
+    doc_ids = [*DOCS, "d0", "d1"]  # 6 requests
+    model.task_dict = {"t": {"test": [{"video": str(videos[doc_id])} for doc_id in doc_ids]}}
+    requests = [
+        Instance(
+            "generate_until",
+            (f"{question_text(doc_id)}\nA. x\nB. y", {}, lambda doc: [doc["video"]], i, "t", "test"),
+            0,
+            {"task": "t", "doc_id": i, "repeats": 1},
+        )
+        for i, doc_id in enumerate(doc_ids)
+    ]
+    with pytest.raises(SystematicFailureError, match=rf"first {SYSTEMATIC_FAILURES} items .* image inputs"):
+        model.generate_until(requests)
+    assert len(server.requests) == SYSTEMATIC_FAILURES
 
 
 def test_unsupported_requests_fail_with_a_clear_message(server: ScriptedServer, tiny_clip_dir: Path) -> None:

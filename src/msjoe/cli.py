@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from msjoe.cli_score import score as score_command
 from msjoe.mllm import http_options
 from msjoe.mllm.http_backend import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from msjoe.train.cli import app as train_app
+
+if TYPE_CHECKING:
+    from msjoe.eval.harness import EvalConfig
 
 app = typer.Typer(
     help="Question answering over long videos with query-driven key-frame selection (MSJoE).",
@@ -94,6 +97,10 @@ def format_time(seconds: float) -> str:
 def _fewer_frames_note(chosen: int, requested: int) -> str:
     """What to say next to the number of key frames when the video had fewer candidates than the budget."""
     return f"-k {requested} asked; the video has only {chosen} candidate frames" if chosen < requested else ""
+
+
+EXIT_ITEMS_FAILED = 3
+"""``msjoe eval``'s exit status when the run finished but some items ended in an error (1: the run stopped)."""
 
 
 def _flag(name: str) -> str:
@@ -427,7 +434,11 @@ def evaluate(
     (the benchmark's official one by default; `msjoe score` rescores without models), OUT/report.md and
     OUT/scores.json. Under `accelerate launch` (or `torchrun`; on CPU with
     ACCELERATE_USE_CPU=true) each process answers the questions of every N-th video with its own model copy (with
-    `--device cuda`, on its own GPU); OUT must be on a file system every process sees."""
+    `--device cuda`, on its own GPU); OUT must be on a file system every process sees.
+
+    Exit status: 0 when every item was answered (items whose video is missing are listed, not failed); 3 when the
+    run finished but some items ended in an error (counted wrong, listed in the report); 1 when the run stopped: a
+    bad setting, an unreachable or failing server, or the first 5 items all failing with the same error."""
     from msjoe.devices import check_device
     from msjoe.distributed import launched_processes, on_every_process, process_device
     from msjoe.errors import MsjoeError
@@ -483,6 +494,7 @@ def evaluate(
         console.print(_skipped_rows_summary(entry["skipped_rows"], out), soft_wrap=True, markup=False, highlight=False)
     if as_json:
         typer.echo(json.dumps(entry))
+        _exit_if_items_failed(entry, config)
         return
     table = Table("sampler", "K", "metric", "score", "counted", "errors", title=escape(benchmark))
     for run in entry["runs"]:
@@ -503,3 +515,20 @@ def evaluate(
     if entry["missing_items"]:
         console.print(f"{len(entry['missing_items'])} items skipped: their video is missing (listed in the report)")
     console.print(f"report: {escape(str(out / 'report.md'))}", soft_wrap=True)
+    _exit_if_items_failed(entry, config)
+
+
+def _exit_if_items_failed(entry: dict, config: EvalConfig) -> None:
+    """End with :data:`EXIT_ITEMS_FAILED` when items of the runs asked for ended in an error: the report is
+    written, but its scores count those items as wrong."""
+    asked = {(sampler, k) for sampler in config.samplers for k in config.budgets}
+    failed = {(run["sampler"], run["k"]): run["errors"] for run in entry["runs"] if (run["sampler"], run["k"]) in asked}
+    failed = {key: count for key, count in failed.items() if count}
+    if failed:
+        runs = ", ".join(f"{sampler} K={k}: {count}" for (sampler, k), count in sorted(failed.items()))
+        console.print(
+            f"[bold red]{sum(failed.values())} item answer(s) failed[/] ({escape(runs)}); they count as wrong. "
+            "Their errors are in the report; rerun with --retry-errors to try them again.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=EXIT_ITEMS_FAILED)

@@ -17,7 +17,9 @@ An item whose pipeline raises (corrupt video, a request the server rejects as to
 (``status "error"`` and the message), has no reply (the rule set says how that counts: wrong, left out, or as
 the empty reply; the report lists it), and is not retried on reruns unless asked
 (``retry_errors``). Failures that are not the item's fault (the model server unreachable, overloaded or
-refusing the credentials) stop the run instead: every finished item is already saved, so a rerun resumes.
+refusing the credentials) stop the run instead: every finished item is already saved, so a rerun resumes. Before
+the first item the backend is checked (:meth:`~msjoe.mllm.base.MLLM.check`: one tiny request to a server), and a
+run whose first items all fail with one message stops too (:mod:`msjoe.eval.failures`).
 
 Scores: ``correct`` in a prediction line is the rule set applied to that reply alone when the line was written; the
 reports always rescore the stored replies with the chosen rule set (:mod:`msjoe.rules`), so changing it needs no
@@ -53,6 +55,7 @@ from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult, UnrunnableRow
 from msjoe.data.schema import QAItem
 from msjoe.distributed import SingleProcess, all_results, main_process_first, my_share, on_every_process
 from msjoe.errors import MsjoeError
+from msjoe.eval.failures import FailureGate
 from msjoe.eval.plots import write_plots
 from msjoe.eval.report import render_markdown
 from msjoe.mllm.errors import BackendConnectionError, BackendHTTPError
@@ -483,7 +486,17 @@ def run_eval(
     def answer_share() -> dict[tuple[str, int], list[str]]:
         """Answer this process's pending items; the ids written, per (sampler, K)."""
         written: dict[tuple[str, int], list[str]] = {key: [] for key in logs}
+        if not any(pending.values()):
+            return written
+        qa.mllm.check()  # a wrong server URL, model name or key stops here, not as an error line per item
         writers = logs if world == 1 else {key: PredictionLog(shard_path(log.path, rank)) for key, log in logs.items()}
+        gate: FailureGate[dict[str, Any]] = FailureGate()
+
+        def write(records: Sequence[dict[str, Any]]) -> None:
+            for record in records:
+                writers[record["sampler"], record["k"]].append(record)
+                written[record["sampler"], record["k"]].append(record["id"])
+
         with progress_bar(enabled=progress and state.is_main_process) as bar:
             whose = "" if world == 1 else f" (process 0 of {world})"
             task = bar.add_task(f"{bench.name}{whose}", total=sum(len(todo) for todo in pending.values()))
@@ -502,9 +515,9 @@ def run_eval(
                     )
 
                 for record in _answer_all(todo, ask, config.workers):
-                    writers[sampler, k].append(record)
-                    written[sampler, k].append(record["id"])
+                    write(gate.admit(record, record.get("error")))
                     bar.advance(task)
+        write(gate.release())
         return written
 
     written = all_results(state, on_every_process(state, answer_share, what="answering benchmark items"))

@@ -20,7 +20,9 @@ query turn keeps msjoe's settings. ``until`` stop strings cut the reply, as lmms
 
 Failures: an item whose video cannot be read (or that the model server rejects as malformed) gets an empty reply,
 which every task scores as wrong, and is logged; a summary warning lists them at the end. Failures of the server
-itself (unreachable, overloaded) stop the run. ``on_error=raise`` stops on any failure instead.
+itself (unreachable, overloaded) stop the run, and so does a run whose first 5 requests all fail with the same
+error (:mod:`msjoe.eval.failures`); the backend is checked when the model is built (one tiny request to a server).
+``on_error=raise`` stops on any failure instead.
 
 Scope: one process (lmms-eval's data parallelism is not supported; for throughput serve the MLLM over HTTP with
 vLLM or SGLang, ``mllm=http://host:port/v1``), ``generate_until`` only (no log-likelihood: the method answers from
@@ -46,6 +48,7 @@ except ImportError as err:  # the module is useless without lmms-eval: say how t
     ) from err
 
 from msjoe import video as video_io
+from msjoe.eval.failures import FailureGate
 from msjoe.eval.harness import is_run_fatal
 from msjoe.features import DEFAULT_CLIP
 from msjoe.mllm import http_options
@@ -249,11 +252,13 @@ class MSJoE(lmms):
                 "msjoe's lmms-eval model runs in one process; for throughput serve the MLLM over HTTP "
                 "(vLLM, SGLang) and pass mllm=http://host:port/v1"
             )
+        qa.mllm.check()  # a wrong server URL, model name or key stops here, not as an empty reply per request
         self.qa = qa
         self.reply_mode = reply
         self.on_error = on_error
         self.log_file = Path(log_file) if log_file else None
         self.failures: list[tuple[str, str]] = []  # (request, error) of every failed request so far
+        self._gate: FailureGate[str] = FailureGate()  # stops when the first requests all fail alike
 
     # --- lmms-eval's model API -------------------------------------------------------------------------------
     def generate_until(self, requests: list[Instance]) -> list[str]:
@@ -304,6 +309,7 @@ class MSJoE(lmms):
             logger.warning("msjoe: %s failed: %s", where, error)
         finally:
             self.qa.config = base
+        self._gate.admit(where, error)
         if answer is None:
             text = ""
         elif self.reply_mode == "letter" and answer.letter:

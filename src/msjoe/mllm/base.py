@@ -116,6 +116,11 @@ class MLLM(ABC):
         """
         return [self.chat(messages, generation) for messages in chats]
 
+    def check(self) -> None:
+        """Raise now if the backend cannot answer at all, before a long run starts. The default does nothing: a
+        local model that loaded can answer; a server backend sends a tiny request."""
+        return None
+
     def close(self) -> None:
         """Release held resources (e.g. HTTP connections). The default holds none."""
         return None

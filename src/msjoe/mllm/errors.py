@@ -42,5 +42,10 @@ class BackendHTTPError(BackendError):
         self.server_message = server_message
 
 
+class BackendCheckError(BackendError):
+    """The server failed the check made before a run (:meth:`msjoe.mllm.base.MLLM.check`): a wrong URL, model
+    name or key, or a server that cannot answer any chat."""
+
+
 class MalformedReplyError(BackendError):
     """The server answered 200 but the body is not a chat completion (not JSON, no choices, no text)."""

@@ -34,6 +34,7 @@ from PIL import Image
 from msjoe.mllm import register_backend
 from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message
 from msjoe.mllm.errors import (
+    BackendCheckError,
     BackendConnectionError,
     BackendError,
     BackendHTTPError,
@@ -101,6 +102,12 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def _model_names(listing: Any) -> list[str]:
+    """The ids in a ``GET /models`` reply (``{"data": [{"id": ...}, ...]}``)."""
+    entries = listing.get("data") if isinstance(listing, dict) else None
+    return [str(entry["id"]) for entry in entries or [] if isinstance(entry, dict) and entry.get("id") is not None]
 
 
 def _api_key_from_environment(variable: str | None) -> str | None:
@@ -184,8 +191,7 @@ class HTTPMLLM(MLLM):
         """The served model name (asked from the server on first use if not given)."""
         with self._model_lock:
             if self._model is None:
-                listing = self._request("GET", "/models")
-                names = [entry.get("id") for entry in listing.get("data", []) if isinstance(entry, dict)]
+                names = _model_names(self._request("GET", "/models"))
                 if len(names) != 1:
                     raise BackendError(
                         f"{self.base_url} serves {names or 'no models'}; pass model= (--model on the command line)"
@@ -225,10 +231,33 @@ class HTTPMLLM(MLLM):
                     future.cancel()
                 raise
 
+    def check(self) -> None:
+        """Send one chat with a one-token reply: a wrong URL, model name or key fails here, before a run, with the
+        server's own message (and the models it lists, when the name is not among them).
+
+        Only the status is checked, not the reply's text (one token of a reasoning model may carry none)."""
+        model = self.model
+        body = {"model": model, "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1, "temperature": 0}
+        try:
+            self._request("POST", "/chat/completions", body | self.extra_body)
+        except BackendError as error:
+            listed = self._listed_models() if isinstance(error, BackendHTTPError) else []
+            hint = f" (the server lists {listed})" if listed and model not in listed else ""
+            raise BackendCheckError(
+                f"{self.base_url} cannot answer a chat with model {model!r}: {error}{hint}"
+            ) from error
+
     def close(self) -> None:
         self._client.close()
 
     # --- internals ------------------------------------------------------------------------------------------
+    def _listed_models(self) -> list[str]:
+        """The model names ``GET /models`` lists, or none when the server does not answer it."""
+        try:
+            return _model_names(self._client.get(self.base_url + "/models").json())
+        except (httpx.HTTPError, ValueError):
+            return []
+
     def _convert(self, message: Message) -> dict[str, Any]:
         if all(isinstance(part, str) for part in message.content):
             return {"role": message.role, "content": "".join(message.content)}  # plain string: widest support
