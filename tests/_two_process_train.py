@@ -1,6 +1,6 @@
 """Run stage 1 under torchrun and record, on every process, a digest of the U-Sampler's parameters after each
-step, the items the process trained on and the videos it decoded (used by tests/test_train_run.py; not a test
-module itself).
+step, the items the process trained on, the videos it decoded and the checkpoint it resumed from (used by
+tests/test_train_run.py; not a test module itself).
 
     ACCELERATE_USE_CPU=true python -m torch.distributed.run --nproc_per_node 2 tests/_two_process_train.py CONFIG
 
@@ -59,7 +59,7 @@ def main(config_path: str, record_error: bool = False) -> None:
 
         msjoe.train.data.index_video = broken_index_video
     try:
-        train_stage1(config, accelerator=accelerator, on_step=record)
+        summary = train_stage1(config, accelerator=accelerator, on_step=record)
     except Exception as error:
         if not record_error:
             raise
@@ -68,7 +68,15 @@ def main(config_path: str, record_error: bool = False) -> None:
         return
     out = Path(config.run.output_dir) / f"params_rank{accelerator.process_index}.json"
     out.write_text(
-        json.dumps({"num_processes": accelerator.num_processes, "digests": digests, "items": items, "decoded": decoded})
+        json.dumps(
+            {
+                "num_processes": accelerator.num_processes,
+                "digests": digests,
+                "items": items,
+                "decoded": decoded,
+                "resumed_from": summary.resumed_from.name if summary.resumed_from else None,
+            }
+        )
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from _torchrun import TWO_PROCESSES, two_process_env
 from msjoe.data.schema import QAItem, read_qa_jsonl, write_qa_jsonl
 from msjoe.data.smoke import write_smoke_dataset
 from msjoe.samplers.usampler import USampler
-from msjoe.train.checkpoint import list_checkpoints
+from msjoe.train.checkpoint import CheckpointError, checkpoint_problem, list_checkpoints
 from msjoe.train.config import run_config_from_dict
 from msjoe.train.metrics import METRICS_FILE, read_metrics
 from msjoe.train.run import train_stage1
@@ -192,6 +194,29 @@ def test_two_processes_keep_identical_parameters(
 
 
 @pytest.mark.slow
+def test_two_processes_agree_to_resume_past_a_checkpoint_damaged_for_one_of_them(
+    smoke_train_file: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ddp"
+    out.mkdir()
+    config = _config(smoke_train_file, tiny_clip_dir, tiny_qwen_dir, out, tmp_path / "cache", steps=3)
+    (out / "config.in.yaml").write_text(yaml.safe_dump(config))  # checkpoints at steps 2 and 3
+    command = [*TWO_PROCESSES, str(REPO / "tests" / "_two_process_train.py"), str(out / "config.in.yaml")]
+    first = subprocess.run(command, env=two_process_env(), capture_output=True, timeout=900)
+    assert first.returncode == 0, first.stderr.decode()[-4000:]
+    digests = [json.loads((out / f"params_rank{rank}.json").read_text())["digests"] for rank in (0, 1)]
+
+    _truncate(out / "checkpoints" / "step-00000003" / "trainer_state_rank1.pt")  # only process 1 reads this file
+    again = subprocess.run(command, env=two_process_env(), capture_output=True, timeout=900)
+    assert again.returncode == 0, again.stderr.decode()[-4000:]
+    for rank in (0, 1):
+        resumed = json.loads((out / f"params_rank{rank}.json").read_text())
+        assert resumed["resumed_from"] == "step-00000002"  # both processes, not just the one whose file is bad
+        assert resumed["digests"] == digests[rank][2:]  # step 3 redone exactly as the first time
+    assert len(list((out / "checkpoints").glob("damaged-*/step-00000003"))) == 1
+
+
+@pytest.mark.slow
 def test_a_failure_on_one_process_while_preparing_ends_every_process(
     smoke_train_file: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path, tmp_path: Path
 ) -> None:
@@ -239,3 +264,115 @@ def test_nan_loss_stops_the_run_and_saves_the_batch(
     saved = torch.load(out / "bad_batches" / "step-00000001-rank0.pt", weights_only=False)
     assert saved["step"] == 1 and len(saved["batch"]["item_ids"]) == 2
     assert not list_checkpoints(out)  # nothing was stepped or saved
+
+
+# --- damaged checkpoints ---------------------------------------------------------------------------------------
+def _truncate(path: Path) -> None:
+    """Keep the first half of ``path``: what a full disk, a quota or an interrupted copy leaves."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.fixture(scope="module")
+def four_step_run(
+    smoke_train_file: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict, Path]:
+    """The raw config and output folder of a finished 4-step stage-1 run with checkpoints at steps 2 and 4."""
+    root = tmp_path_factory.mktemp("four-steps")
+    raw = _config(smoke_train_file, tiny_clip_dir, tiny_qwen_dir, root / "run", root / "cache")
+    train_stage1(run_config_from_dict(raw))
+    assert [path.name for path in list_checkpoints(root / "run")] == ["step-00000002", "step-00000004"]
+    return raw, root / "run"
+
+
+def _copy_of(four_step_run: tuple[dict, Path], out: Path) -> dict:
+    raw, run = four_step_run
+    shutil.copytree(run, out)
+    return {**raw, "run": {**raw["run"], "output_dir": str(out)}}
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("model.safetensors", "model.safetensors is truncated"),
+        ("optimizer.bin", "optimizer.bin is not a whole torch.save file"),
+        ("trainer_state_rank0.pt", "trainer_state_rank0.pt is not a whole torch.save file"),
+        ("random_states_0.pkl", "random_states_0.pkl is not a whole torch.save file"),
+        ("sampler/config.json", "sampler/config.json is unreadable"),
+    ],
+)
+def test_checkpoint_problem_names_the_truncated_file(
+    four_step_run: tuple[dict, Path], tmp_path: Path, name: str, problem: str
+) -> None:
+    folder = tmp_path / "step"
+    shutil.copytree(four_step_run[1] / "checkpoints" / "step-00000004", folder)
+    assert checkpoint_problem(folder) is None
+    _truncate(folder / name)
+    assert checkpoint_problem(folder).startswith(problem)
+
+
+def test_checkpoint_problem_finds_a_missing_trainer_state(four_step_run: tuple[dict, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "step"
+    shutil.copytree(four_step_run[1] / "checkpoints" / "step-00000004", folder)
+    info = json.loads((folder / "checkpoint.json").read_text())
+    (folder / "checkpoint.json").write_text(json.dumps({**info, "num_processes": 2}))
+    assert checkpoint_problem(folder) == "trainer_state_rank1.pt is missing"
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.bin", "trainer_state_rank0.pt"])
+def test_resume_sets_a_damaged_newest_checkpoint_aside_and_resumes_from_the_previous_one(
+    four_step_run: tuple[dict, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    out = tmp_path / "run"
+    raw = _copy_of(four_step_run, out)
+    _truncate(out / "checkpoints" / "step-00000004" / name)
+    damaged_size = (out / "checkpoints" / "step-00000004" / name).stat().st_size
+
+    with caplog.at_level(logging.WARNING, logger="msjoe.train.checkpoint"):
+        summary = train_stage1(run_config_from_dict(raw))
+    assert summary.resumed_from.name == "step-00000002" and summary.steps_done == 4
+    assert f"step-00000004 is damaged ({name}" in caplog.text
+    [aside] = (out / "checkpoints").glob("damaged-*/step-00000004")  # kept, renamed, not deleted
+    assert (aside / name).stat().st_size == damaged_size
+    assert [path.name for path in list_checkpoints(out)] == ["step-00000002", "step-00000004"]  # step 4 redone
+    # Steps 3 and 4 were redone from the step-2 checkpoint exactly as the first time.
+    reference = {r["step"]: r["loss"] for r in read_metrics(four_step_run[1] / METRICS_FILE)}
+    assert {r["step"]: r["loss"] for r in read_metrics(out / METRICS_FILE)} == reference
+
+
+def test_every_checkpoint_damaged_stops_with_their_names_and_keeps_them(
+    four_step_run: tuple[dict, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    raw = _copy_of(four_step_run, out)
+    _truncate(out / "checkpoints" / "step-00000004" / "optimizer.bin")
+    _truncate(out / "checkpoints" / "step-00000002" / "model.safetensors")
+    with pytest.raises(
+        CheckpointError, match=r"every checkpoint .*step-00000004: optimizer.bin .*step-00000002: model.safetensors"
+    ):
+        train_stage1(run_config_from_dict(raw))
+    assert not list_checkpoints(out)
+    assert len(list((out / "checkpoints").glob("damaged-*/step-*"))) == 2
+
+
+def test_a_checkpoint_that_does_not_load_is_named(four_step_run: tuple[dict, Path], tmp_path: Path) -> None:
+    import torch
+
+    out = tmp_path / "run"
+    raw = _copy_of(four_step_run, out)
+    # A whole torch.save file, but not an optimiser state: only loading it shows the problem.
+    torch.save("not an optimiser state", out / "checkpoints" / "step-00000004" / "optimizer.bin")
+    assert checkpoint_problem(out / "checkpoints" / "step-00000004") is None
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*step-00000004: .*move it out of"):
+        train_stage1(run_config_from_dict(raw))
+
+
+def test_an_explicit_damaged_resume_folder_is_refused_by_name(four_step_run: tuple[dict, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    raw = _copy_of(four_step_run, out)
+    folder = out / "checkpoints" / "step-00000002"
+    _truncate(folder / "trainer_state_rank0.pt")
+    raw["run"]["resume"] = str(folder)
+    with pytest.raises(CheckpointError, match=r"step-00000002 cannot be resumed from: trainer_state_rank0.pt is not"):
+        train_stage1(run_config_from_dict(raw))
+    assert folder.is_dir()  # named by the user: reported, not moved

@@ -12,6 +12,12 @@ A checkpoint is a folder ``<output_dir>/checkpoints/step-00000100/`` holding:
 Atomicity: everything is written to ``.incomplete-step-...`` and renamed once every process has finished, so a
 crash leaves either the previous checkpoints or a complete new one (stale ``.incomplete-*`` folders are removed on
 the next save). Only the newest ``keep_last`` checkpoints are kept.
+
+Damage after the fact (a file truncated by a full disk, a quota or an interrupted copy) is found before resuming
+by :func:`checkpoint_problem`, which reads each file's structure without loading it: a safetensors file must be as
+long as its header says, a ``torch.save`` file (optimiser, RNG and trainer states) must be a whole zip archive,
+a JSON file must parse, and every process's trainer state must be there. ``resume: auto`` moves a damaged
+checkpoint to ``checkpoints/damaged-<time>/`` (kept, never deleted) and resumes from the newest intact one.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import logging
 import os
 import shutil
 import time
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +44,7 @@ CHECKPOINT_DIR = "checkpoints"
 _PREFIX = "step-"
 _INCOMPLETE = ".incomplete-"
 _MARKER = "checkpoint.json"
+_DAMAGED = "damaged-"
 
 
 class CheckpointError(MsjoeError):
@@ -60,6 +68,80 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run, or None."""
     found = list_checkpoints(output_dir)
     return found[-1] if found else None
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why the checkpoint ``folder`` cannot be resumed from (naming the file), or ``None`` when it looks intact.
+
+    Cheap: reads headers and zip directories, not the tensors (see the module docs for what is checked). Damage
+    that keeps a file's structure (flipped bytes inside a tensor) is not found here.
+    """
+    folder = Path(folder)
+    try:
+        info = read_checkpoint_info(folder)
+    except CheckpointError as error:
+        return str(error)
+    for path in sorted(folder.rglob("*")):
+        problem = _file_problem(path) if path.is_file() else None
+        if problem is not None:
+            return f"{path.relative_to(folder)} {problem}"
+    processes = info.get("num_processes")
+    if not isinstance(processes, int) or processes < 1:
+        return f"{_MARKER} gives no number of processes"
+    for rank in range(processes):
+        if not (folder / _trainer_state_name(rank)).is_file():
+            return f"{_trainer_state_name(rank)} is missing"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    """What is wrong with one checkpoint file, judged by its format (by suffix; other files are not checked)."""
+    try:
+        size = path.stat().st_size
+        if path.suffix == ".safetensors":
+            with path.open("rb") as file:
+                header_length = int.from_bytes(file.read(8), "little")
+                if size < 8 or 8 + header_length > size:
+                    return f"is truncated ({size} bytes, shorter than its own header)"
+                header = json.loads(file.read(header_length))
+            ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+            expected = 8 + header_length + max(ends, default=0)
+            if size != expected:
+                return f"is truncated ({size} bytes where its header needs {expected})"
+        elif path.suffix in (".bin", ".pt", ".pkl"):  # torch.save writes a zip archive, its directory at the end
+            with zipfile.ZipFile(path) as archive:
+                archive.infolist()
+        elif path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+    except zipfile.BadZipFile:
+        return f"is not a whole torch.save file ({size} bytes; truncated?)"
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+        return f"is unreadable ({type(error).__name__}: {error})"
+    return None
+
+
+def set_aside_damaged_checkpoint(folder: str | Path) -> Path:
+    """Move a damaged checkpoint to ``checkpoints/damaged-<time>/`` (main process only); return its new path."""
+    folder = Path(folder)
+    aside = folder.parent / f"{_DAMAGED}{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir(parents=True, exist_ok=True)
+    target = aside / folder.name
+    os.replace(folder, target)
+    return target
+
+
+def newest_intact_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint that :func:`checkpoint_problem` finds intact (or None), and the newer ones
+    found damaged, as ``(where they were moved, what is wrong)``; those are set aside (main process only)."""
+    damaged = []
+    for folder in reversed(list_checkpoints(output_dir)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder, damaged
+        moved = set_aside_damaged_checkpoint(folder)
+        logger.warning("checkpoint %s is damaged (%s): moved to %s, not deleted", folder, problem, moved)
+        damaged.append((moved, problem))
+    return None, damaged
 
 
 def read_checkpoint_info(folder: str | Path) -> dict[str, Any]:
@@ -97,7 +179,7 @@ def save_checkpoint(
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
-    torch.save(trainer_state, temporary / f"trainer_state_rank{accelerator.process_index}.pt")
+    torch.save(trainer_state, temporary / _trainer_state_name(accelerator.process_index))
     if accelerator.is_main_process:
         for name, obj in (exports or {}).items():
             obj.save_pretrained(temporary / name)
@@ -147,12 +229,25 @@ def load_checkpoint(accelerator: Accelerator, folder: str | Path) -> dict[str, A
             f"{folder} was written by {info.get('num_processes')} process(es) but this run has "
             f"{accelerator.num_processes}: resume with the same number of processes (each keeps its own RNG state)"
         )
-    accelerator.load_state(str(folder))
-    state_file = folder / f"trainer_state_rank{accelerator.process_index}.pt"
+    state_file = folder / _trainer_state_name(accelerator.process_index)
     if not state_file.is_file():
         raise CheckpointError(f"{folder} has no {state_file.name}")
-    # The file holds tensors, ints and dicts of our own making (generator states, optimiser-free trainer state).
-    return torch.load(state_file, map_location="cpu", weights_only=False)
+    try:
+        accelerator.load_state(str(folder))
+        # The file holds tensors, ints and dicts of our own making (generator states, optimiser-free trainer state).
+        return torch.load(state_file, map_location="cpu", weights_only=False)
+    except CheckpointError:
+        raise
+    except Exception as error:  # damage the structural check cannot see, or files of another model
+        raise CheckpointError(
+            f"cannot resume from {folder}: {type(error).__name__}: {error}. If the checkpoint is damaged, move it "
+            f"out of {folder.parent} (e.g. to {folder.parent / (_DAMAGED + folder.name)}) and rerun: the run "
+            "resumes from the newest checkpoint left"
+        ) from error
+
+
+def _trainer_state_name(rank: int) -> str:
+    return f"trainer_state_rank{rank}.pt"
 
 
 def register_peft_hooks(accelerator: Accelerator) -> None:

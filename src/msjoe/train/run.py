@@ -28,10 +28,12 @@ from msjoe.distributed import all_results, check_launch, collective_timeout, my_
 from msjoe.errors import MsjoeError, NonFiniteLossError
 from msjoe.progress import progress_bar
 from msjoe.train.checkpoint import (
+    CHECKPOINT_DIR,
     CheckpointError,
+    checkpoint_problem,
     latest_checkpoint,
     load_checkpoint,
-    read_checkpoint_info,
+    newest_intact_checkpoint,
     register_peft_hooks,
     save_checkpoint,
     set_aside_newer_checkpoints,
@@ -110,10 +112,20 @@ def resolve_resume(output_dir: Path, resume: str) -> Path | None:
                 "choose another run.output_dir, delete it, or set run.resume: auto"
             )
         return None
-    if resume == "auto":
-        return latest_checkpoint(output_dir)
+    if resume == "auto":  # the newest intact checkpoint; damaged newer ones are moved aside
+        found, damaged = newest_intact_checkpoint(output_dir)
+        if found is None and damaged:
+            listed = "; ".join(f"{path.name}: {problem}" for path, problem in damaged)
+            raise CheckpointError(
+                f"every checkpoint of {output_dir} is damaged ({listed}); they were moved to "
+                f"{damaged[0][0].parent}, not deleted. Rerun to start again from step 0, or move an intact checkpoint "
+                f"back into {output_dir / CHECKPOINT_DIR}"
+            )
+        return found
     folder = Path(resume)
-    read_checkpoint_info(folder)  # raises if it is not a complete checkpoint
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        raise CheckpointError(f"run.resume: {folder} cannot be resumed from: {problem}")
     return folder
 
 
@@ -286,6 +298,18 @@ def _prepare(
     return prepared.examples, prepared, store
 
 
+def _load_resume_state(run: _RunContext) -> dict[str, Any]:
+    """Load ``run.resume_from`` into the prepared models and optimisers on every process; this process's trainer
+    state. A process that cannot load it stops all of them (the others would wait for it at DDP's first step)."""
+    state = on_every_process(
+        run.accelerator,
+        lambda: load_checkpoint(run.accelerator, run.resume_from),
+        what=f"loading the checkpoint {run.resume_from}",
+    )
+    _warn_if_config_changed(state, run.config.trainer)
+    return state
+
+
 def _warn_if_config_changed(state: dict[str, Any], trainer_config: Any) -> None:
     """Resuming with other hyper-parameters is allowed (e.g. more steps) but changes what an exact resume means."""
     saved = state.get("config") or {}
@@ -388,8 +412,7 @@ def train_stage1(
     )
     trainer = Stage1Trainer(sampler, answerer, config.trainer, accelerator=run.accelerator)
     if run.resume_from is not None:
-        state = load_checkpoint(run.accelerator, run.resume_from)
-        _warn_if_config_changed(state, config.trainer)
+        state = _load_resume_state(run)
         trainer.load_state_dict(state)
         answerer.load_state_dict(state["answerer"])
         sampler.training_steps = state["sampler_training_steps"]
@@ -433,8 +456,7 @@ def train_stage2(
     # Built before loading a checkpoint: a full fine-tuning reference model is copied from the base weights here.
     trainer = Stage2Trainer(mllm, sampler, encoder, config.trainer, accelerator=run.accelerator, frame_store=store)
     if run.resume_from is not None:
-        state = load_checkpoint(run.accelerator, run.resume_from)
-        _warn_if_config_changed(state, config.trainer)
+        state = _load_resume_state(run)
         trainer.load_state_dict(state)
         sampler.training_steps = state["sampler_training_steps"]
         logger.info("resumed from %s at step %d", run.resume_from, trainer.step_count)
