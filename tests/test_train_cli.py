@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -47,9 +49,17 @@ def test_smoke_data_difficulty_and_stage1_from_the_tiny_config(
     args = ["train", "stage1", "--config", str(CONFIGS / "stage1_tiny.yaml")]
     for override in overrides:
         args += ["--set", override]
-    result = runner.invoke(app, args)
+    previous_umask = os.umask(0o022)
+    try:
+        result = runner.invoke(app, args)
+    finally:
+        os.umask(previous_umask)
     assert result.exit_code == 0, result.output
     assert "stage 1: 2 steps on 4 items, 0 skipped" in result.output
+    # Checkpoints and the exported sampler follow the umask (safetensors alone would write 0600).
+    modes = {path.relative_to(out): stat.S_IMODE(path.stat().st_mode) for path in out.rglob("*") if path.is_file()}
+    assert any(path.name == "model.safetensors" for path in modes)
+    assert {path: mode for path, mode in modes.items() if mode != 0o644} == {}
     records = read_metrics(out / METRICS_FILE)
     assert [r["step"] for r in records] == [1, 2]
     # The tiny config trains: a non-zero loss and gradient at every step, and weights that moved.

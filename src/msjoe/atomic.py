@@ -187,3 +187,21 @@ def remove_stale_temp_files(directory: Path, older_than_s: float = STALE_TEMP_AG
         except OSError:
             continue  # another process removed or renamed it first, or it is not ours to remove
     return removed
+
+
+def umask_file_mode() -> int:
+    """The mode a new file gets in this process: :data:`NEW_FILE_MODE` minus the umask (read without a race by
+    setting it back at once; there is no getter before Python 3.13 on Linux)."""
+    current = os.umask(0)
+    os.umask(current)
+    return NEW_FILE_MODE & ~current
+
+
+def apply_umask_to_files(folder: str | Path) -> None:
+    """Give every file under ``folder`` the mode a new file gets here. For folders written by libraries that create
+    files with 0600 whatever the umask (safetensors' ``save_file``, hence every ``save_pretrained``), so that a
+    checkpoint or an exported model in a shared folder is readable as the umask intends."""
+    mode = umask_file_mode()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)

@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from msjoe.atomic import umask_file_mode
 from msjoe.errors import ModelLoadError
 from msjoe.samplers import register_sampler
 from msjoe.samplers.base import Sampler, all_frames, check_similarity
@@ -348,6 +349,7 @@ class USampler(Sampler):
         state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.module.state_dict().items()}
         weights_tmp = folder / (WEIGHTS_FILE + ".tmp")
         save_file(state, str(weights_tmp), metadata={"format": "pt"})
+        os.chmod(weights_tmp, umask_file_mode())  # safetensors writes 0600 whatever the umask
         os.replace(weights_tmp, folder / WEIGHTS_FILE)
         meta = {
             "format": CHECKPOINT_FORMAT,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from msjoe.atomic import apply_umask_to_files
 from msjoe.synthetic_video import Event, event_color, write_video
 
 DEMO_VIDEO_SECONDS = 120.0
@@ -28,6 +29,8 @@ def write_smoke_models(folder: str | Path, seed: int = 0) -> dict[str, Path]:
         write_tiny_clip(paths["clip"], seed=seed)
     if not (paths["mllm"] / "config.json").exists():
         write_tiny_qwen2_5_vl(paths["mllm"], seed=seed)
+    for name in ("clip", "mllm"):
+        apply_umask_to_files(paths[name])  # safetensors writes 0600 whatever the umask
     if not paths["video"].exists():
         events = [Event(20.0 * i + 5.0, 20.0 * i + 12.0, event_color(i)) for i in range(6)]
         tmp = paths["video"].with_suffix(".tmp.mp4")

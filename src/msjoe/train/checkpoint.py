@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from msjoe.atomic import apply_umask_to_files
 from msjoe.errors import MsjoeError
 
 if TYPE_CHECKING:
@@ -185,6 +186,7 @@ def save_checkpoint(
             obj.save_pretrained(temporary / name)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        apply_umask_to_files(temporary)  # safetensors writes 0600 whatever the umask
         info = {"step": step, "num_processes": accelerator.num_processes, "saved_at": time.time()}
         (temporary / _MARKER).write_text(json.dumps(info, indent=2), encoding="utf-8")
         replaced = None

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from msjoe.atomic import write_text_atomically
+from msjoe.atomic import apply_umask_to_files, write_text_atomically
 from msjoe.distributed import all_results, check_launch, collective_timeout, my_share, on_every_process
 from msjoe.errors import MsjoeError, NonFiniteLossError
 from msjoe.progress import progress_bar
@@ -494,6 +494,8 @@ def _export_mllm(policy: Any, mllm: Any, output_dir: Path) -> dict[str, Path]:
     model.save_pretrained(output_dir / MLLM_EXPORT)
     mllm.processor.save_pretrained(output_dir / MLLM_EXPORT)
     exported[MLLM_EXPORT] = output_dir / MLLM_EXPORT
+    for folder in exported.values():
+        apply_umask_to_files(folder)  # safetensors writes 0600 whatever the umask
     return exported
 
 
