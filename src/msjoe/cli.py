@@ -17,6 +17,7 @@ from msjoe.cli_score import score as score_command
 from msjoe.mllm import http_options
 from msjoe.mllm.http_backend import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from msjoe.train.cli import app as train_app
+from msjoe.video import format_time
 
 if TYPE_CHECKING:
     from msjoe.eval.harness import EvalConfig
@@ -82,16 +83,16 @@ ApiKeyEnvOption = Annotated[
     ),
 ]
 DtypeOption = Annotated[str, typer.Option("--dtype", help="MLLM dtype: auto, bfloat16, float16, float32.")]
+ExplainOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--explain",
+        help="Also write the explain view (queries, similarity timeline, chosen frames) to this .html or .png file.",
+    ),
+]
 DeviceOption = Annotated[
     str, typer.Option("--device", help="Torch device for the models: cpu, cuda, cuda:1, auto (CUDA when available).")
 ]
-
-
-def format_time(seconds: float) -> str:
-    """``h:mm:ss.s`` (or ``m:ss.s`` under an hour): how video players show positions."""
-    minutes, sec = divmod(seconds, 60.0)
-    hours, minutes = divmod(int(minutes), 60)
-    return f"{hours}:{minutes:02d}:{sec:04.1f}" if hours else f"{minutes}:{sec:04.1f}"
 
 
 def _fewer_frames_note(chosen: int, requested: int) -> str:
@@ -205,11 +206,13 @@ def select(
     device: DeviceOption = "cpu",
     seed: Annotated[int, typer.Option(help="Seed for stochastic samplers.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    explain: ExplainOption = None,
 ) -> None:
     """Choose K key frames of VIDEO for the given queries and print their timestamps."""
     from msjoe.cache import FeatureCache
     from msjoe.devices import check_device
     from msjoe.errors import MsjoeError
+    from msjoe.explain import Explanation, check_explain_path
     from msjoe.features import DualEncoder
     from msjoe.index import index_video
     from msjoe.pipeline import build_sampler, check_queries, query_similarity, select_frames
@@ -217,6 +220,8 @@ def select(
 
     try:
         device = check_device(device)
+        if explain is not None:
+            check_explain_path(explain)
         chosen_sampler = build_sampler(sampler, checkpoint=sampler_checkpoint)
         if not 1 <= len(query) <= MAX_QUERIES:
             raise ValueError(f"give 1 to {MAX_QUERIES} --query options, got {len(query)}")
@@ -227,7 +232,20 @@ def select(
         features = index_video(video, encoder, FeatureCache(cache_dir), fps=fps, max_frames=max_frames)
         sim = query_similarity(encoder, query, features)
         chosen = select_frames(chosen_sampler, sim, k, seed=seed)
-    except (MsjoeError, ValueError) as error:
+        if explain is not None:
+            probabilities = chosen_sampler.probabilities(sim)
+            Explanation(
+                features.timestamps,
+                chosen,
+                video=str(video),
+                queries=list(query),
+                similarity=sim.numpy(),
+                probabilities=None if probabilities is None else probabilities.numpy(),
+                settings={"clip": clip, "sampler": sampler, "k": k, "seed": seed},
+                title=f"{len(chosen)} key frames chosen by {sampler}",
+            ).save(explain)
+            console.print(f"explain view: {escape(str(explain))}", soft_wrap=True)
+    except (MsjoeError, ValueError, OSError) as error:
         raise _fail(error) from error
     timestamps = [video_io.round_seconds(features.timestamps[i]) for i in chosen]
     best = sim[:, chosen].max(dim=0)
@@ -291,14 +309,18 @@ def ask(
     seed: Annotated[int, typer.Option(help="Seed for stochastic samplers.")] = 0,
     store_frames: StoreFramesOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+    explain: ExplainOption = None,
 ) -> None:
     """Answer QUESTION about VIDEO from K key frames chosen for queries the MLLM writes."""
     from msjoe.devices import check_device
     from msjoe.errors import MsjoeError
+    from msjoe.explain import check_explain_path
     from msjoe.pipeline import PipelineConfig, VideoQA
 
     try:
         device = check_device(device)
+        if explain is not None:
+            check_explain_path(explain)
         mllm_options = http_options(
             mllm, _flag, model=model, timeout=timeout, max_retries=max_retries, api_key_env=api_key_env
         )
@@ -316,7 +338,10 @@ def ask(
         )
         with console.status("answering..."):
             answer = qa.ask(video, question, option or None)
-    except (MsjoeError, ValueError) as error:
+        if explain is not None:
+            answer.explain(explain)
+            console.print(f"explain view: {escape(str(explain))}", soft_wrap=True)
+    except (MsjoeError, ValueError, OSError) as error:
         raise _fail(error) from error
     if as_json:
         typer.echo(json.dumps({"video": str(video), "question": question, "options": option or [], **answer.to_dict()}))

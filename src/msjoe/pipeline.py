@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from msjoe.mllm import MLLM, GenerationConfig, load_mllm
 from msjoe.mllm.parsing import AnswerParse, parse_answer, parse_queries
 from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS, answer_prompt, query_prompt
 from msjoe.samplers import MAX_QUERIES, Sampler, available_samplers, get_sampler
+
+if TYPE_CHECKING:
+    from msjoe.explain import Explanation
 
 logger = logging.getLogger(__name__)
 
@@ -107,15 +110,39 @@ class Answer:
     timings: dict[str, float]
     requested_k: int
     """The frame budget asked for; :attr:`k` is what was used (fewer when the video has fewer candidates)."""
+    probabilities: torch.Tensor | None = None
+    """The sampler's distribution over the T candidates, for samplers that have one (see ``Sampler.probabilities``)."""
+    # What was asked, and by which setup: lets an Answer explain itself on its own (``explain``).
+    video: str | None = None
+    question: str | None = None
+    options: list[str] = field(default_factory=list)
+    sampler: str | None = None
+    models: dict[str, str] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
         """How many key frames the MLLM saw: the budget, or every candidate of a video that has fewer."""
         return len(self.chosen_indices)
 
+    def explain(self, path: str | Path | None = None) -> Explanation:
+        """The explain view of this answer (:mod:`msjoe.explain`): queries, similarity curves, the sampler's
+        probabilities, chosen and preview frames, timings. With ``path`` it is also written there, as a
+        self-contained ``.html`` page or a ``.png`` figure (by the suffix)."""
+        from msjoe.explain import Explanation
+
+        explanation = Explanation.from_answer(self)
+        if path is not None:
+            explanation.save(path)
+        return explanation
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (times rounded to the microsecond, the similarity matrix as nested lists, rounded)."""
+        """JSON-ready view (times rounded to the microsecond, the similarity matrix and probabilities as nested
+        lists, rounded)."""
         return {
+            "video": self.video,
+            "question": self.question,
+            "options": self.options,
+            "sampler": self.sampler,
             "k": self.k,
             "requested_k": self.requested_k,
             "letter": self.letter,
@@ -129,7 +156,12 @@ class Answer:
             "chosen_timestamps": [video_io.round_seconds(t) for t in self.chosen_timestamps],
             "num_candidates": len(self.candidate_timestamps),
             "similarity": None if self.similarity is None else np.round(self.similarity.numpy(), 4).tolist(),
+            # Probabilities span orders of magnitude (1/T is 3e-4 for an hour): rounded to significant digits.
+            "probabilities": None
+            if self.probabilities is None
+            else [float(f"{p:.4g}") for p in self.probabilities.tolist()],
             "timings": self.timings,
+            "models": self.models,
         }
 
 
@@ -150,6 +182,15 @@ def build_sampler(name: str, *, logit_scale: float | None = None, checkpoint: st
     if name == "qframe" and logit_scale is not None:
         return get_sampler(name, logit_scale=logit_scale)
     return get_sampler(name)
+
+
+def describe_mllm(mllm: MLLM) -> str:
+    """A short name of an MLLM backend: its model id or folder, or the server's URL."""
+    for attribute in ("model_id", "base_url"):
+        value = getattr(mllm, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return mllm.name
 
 
 def preview_indices(num_candidates: int, k: int) -> list[int]:
@@ -304,6 +345,8 @@ class VideoQA:
         # Existing entries are always read (cheap); new ones are built only with ``config.store_frames``.
         self.frame_store = FrameStore.for_cache(self.cache, max_pixels=self.config.answer_max_pixels)
         self._samplers: dict[tuple[str, str | None], Sampler] = {}
+        # Which models answered, for explain views and service listings.
+        self.model_names = {"mllm": describe_mllm(mllm), "clip": encoder.model_id}
 
     @classmethod
     def from_pretrained(
@@ -370,6 +413,7 @@ class VideoQA:
         query_reply: str | None = None
         preview_ts: list[float] = []
         sim: torch.Tensor | None = None
+        probabilities: torch.Tensor | None = None
         if chosen_sampler.needs_queries:
             preview_ts = [float(candidates[i]) for i in preview_indices(len(candidates), k)]
             with _timed(timings, "decode_preview"):
@@ -396,6 +440,8 @@ class VideoQA:
             scores = torch.zeros(1, len(candidates))
         with _timed(timings, "selection"):
             chosen = select_frames(chosen_sampler, scores, k, seed=cfg.seed)
+            if sim is not None:
+                probabilities = chosen_sampler.probabilities(sim)
         chosen_ts = [float(candidates[i]) for i in chosen]
         with _timed(timings, "decode_keyframes"):
             frames = load_frames(path, chosen_ts, cfg.answer_max_pixels, **frame_source)
@@ -423,4 +469,10 @@ class VideoQA:
             chosen_timestamps=chosen_ts,
             timings=timings,
             requested_k=k,
+            probabilities=probabilities,
+            video=str(video),
+            question=question,
+            options=list(options or []),
+            sampler=sampler_name,
+            models=dict(self.model_names),
         )

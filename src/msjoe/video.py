@@ -64,6 +64,7 @@ __all__ = [
     "VideoInfo",
     "candidate_timestamps",
     "decode_frames",
+    "format_time",
     "iter_frames",
     "probe",
 ]
@@ -88,6 +89,13 @@ _BLIND_SEEK_SECONDS = 10.0
 _TRUNCATION_TOLERANCE_S = 0.5
 # FFmpeg opens text files (tty demuxer) and single images (image2 / *_pipe demuxers) as one-stream "videos".
 _NON_VIDEO_FORMATS = ("tty", "image2")
+
+
+def format_time(seconds: float) -> str:
+    """``h:mm:ss.s`` (or ``m:ss.s`` under an hour): how video players show positions."""
+    minutes, sec = divmod(seconds, 60.0)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{sec:04.1f}" if hours else f"{minutes}:{sec:04.1f}"
 
 
 @dataclass(frozen=True)

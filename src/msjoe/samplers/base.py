@@ -35,6 +35,14 @@ class Sampler(ABC):
         deterministic samplers ignore it.
         """
 
+    def probabilities(self, sim: torch.Tensor) -> torch.Tensor | None:
+        """The distribution ``[T]`` over candidates that :meth:`select` draws from or inverts, for samplers that
+        have one (BOLT, Q-Frame, the U-Sampler); None for rules without one (uniform, top-k, AKS, bin-max).
+
+        Shown by the explain view next to the similarity curves: it is what the sampler made of S.
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 

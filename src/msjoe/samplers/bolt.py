@@ -79,5 +79,9 @@ class BoltSampler(Sampler):
         probs = bolt_probabilities(sim.max(dim=0).values, self.alpha)
         return quantile_indices(probs, k, bolt_levels(k, self.quantiles)).to(sim.device)
 
+    def probabilities(self, sim: torch.Tensor) -> torch.Tensor:
+        """``p`` whose quantiles :meth:`select` picks (float64, on CPU)."""
+        return bolt_probabilities(check_similarity(sim, 1).max(dim=0).values, self.alpha).cpu()
+
     def __repr__(self) -> str:
         return f"BoltSampler(alpha={self.alpha}, quantiles={self.quantiles!r})"

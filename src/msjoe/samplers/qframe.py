@@ -58,5 +58,9 @@ class QFrameSampler(Sampler):
         drawn = gumbel_topk(logits, k, generator=generator)
         return torch.sort(drawn).values.to(sim.device)
 
+    def probabilities(self, sim: torch.Tensor) -> torch.Tensor:
+        """``pi = softmax(logit_scale * max_j S[j] / tau)``, the distribution K frames are drawn from (CPU)."""
+        return torch.softmax(self.logits(check_similarity(sim, 1)), dim=-1).cpu()
+
     def __repr__(self) -> str:
         return f"QFrameSampler(tau={self.tau}, logit_scale={self.logit_scale}, seed={self.seed})"

@@ -276,6 +276,11 @@ class USampler(Sampler):
         """``softmax(logits)`` over the T candidates; differentiable."""
         return torch.softmax(self.logits(sim), dim=-1)
 
+    def probabilities(self, sim: torch.Tensor) -> torch.Tensor:
+        """``p`` over the T candidates without gradients, on CPU (what :meth:`sample` draws from)."""
+        with torch.inference_mode():
+            return self.probs(sim).float().cpu()
+
     # --- inference -----------------------------------------------------------------------------------------------
     def select(self, sim: torch.Tensor, k: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """``min(k, T)`` distinct frames sorted by time, by the configured deterministic rule (``generator`` unused)."""
