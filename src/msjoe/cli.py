@@ -454,6 +454,14 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed for stochastic samplers and the random fallback.")] = 0,
     store_frames: StoreFramesOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print this benchmark's scores as JSON.")] = False,
+    explain_items: Annotated[
+        int,
+        typer.Option(
+            "--explain-items",
+            help="Write explain views of N items per sampler and K (wrong first) to OUT/explain/.",
+            min=0,
+        ),
+    ] = 0,
 ) -> None:
     """Evaluate samplers x frame budgets on a benchmark: resumable per-item predictions, scoring by a rule set
     (the benchmark's official one by default; `msjoe score` rescores without models), OUT/report.md and
@@ -517,6 +525,13 @@ def evaluate(
         return
     if entry["skipped_rows"]:  # on stderr, so --json output stays one document
         console.print(_skipped_rows_summary(entry["skipped_rows"], out), soft_wrap=True, markup=False, highlight=False)
+    if explain_items:
+        from msjoe.eval.explain import explain_after_eval
+
+        try:
+            console.print(f"explain views: {escape(str(explain_after_eval(qa, config, explain_items)))}")
+        except (MsjoeError, ValueError, OSError) as error:
+            raise _fail(error) from error
     if as_json:
         typer.echo(json.dumps(entry))
         _exit_if_items_failed(entry, config)
@@ -557,3 +572,9 @@ def _exit_if_items_failed(entry: dict, config: EvalConfig) -> None:
             soft_wrap=True,
         )
         raise typer.Exit(code=EXIT_ITEMS_FAILED)
+
+
+# Commands defined beside their code (their modules import nothing heavy until they run).
+from msjoe.eval.explain_cli import explain_run  # noqa: E402
+
+app.command("explain")(explain_run)

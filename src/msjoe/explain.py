@@ -401,7 +401,7 @@ h1{font-size:1.4rem;margin:.2rem 0}h2{font-size:1.1rem;margin:1.4rem 0 .4rem;bor
 ol.options li.picked{font-weight:600;color:#d62728}ol.options li.truth::after{content:"  ✓ correct";color:#2ca02c}
 pre{white-space:pre-wrap;background:#f6f6f6;padding:.5rem;margin:.3rem 0}
 .swatch{display:inline-block;width:.8rem;height:.8rem;margin-right:.4rem;vertical-align:middle}
-.note{color:#777}svg{max-width:100%;height:auto}
+.note{color:#777}svg{max-width:100%;height:auto}.right{color:#2ca02c}.wrong{color:#d62728}
 .frames{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:.5rem}
 figure.frame{margin:0;border:2px solid #ddd;padding:2px}figure.chosen{border-color:#d62728}
 figure.frame img{width:100%;display:block}figcaption{font-size:12px}
@@ -413,15 +413,21 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _render_html(view: Explanation) -> str:
-    parts = [
+def html_page(title: str, body: Sequence[str]) -> str:
+    """A self-contained page (the explain view's style and Content-Security-Policy) around ``body``, which must
+    already be escaped HTML; ``title`` is text."""
+    head = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(view.heading())} · msjoe</title><style>{_STYLE}</style></head><body>",
-        f"<header><h1>{_e(view.heading())}</h1>",
+        f"<title>{_e(title)} · msjoe</title><style>{_STYLE}</style></head><body>",
     ]
+    return "\n".join([*head, *body, "</body></html>"]) + "\n"
+
+
+def _render_html(view: Explanation) -> str:
+    parts = [f"<header><h1>{_e(view.heading())}</h1>"]
     if view.video:
         parts.append(f'<div class="video">{_e(view.video)}</div>')
     parts.append("</header>")
@@ -447,8 +453,7 @@ def _render_html(view: Explanation) -> str:
     if len(view.candidate_timestamps):
         settings["video span"] = format_time(float(view.candidate_timestamps[-1]))
     parts += _table_section("settings", "Settings", {k: v for k, v in settings.items() if v is not None})
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return html_page(view.heading(), parts)
 
 
 def _question_section(view: Explanation) -> list[str]:
