@@ -576,5 +576,7 @@ def _exit_if_items_failed(entry: dict, config: EvalConfig) -> None:
 
 # Commands defined beside their code (their modules import nothing heavy until they run).
 from msjoe.eval.explain_cli import explain_run  # noqa: E402
+from msjoe.serve.cli import serve  # noqa: E402
 
 app.command("explain")(explain_run)
+app.command("serve")(serve)

@@ -67,6 +67,7 @@ __all__ = [
     "format_time",
     "iter_frames",
     "probe",
+    "sniff_container",
 ]
 
 DEFAULT_FPS = 1.0
@@ -593,7 +594,7 @@ def _open_video(path: Path) -> Iterator[tuple[av.container.InputContainer, av.Vi
     except PermissionError:
         raise
     except av.error.FFmpegError as error:
-        kind = _sniff_container(path)
+        kind = sniff_container(path)
         if kind is None:
             raise NotAVideoError(f"{path} is not a video file FFmpeg can open ({error.strerror})") from error
         if isinstance(error, av.error.EOFError):
@@ -633,8 +634,9 @@ def _check_index_within_file(path: Path, stream: av.VideoStream) -> None:
         )
 
 
-def _sniff_container(path: Path) -> str | None:
-    """Name of the video container the file's first bytes announce, if any (to tell damaged from not-video)."""
+def sniff_container(path: str | Path) -> str | None:
+    """Name of the video container the file's first bytes announce, if any (to tell damaged from not-video, and
+    for services to refuse anything else, such as playlists, before FFmpeg opens it)."""
     try:
         with open(path, "rb") as file:
             head = file.read(512)
