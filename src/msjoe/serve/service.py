@@ -29,7 +29,7 @@ from msjoe.index import index_video
 from msjoe.mllm.http_backend import HTTPMLLM
 from msjoe.pipeline import VideoQA
 from msjoe.samplers import MAX_QUERIES, available_samplers
-from msjoe.serve.errors import BadRequest, Conflict, NotAVideo, TooLarge
+from msjoe.serve.errors import BadRequest, Conflict, NotAVideo, ServiceError, TooLarge
 from msjoe.serve.jobs import Job, JobQueue
 from msjoe.serve.models import LockedEncoder, LockedMLLM
 from msjoe.serve.paths import VIDEO_SUFFIXES, VideoRoots
@@ -159,7 +159,12 @@ class VideoService:
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        return self._register(final, f"upload/{name}", "upload")
+        try:
+            return self._register(final, f"upload/{name}", "upload")
+        except ServiceError:  # refused (queue full): keep no file nobody registered
+            if self.videos.find(final.stem) is None:
+                final.unlink(missing_ok=True)
+            raise
 
     @staticmethod
     def _check_container(path: Path, shown: str) -> None:
