@@ -167,8 +167,17 @@ function renderAnswer(answer) {
 async function showExplain(answer) {
   const panel = $("explain-panel");
   if (!answer.explain_url) { panel.hidden = true; return; }
-  $("explain-frame").srcdoc = await api(answer.explain_url);
+  const frame = $("explain-frame");
+  frame.srcdoc = await api(answer.explain_url);
   panel.hidden = false;
+}
+
+// The frame may be read (sandbox allow-same-origin; it runs no script: no allow-scripts, and its own CSP forbids
+// them), so it can take the height of its page instead of scrolling inside the page.
+function fitFrame() {
+  const frame = $("explain-frame");
+  const body = frame.contentDocument && frame.contentDocument.documentElement;
+  if (body) frame.style.height = body.scrollHeight + 20 + "px";
 }
 
 async function showAnswer(answerId) {
@@ -223,5 +232,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("add-video").addEventListener("click", guarded(register));
   $("upload-button").addEventListener("click", guarded(upload));
   $("ask-form").addEventListener("submit", guarded(ask));
+  $("explain-frame").addEventListener("load", fitFrame);
   refresh().catch(showError);
 });
