@@ -21,6 +21,8 @@ from msjoe.features import DualEncoder
 from msjoe.mllm import load_mllm
 from msjoe.pipeline import PipelineConfig, VideoQA
 from msjoe.serve import ServeConfig, VideoService, create_app
+from msjoe.serve.errors import PathRefused
+from msjoe.serve.paths import VideoRoots
 from msjoe.synthetic_video import write_video
 
 
@@ -291,3 +293,16 @@ def test_unexpected_errors_are_a_500_without_a_traceback(
         response = client.get("/api/answers")
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error; the server's log has the details"}
+
+
+def test_several_roots_are_named_apart_and_must_be_named(video_root: Path, tmp_path: Path) -> None:
+    other = tmp_path / "videos"
+    other.mkdir()
+    roots = VideoRoots([video_root, other])
+    assert [root.name for root in roots.roots] == ["videos", "videos-2"]
+    with pytest.raises(PathRefused, match="name the root: one of videos, videos-2"):
+        roots.resolve("short.mp4")
+    assert roots.resolve("short.mp4", "videos") == (roots.roots[0], video_root / "short.mp4")
+    assert roots.redact(f"cannot read {video_root}/short.mp4") == "cannot read <videos>/short.mp4"
+    with pytest.raises(ValueError, match="is not a folder"):
+        VideoRoots([tmp_path / "missing"])

@@ -274,7 +274,6 @@ class VideoService:
         }
         html = None
         if explain:
-            answer.video = entry.path
             view = answer.explain()
             view.load_thumbnails()  # decoded from the server's file; the page then shows the video's public name
             view.video = entry.name
