@@ -364,7 +364,9 @@ class VideoQA:
         encoder = DualEncoder.from_pretrained(clip, device=device)
         options = {"device": device, "dtype": dtype} if not mllm.startswith(("http://", "https://")) else {}
         backend = load_mllm(mllm, **{**options, **(mllm_options or {})})
-        return cls(encoder, backend, FeatureCache(cache_dir), config)
+        qa = cls(encoder, backend, FeatureCache(cache_dir), config)
+        qa.model_names = {"mllm": mllm, "clip": str(clip)}  # as the user named them (the encoder keys by full path)
+        return qa
 
     def sampler(self, name: str, checkpoint: str | None = None) -> Sampler:
         key = (name, checkpoint)
