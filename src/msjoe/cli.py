@@ -14,8 +14,10 @@ from rich.table import Table
 
 from msjoe import video as video_io
 from msjoe.cli_score import score as score_command
+from msjoe.eval.explain_cli import explain_run as explain_command
 from msjoe.mllm import http_options
 from msjoe.mllm.http_backend import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from msjoe.serve.cli import serve as serve_command
 from msjoe.train.cli import app as train_app
 from msjoe.video import format_time
 
@@ -31,6 +33,8 @@ app = typer.Typer(
 console = Console(stderr=True)
 app.add_typer(train_app, name="train")
 app.command("score")(score_command)
+app.command("explain")(explain_command)  # commands kept beside their code, importing nothing heavy until they run
+app.command("serve")(serve_command)
 
 ClipOption = Annotated[
     str, typer.Option("--clip", help="Frozen CLIP/SigLIP dual encoder: Hugging Face id or local folder.")
@@ -572,11 +576,3 @@ def _exit_if_items_failed(entry: dict, config: EvalConfig) -> None:
             soft_wrap=True,
         )
         raise typer.Exit(code=EXIT_ITEMS_FAILED)
-
-
-# Commands defined beside their code (their modules import nothing heavy until they run).
-from msjoe.eval.explain_cli import explain_run  # noqa: E402
-from msjoe.serve.cli import serve  # noqa: E402
-
-app.command("explain")(explain_run)
-app.command("serve")(serve)

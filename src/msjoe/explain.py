@@ -162,7 +162,11 @@ class Explanation:
             queries_from_question=answer.queries_from_question,
             query_reply=answer.query_reply,
             timings=dict(answer.timings),
-            settings={**answer.models, "sampler": answer.sampler, "k": answer.k},
+            settings={
+                **answer.models,
+                "sampler": answer.sampler,
+                "k": answer.k if answer.k == answer.requested_k else f"{answer.k} (-k {answer.requested_k} asked)",
+            },
         )
 
     @property
