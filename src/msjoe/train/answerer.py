@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from msjoe.data.replies import ReplyCache, VideoFingerprints, answer_key, describe_mllm, prompt_version
 from msjoe.data.schema import QAItem, write_qa_jsonl
 from msjoe.errors import VideoError
 from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore
@@ -30,15 +31,7 @@ from msjoe.mllm import MLLM, GenerationConfig
 from msjoe.pipeline import answer_question
 from msjoe.progress import progress_bar
 from msjoe.samplers.uniform import uniform_indices
-from msjoe.train.data import (
-    ReplyCache,
-    SkippedItem,
-    VideoFingerprints,
-    describe_mllm,
-    load_candidate_frames,
-    prompt_version,
-    question_digest,
-)
+from msjoe.train.data import SkippedItem, load_candidate_frames
 from msjoe.train.examples import TrainExample
 from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, candidate_timestamps, probe
 
@@ -210,18 +203,14 @@ class MLLMAnswerer:
 
     # --- internals --------------------------------------------------------------------------------------------
     def _key(self, qa: QAItem, video_fingerprint: str, chosen_times: list[float]) -> str:
-        return ReplyCache.key(
-            {
-                "id": qa.id,
-                "source": qa.source,
-                "question": question_digest(qa),
-                "video_fingerprint": video_fingerprint,
-                "chosen_timestamps": [round(t, 3) for t in chosen_times],
-                "model": self.model_name,
-                "frame_max_pixels": self.frame_max_pixels,
-                "max_new_tokens": self.generation.max_new_tokens,
-                "prompt": self._prompt,
-            }
+        return answer_key(
+            qa,
+            video_fingerprint=video_fingerprint,
+            chosen_timestamps=chosen_times,
+            model=self.model_name,
+            frame_max_pixels=self.frame_max_pixels,
+            max_new_tokens=self.generation.max_new_tokens,
+            prompt=self._prompt,
         )
 
     def _ask(

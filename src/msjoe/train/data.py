@@ -19,34 +19,31 @@ frames with greedy decoding, exactly as at inference). Written queries are cache
 queries in every rollout: pass ``queries=None`` for examples with features only.
 
 Frames of an example are loaded with :func:`load_example_frames` (the example's candidate grid, an optional
-:class:`~msjoe.frame_store.FrameStore`).
+:class:`~msjoe.frame_store.FrameStore`). The reply caches and cache-key helpers live in :mod:`msjoe.data.replies`
+(``msjoe data calibrate`` shares them) and are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
-from msjoe.atomic import NEW_FILE_MODE
-from msjoe.cache import FeatureCache, FrameFeatures, fingerprint, key_digest
+from msjoe.cache import FeatureCache, FrameFeatures
+from msjoe.data.replies import ReplyCache, VideoFingerprints, describe_mllm, prompt_version, question_digest
 from msjoe.data.schema import QAItem
 from msjoe.errors import VideoError
-from msjoe.features import DualEncoder, folder_revision
+from msjoe.features import DualEncoder
 from msjoe.frame_store import FrameStore
 from msjoe.index import index_video
 from msjoe.mllm import MLLM, GenerationConfig
-from msjoe.mllm.base import Message
-from msjoe.mllm.prompts import MAX_QUERIES, PREVIEW_MAX_PIXELS, answer_prompt, query_prompt
+from msjoe.mllm.prompts import MAX_QUERIES, PREVIEW_MAX_PIXELS
 from msjoe.pipeline import load_frames, preview_indices, query_similarity, write_queries
 from msjoe.progress import progress_bar
 from msjoe.train.examples import TrainExample
@@ -69,180 +66,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 QuerySource = Literal["question"]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# What a cached model reply depends on
-# --------------------------------------------------------------------------------------------------------------
-def describe_mllm(mllm: MLLM) -> str:
-    """A stable name of the model behind ``mllm``, for cache keys of its replies.
-
-    Local folders get :func:`msjoe.features.folder_revision` appended (names, sizes and mtimes of the files), so a
-    checkpoint rewritten in place (e.g. after fine-tuning) does not reuse the old model's replies. A hub id names
-    its weights only up to the revision; served models (HTTP) are named by the served model name. Pass an explicit
-    ``model_id`` to the caches when neither is precise enough.
-    """
-    model_id = getattr(mllm, "model_id", None)
-    if isinstance(model_id, str):
-        folder = Path(model_id).expanduser()
-        if folder.is_dir():
-            return f"{folder.resolve()}@{folder_revision(folder)}"
-        return model_id
-    served = getattr(mllm, "model", None)  # HTTPMLLM: the served model name (a property that may ask the server)
-    if isinstance(served, str):
-        return f"{getattr(mllm, 'name', type(mllm).__name__)}:{served}"
-    return type(mllm).__qualname__
-
-
-def prompt_version(kind: Literal["query", "answer"]) -> str:
-    """A digest of the prompt text of one MLLM turn, rendered for a fixed probe input.
-
-    Cached replies are keyed by it, so editing the wording of :mod:`msjoe.mllm.prompts` (or the timestamp labels)
-    invalidates them automatically instead of silently reusing replies to another prompt.
-    """
-    probe = np.zeros((28, 28, 3), dtype=np.uint8)
-    if kind == "query":
-        messages = query_prompt("<question>", ["<option a>", "<option b>"], [probe], [0.0], max_queries=MAX_QUERIES)
-    elif kind == "answer":
-        messages = answer_prompt("<question>", ["<option a>", "<option b>"], [probe], [0.0])
-    else:
-        raise ValueError(f"kind must be 'query' or 'answer', got {kind!r}")
-    return f"{kind}-{hashlib.sha256(_render(messages).encode()).hexdigest()[:12]}"
-
-
-def _render(messages: Sequence[Message]) -> str:
-    return json.dumps([[m.role, [p if isinstance(p, str) else "<image>" for p in m.content]] for m in messages])
-
-
-def question_digest(item: QAItem) -> str:
-    """A digest of the question and options: an edited question must not reuse replies to the old one."""
-    return hashlib.sha256(json.dumps([item.question, list(item.options)]).encode()).hexdigest()[:16]
-
-
-class VideoFingerprints:
-    """Memoised :func:`msjoe.cache.fingerprint` of video files (re-read only when a file's size or mtime changes).
-
-    Cache keys of replies need the video's content fingerprint on every call (thousands of rollouts per video);
-    fingerprinting reads 3 MiB, a ``stat`` costs microseconds.
-    """
-
-    def __init__(self) -> None:
-        self._known: dict[str, tuple[int, int, str]] = {}
-
-    def __call__(self, path: str | Path) -> str:
-        """The fingerprint of ``path``; raises :class:`~msjoe.errors.VideoNotFoundError` if it is missing."""
-        name = str(path)
-        try:
-            stat = os.stat(name)
-        except OSError:
-            return fingerprint(name)  # raises VideoNotFoundError naming the path
-        known = self._known.get(name)
-        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
-            return known[2]
-        value = fingerprint(name)
-        self._known[name] = (stat.st_size, stat.st_mtime_ns, value)
-        return value
-
-
-class ReplyCache:
-    """Model replies keyed by what they depend on, kept in an append-only JSONL file (one record a line).
-
-    Each record is a JSON object with a ``"key"`` (a digest of the inputs, see :meth:`key`) and whatever the
-    caller stores (the reply, the parse, the inputs in readable form for inspection). :meth:`put` appends one line
-    with a single ``write`` on an ``O_APPEND`` descriptor: once it returns, the record survives a crash of the
-    process (not a power loss: records are not fsynced, since a lost record only costs one model call again).
-
-    Loading tolerates damage, because a cache entry is only ever a saved model call: a last line without its
-    newline (a crash mid-write) is kept when it is a whole record and cut off otherwise; any other unreadable line
-    is skipped. Both are logged as warnings. Later records of a key supersede earlier ones.
-
-    One writing process per file: under ``accelerate``, give each rank its own file (the items are sharded per
-    rank anyway), since a rank repairing a torn last line could cut another rank's append. ``also_read`` names
-    other processes' files to read as well, never to repair or write (a torn last line there is ignored).
-
-    With ``path=None`` the cache lives in memory only (for one run).
-    """
-
-    def __init__(self, path: str | Path | None, also_read: Sequence[str | Path] = ()) -> None:
-        self.path = Path(path).expanduser() if path is not None else None
-        self.records: dict[str, dict[str, Any]] = {}
-        self.skipped_lines = 0
-        for other in also_read:
-            other = Path(other).expanduser()
-            if other != self.path and other.is_file():
-                self._read_lines(other, other.read_bytes().rpartition(b"\n")[0])
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.exists():
-                self._load()
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.records
-
-    @staticmethod
-    def key(fields: Mapping[str, Any]) -> str:
-        """The digest naming a record: SHA-256 of the canonical JSON of ``fields``."""
-        return key_digest(dict(fields))
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.records.get(key)
-
-    def put(self, key: str, record: Mapping[str, Any]) -> None:
-        """Store ``record`` under ``key`` in memory and append it to the file."""
-        full = {"key": key, **record}
-        if self.path is None:
-            self.records[key] = full
-            return
-        line = (json.dumps(full, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, NEW_FILE_MODE)  # minus the umask
-        try:
-            written = os.write(fd, line)
-            if written != len(line):  # a short write (disk full): finish it, or the next record shares the line
-                os.write(fd, line[written:])
-        finally:
-            os.close(fd)
-        self.records[key] = full
-
-    def _load(self) -> None:
-        assert self.path is not None
-        data = self.path.read_bytes()
-        body, newline, tail = data.rpartition(b"\n")
-        if tail.strip():
-            record = _parse_record(tail)
-            with self.path.open("r+b") as file:
-                if record is not None:  # the crash hit between the record and its newline
-                    file.seek(0, os.SEEK_END)
-                    file.write(b"\n")
-                else:
-                    logger.warning(
-                        "%s: dropping a partial last line (a crash mid-write); that reply will be asked again",
-                        self.path,
-                    )
-                    file.truncate(len(body) + len(newline))
-            data = self.path.read_bytes()
-        self._read_lines(self.path, data)
-
-    def _read_lines(self, path: Path, data: bytes) -> None:
-        for number, line in enumerate(data.splitlines(), start=1):
-            if not line.strip():
-                continue
-            record = _parse_record(line)
-            if record is None:
-                self.skipped_lines += 1
-                logger.warning("%s:%d: skipping an unreadable cache line", path, number)
-                continue
-            self.records[record["key"]] = record
-
-
-def _parse_record(line: bytes) -> dict[str, Any] | None:
-    try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("key"), str) else None
 
 
 # --------------------------------------------------------------------------------------------------------------
