@@ -125,8 +125,17 @@ class FieldMap:
         keep their defaults. Raises ``ValueError`` naming a malformed or unknown entry."""
         values: dict[str, Any] = {}
         categories: dict[str, str] = {}
-        singles = {"question", "answer", "answer_format", "video", "id", "duration", "task", "evidence_start",
-                   "evidence_end"}  # fmt: skip
+        singles = {
+            "question",
+            "answer",
+            "answer_format",
+            "video",
+            "id",
+            "duration",
+            "task",
+            "evidence_start",
+            "evidence_end",
+        }
         for spec in specs:
             name, sep, target = (part.strip() for part in spec.partition("="))
             if not sep or not name or not target:
@@ -188,8 +197,9 @@ def _options(row: Any, fields: FieldMap) -> list[str]:
             try:
                 value = json.loads(value)
             except json.JSONDecodeError:
-                raise RowError(f"field {fields.options[0]!r} must be a list of options (or a JSON list), got "
-                               f"{value[:80]!r}") from None  # fmt: skip
+                raise RowError(
+                    f"field {fields.options[0]!r} must be a list of options (or a JSON list), got {value[:80]!r}"
+                ) from None
         if not isinstance(value, list | tuple):
             raise RowError(f"field {fields.options[0]!r} must be a list of options, got {type(value).__name__}")
         texts = list(value)
@@ -234,9 +244,9 @@ def _answer_letter(value: Any, options: Sequence[str], fields: FieldMap) -> str:
     return letters[index]
 
 
-def _generic_item(record: Record, number: int, fields: FieldMap, finder: VideoFinder, source: str, stem: str) -> tuple[
-    QAItem, bool
-]:  # fmt: skip
+def _generic_item(
+    record: Record, number: int, fields: FieldMap, finder: VideoFinder, source: str, stem: str
+) -> tuple[QAItem, bool]:
     row = record.value
     if isinstance(row, json.JSONDecodeError):
         raise RowError(f"invalid JSON: {row.msg} (column {row.colno})")

@@ -43,8 +43,9 @@ def file_kind(path: Path) -> str:
     suffix = path.suffix.lower().lstrip(".")
     kind = {"ndjson": "jsonl", "tsv": "csv"}.get(suffix, suffix)
     if kind not in FILE_KINDS:
-        raise FileFormatError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; use one of "
-                              f".json, .jsonl, .csv, .parquet")  # fmt: skip
+        raise FileFormatError(
+            f"{path}: cannot tell the format from the suffix {path.suffix!r}; use one of .json, .jsonl, .csv, .parquet"
+        )
     return kind
 
 
@@ -121,8 +122,7 @@ def _json_records(path: Path) -> Iterator[Record]:
             break
         if not first:
             if position >= len(text) or text[position] != ",":
-                raise FileFormatError(f"{path}: invalid JSON at line {lines(position)}: expected ',' or "
-                                      f"'{closing}'")  # fmt: skip
+                raise FileFormatError(f"{path}: invalid JSON at line {lines(position)}: expected ',' or '{closing}'")
             position = _skip_space(text, position + 1)
         first = False
         key = None

@@ -37,9 +37,9 @@ NEXTQA_OPTIONS = 5
 Rows = list[tuple[QAItem, bool]]
 
 
-def load_nextqa(annotations: str | Path, videos: str | Path | None, *, video_map: str | Path | None = None) -> tuple[
-    LoadResult, dict[str, str]
-]:  # fmt: skip
+def load_nextqa(
+    annotations: str | Path, videos: str | Path | None, *, video_map: str | Path | None = None
+) -> tuple[LoadResult, dict[str, str]]:
     """NExT-QA questions from one of its CSV files; ``videos`` is the ``NExTVideo`` folder. Returns the result and
     each item's row location (``file.csv:line``)."""
     path = Path(annotations)
