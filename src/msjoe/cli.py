@@ -14,6 +14,7 @@ from rich.table import Table
 
 from msjoe import video as video_io
 from msjoe.cli_score import score as score_command
+from msjoe.data.cli import app as data_app
 from msjoe.eval.explain_cli import explain_run as explain_command
 from msjoe.mllm import http_options
 from msjoe.mllm.http_backend import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
@@ -32,6 +33,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 app.add_typer(train_app, name="train")
+app.add_typer(data_app, name="data")
 app.command("score")(score_command)
 app.command("explain")(explain_command)  # commands kept beside their code, importing nothing heavy until they run
 app.command("serve")(serve_command)

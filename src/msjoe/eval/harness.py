@@ -55,6 +55,7 @@ from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult, UnrunnableRow
 from msjoe.data.schema import QAItem
 from msjoe.distributed import SingleProcess, all_results, main_process_first, my_share, on_every_process
 from msjoe.errors import MsjoeError
+from msjoe.eval.evidence import evidence_recall
 from msjoe.eval.failures import FailureGate
 from msjoe.eval.plots import write_plots
 from msjoe.eval.report import render_markdown
@@ -564,6 +565,7 @@ def _finish(
                 "predictions": log.path.relative_to(out).as_posix(),
                 # Rows only the official code can score are added to a whole run, not to a --limit check.
                 "report": _score_run(bench, items, log.records, scoring, result.unrunnable if not config.limit else ()),
+                "evidence_recall": evidence_recall(items, log.records),
             }
         )
 

@@ -91,7 +91,9 @@ def _rules_lines(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _run_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Counts behind each number: how many items were answered, failed, unparsed or guessed."""
+    """Counts behind each number: how many items were answered, failed, unparsed or guessed; and, for a dataset
+    with evidence spans, the evidence recall of each run's key frames (:mod:`msjoe.eval.evidence`)."""
+    with_spans = any(run.get("evidence_recall") for run in runs)
     rows = []
     for run in runs:
         report = run["report"] or {}
@@ -110,14 +112,19 @@ def _run_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
                 counts.get("random_fallback", "–"),
                 counts.get("missing_predictions", "–"),
                 counts.get("unknown_prediction_ids", "–"),
+                *([_recall(run.get("evidence_recall"))] if with_spans else []),
                 f"`{run['predictions']}`",
             ]
         )
     header = [
         "sampler", "K", "rule set", "items", "correct", "counted", "errors", "unparsed", "random fallback",
-        "no reply", "replies matching no item", "predictions",
+        "no reply", "replies matching no item", *(["evidence recall % (items)"] if with_spans else []), "predictions",
     ]  # fmt: skip
     return _table(header, rows)
+
+
+def _recall(recall: Mapping[str, Any] | None) -> str:
+    return "–" if not recall else f"{_percent(recall['value'])} ({recall['items']})"
 
 
 def _breakdown_tables(runs: Sequence[Mapping[str, Any]]) -> list[str]:

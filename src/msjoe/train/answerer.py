@@ -24,16 +24,14 @@ import numpy as np
 import torch
 
 from msjoe.data.replies import ReplyCache, VideoFingerprints, answer_key, describe_mllm, prompt_version
-from msjoe.data.schema import QAItem, write_qa_jsonl
-from msjoe.errors import VideoError
+from msjoe.data.schema import QAItem
 from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore
 from msjoe.mllm import MLLM, GenerationConfig
 from msjoe.pipeline import answer_question
-from msjoe.progress import progress_bar
 from msjoe.samplers.uniform import uniform_indices
 from msjoe.train.data import SkippedItem, load_candidate_frames
 from msjoe.train.examples import TrainExample
-from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, candidate_timestamps, probe
+from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
 
 __all__ = [
     "AnswerOutcome",
@@ -379,55 +377,31 @@ def fill_difficulty(
     overwrite: bool = False,
     progress: bool = False,
 ) -> DifficultyReport:
-    """Measure every item's difficulty ``c`` (pass rate with ``k`` uniform frames) and write a new QA JSONL.
+    """Measure every item's difficulty ``c`` (pass rate with ``k`` uniform frames) and write a new QA JSONL:
+    :func:`msjoe.data.calibrate.calibrate` (``msjoe data calibrate``) one answer at a time, kept for callers of
+    this older entry point.
 
-    Only the video's header is read to place the candidate grid (``fps``, ``max_frames``: use the training run's
-    values); no features are computed. Items keep their order; those that cannot be rated (no answer letter, a
-    missing or broken video) are written unchanged and reported, each with a warning. Items that already have a
-    difficulty are kept unless ``overwrite``. With greedy decoding, ``cache_path`` (an answer cache, see
-    :class:`MLLMAnswerer`) makes an interrupted run resume without asking again; sampled answers are not cached.
-    Video paths inside the output's folder are written relative to it.
+    Items keep their order; those that cannot be rated (no answer letter, a missing or broken video) are written
+    unchanged and reported. Items that already have a difficulty are kept unless ``overwrite``. ``cache_path``
+    (an answer cache shared with :class:`MLLMAnswerer` for greedy answers) makes an interrupted run resume without
+    asking again.
     """
-    output = Path(output)
-    answerer = MLLMAnswerer(
-        mllm, frame_max_pixels=frame_max_pixels, frame_store=frame_store, cache_path=cache_path, generation=generation
+    from msjoe.data.calibrate import CalibrationConfig, calibrate
+
+    config = CalibrationConfig(
+        k=k,
+        samples=samples,
+        generation=generation or DEFAULT_ANSWER_GENERATION,
+        fps=fps,
+        max_frames=max_frames,
+        frame_max_pixels=frame_max_pixels,
+        batch_size=1,
+        overwrite=overwrite,
     )
-    report = DifficultyReport(path=output)
-    grids: dict[str, np.ndarray] = {}
-    measured: list[float] = []
-    written: list[QAItem] = []
-    with progress_bar(enabled=progress) as bar:
-        task = bar.add_task("rating difficulty", total=len(items))
-        for item in items:
-            bar.advance(task)
-            if item.difficulty is not None and not overwrite:
-                report.kept += 1
-                written.append(item)
-                continue
-            if item.answer is None:
-                _skip(report, item, "no_answer", "no answer letter: its pass rate cannot be measured")
-                written.append(item)
-                continue
-            try:
-                if item.video not in grids:  # probe each video once, however many items ask about it
-                    grids[item.video] = candidate_timestamps(probe(item.video), fps=fps, max_frames=max_frames)
-                rate = uniform_pass_rate(
-                    answerer, item, grids[item.video], k=k, samples=samples, fps=fps, max_frames=max_frames
-                )
-            except VideoError as err:
-                _skip(report, item, type(err).__name__, f"{type(err).__name__}: {err}")
-                written.append(item)
-                continue
-            measured.append(rate)
-            report.rated += 1
-            written.append(replace(item, difficulty=rate))
-    if measured:
-        report.mean_difficulty = sum(measured) / len(measured)
-    write_qa_jsonl(output, written, relative_to=output.parent)
+    result = calibrate(
+        items, output, mllm=mllm, config=config, cache_path=cache_path, frame_store=frame_store, progress=progress
+    )
+    skipped = [SkippedItem(s.id, s.video, s.reason, s.kind) for s in result.skipped]
+    report = DifficultyReport(Path(output), result.rated, result.kept, skipped, result.mean_difficulty)
     (logger.warning if report.skipped else logger.info)("difficulty: %s", report.summary())
     return report
-
-
-def _skip(report: DifficultyReport, item: QAItem, kind: str, reason: str) -> None:
-    logger.warning("cannot rate item %s (video %s): %s", item.id, item.video, reason)
-    report.skipped.append(SkippedItem(item.id, item.video, reason, kind))
