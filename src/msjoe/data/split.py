@@ -55,6 +55,7 @@ def split_by_video(items: Sequence[QAItem], *, val_fraction: float, seed: int = 
 
     for item in items:
         first, *others = footage(item)
+        find(first)
         for other in others:
             parent[find(other)] = find(first)
     groups: dict[str, set[str]] = {}
