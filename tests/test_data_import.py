@@ -158,12 +158,14 @@ def test_generic_json_jsonl_and_parquet_with_letter_and_text_answers(tmp_path: P
         ("list.json:15", "answer 'C' (field 'answer') is not one of the option letters A, B")
     ]
 
-    (tmp_path / "qa.jsonl").write_text('{"video": "a.mp4", "q": {"text": "Q?"}, "opts": ["x", "y"], "ans": "y"}\n'
-                                       "{not json\n")  # fmt: skip
+    (tmp_path / "qa.jsonl").write_text('{"video": "a.mp4", "q": {"text": "Q?"}, "opts": ["x", "y"], "ans": "y", '
+                                       '"spans": [[0, 1], [1.5, 2]]}\n{not json\n')  # fmt: skip
     fields = FieldMap.parse(["question=q.text", "options=opts", "answer=ans", "answer_format=text",
-                             "evidence_start=s", "evidence_end=e"])  # fmt: skip
+                             "evidence=spans", "evidence_start=s", "evidence_end=e"])  # fmt: skip
     result = import_annotations("generic", tmp_path / "qa.jsonl", fields=fields, source="mine")
-    assert [(i.question, i.answer, i.source, i.duration) for i in result.items] == [("Q?", "B", "mine", 2.0)]
+    assert [(i.question, i.answer, i.source, i.duration, i.evidence) for i in result.items] == [
+        ("Q?", "B", "mine", 2.0, ((0.0, 1.0), (1.5, 2.0)))
+    ]
     assert [r.location for r in result.skipped] == ["qa.jsonl:2"]
     assert result.skipped[0].reason.startswith("invalid JSON")
 

@@ -64,7 +64,7 @@ def import_command(
         typer.Option(
             "--map",
             help="generic format: NAME=FIELD (question, options, answer, answer_format, video, id, "
-            "duration, task, category.NAME, evidence_start, evidence_end, meta). Repeat.",
+            "duration, task, category.NAME, evidence, evidence_start, evidence_end, meta). Repeat.",
             show_default=False,
         ),
     ] = None,

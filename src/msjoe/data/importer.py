@@ -92,6 +92,7 @@ class FieldMap:
         duration: the video length in seconds (optional; else read from the video's header).
         task: the question type (optional).
         categories: breakdown name -> field (optional).
+        evidence: a field holding evidence spans, a list of ``[start, end]`` pairs in seconds (optional).
         evidence_start, evidence_end: fields of one evidence span in seconds (optional, both or neither).
         meta: other fields copied into ``meta`` (optional).
     """
@@ -105,6 +106,7 @@ class FieldMap:
     duration: str | None = None
     task: str | None = None
     categories: Mapping[str, str] = field(default_factory=dict)
+    evidence: str | None = None
     evidence_start: str | None = None
     evidence_end: str | None = None
     meta: tuple[str, ...] = ()
@@ -121,8 +123,8 @@ class FieldMap:
     def parse(cls, specs: Iterable[str]) -> FieldMap:
         """A map from ``NAME=FIELD`` strings: ``question``, ``options`` (comma-separated fields), ``answer``,
         ``answer_format`` (its value is a format, not a field), ``video``, ``id``, ``duration``, ``task``,
-        ``evidence_start``, ``evidence_end``, ``meta`` (comma-separated) and ``category.NAME``. Names not given
-        keep their defaults. Raises ``ValueError`` naming a malformed or unknown entry."""
+        ``evidence``, ``evidence_start``, ``evidence_end``, ``meta`` (comma-separated) and ``category.NAME``.
+        Names not given keep their defaults. Raises ``ValueError`` naming a malformed or unknown entry."""
         values: dict[str, Any] = {}
         categories: dict[str, str] = {}
         singles = {
@@ -261,11 +263,21 @@ def _generic_item(
     duration = None
     if fields.duration and _lookup(row, fields.duration) not in (_MISSING, None, ""):
         duration = _number(_lookup(row, fields.duration), fields.duration)
-    evidence = ()
+    evidence: tuple[tuple[float, float], ...] = ()
+    if fields.evidence and _lookup(row, fields.evidence) not in (_MISSING, None, ""):
+        spans = _lookup(row, fields.evidence)
+        if isinstance(spans, str):
+            try:
+                spans = json.loads(spans)
+            except json.JSONDecodeError:
+                raise RowError(f"field {fields.evidence!r} must be a list of [start, end] spans") from None
+        if not isinstance(spans, list | tuple) or not all(isinstance(s, list | tuple) and len(s) == 2 for s in spans):
+            raise RowError(f"field {fields.evidence!r} must be a list of [start, end] spans, got {spans!r}")
+        evidence = tuple((_number(a, fields.evidence), _number(b, fields.evidence)) for a, b in spans)
     if fields.evidence_start and fields.evidence_end:
         start, end = (_lookup(row, name) for name in (fields.evidence_start, fields.evidence_end))
         if start not in (_MISSING, None, "") and end not in (_MISSING, None, ""):
-            evidence = ((_number(start, fields.evidence_start), _number(end, fields.evidence_end)),)
+            evidence += ((_number(start, fields.evidence_start), _number(end, fields.evidence_end)),)
     categories = {}
     for name, path in fields.categories.items():
         value = _lookup(row, path)
@@ -352,6 +364,8 @@ def import_annotations(
     local = Path(annotations).expanduser()
     if video_root is None and local.exists():
         video_root = local if local.is_dir() else local.parent
+    if video_root is not None:  # absolute: the written JSONL resolves relative paths against its own folder
+        video_root = Path(video_root).expanduser().resolve()
     if format == GENERIC:
         assert fields is not None
         result, locations = load_generic(local, video_root, fields=fields, source=source)
