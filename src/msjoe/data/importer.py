@@ -135,6 +135,7 @@ class FieldMap:
             "id",
             "duration",
             "task",
+            "evidence",
             "evidence_start",
             "evidence_end",
         }
