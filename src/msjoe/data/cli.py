@@ -199,6 +199,7 @@ def calibrate_command(
                 {"model": model} if is_http else {"device": check_device(process_device(state, device)), "dtype": dtype}
             )
             backend = on_every_process(state, lambda: load_mllm(mllm, **options), what="loading the model")
+            on_every_process(state, backend.check, what="checking the model")  # a wrong server fails now
             store = FrameStore.for_cache(FeatureCache(cache_dir), max_pixels=frame_max_pixels) if cache_dir else None
             report = calibrate(
                 items,
