@@ -365,20 +365,16 @@ def clip(tiny_clip_dir: Path) -> DualEncoder:
 
 @pytest.fixture
 def builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Records each FrameStore.build and each feature decode pass (the real functions still run)."""
+    """Records each decoding pass of indexing and what it made (the real function still runs)."""
     calls: list[str] = []
-    real_build, real_iter_frames = FrameStore.build, msjoe.index.iter_frames
+    real_iter_frames = msjoe.index.iter_frames_at_sizes
 
-    def spy_build(self: FrameStore, video: str | Path, **kwargs) -> None:
-        calls.append(f"build {Path(video).name}")
-        real_build(self, video, **kwargs)
+    def spy_iter_frames(path, timestamps, sizes, **kwargs):
+        made = "features+frames" if len(sizes) == 2 else "frames" if sizes[0] == (72, 120) else "features"
+        calls.append(f"{made} {Path(path).name}")
+        return real_iter_frames(path, timestamps, sizes, **kwargs)
 
-    def spy_iter_frames(path, *args, **kwargs):
-        calls.append(f"features {Path(path).name}")
-        return real_iter_frames(path, *args, **kwargs)
-
-    monkeypatch.setattr(FrameStore, "build", spy_build)
-    monkeypatch.setattr(msjoe.index, "iter_frames", spy_iter_frames)
+    monkeypatch.setattr(msjoe.index, "iter_frames_at_sizes", spy_iter_frames)
     return calls
 
 
@@ -388,16 +384,16 @@ def test_index_video_builds_the_store_once(
     cache = FeatureCache(tmp_path / "cache")
     store = FrameStore.for_cache(cache, max_pixels=STORE_PIXELS)
     index_video(video, clip, cache, fps=FPS, frame_store=store)
-    assert builds == ["features barcodes.mp4", "build barcodes.mp4"]
+    assert builds == ["features+frames barcodes.mp4"]  # one decoding pass for both
     frames = store.read(video, candidates, STORE_PIXELS, fps=FPS)
     assert frames is not None and [read_frame_index(f) for f in frames] == [int(t * VIDEO_FPS) for t in candidates]
 
     index_video(video, clip, cache, fps=FPS, frame_store=store)
-    assert len(builds) == 2  # nothing decoded again
+    assert len(builds) == 1  # nothing decoded again
 
     store.remove(store.key(video, fps=FPS))  # features cached, frames missing: only the frames are rebuilt
     index_video(video, clip, cache, fps=FPS, frame_store=store)
-    assert builds[2:] == ["build barcodes.mp4"]
+    assert builds[1:] == ["frames barcodes.mp4"]
 
 
 def test_index_video_without_a_cache_still_fills_the_store(
@@ -406,7 +402,7 @@ def test_index_video_without_a_cache_still_fills_the_store(
     store = FrameStore(tmp_path, max_pixels=STORE_PIXELS)
     index_video(video, clip, fps=FPS, frame_store=store)
     index_video(video, clip, fps=FPS, frame_store=store)
-    assert builds.count("build barcodes.mp4") == 1 and store.has(video, fps=FPS)
+    assert builds == ["features+frames barcodes.mp4", "features barcodes.mp4"] and store.has(video, fps=FPS)
 
 
 def test_index_videos_reports_frame_only_work_as_indexed(
@@ -422,4 +418,4 @@ def test_index_videos_reports_frame_only_work_as_indexed(
     store.remove(store.key(video, fps=FPS))
     third = index_videos([video], clip, cache, fps=FPS, frame_store=store)
     assert third.indexed == [str(video)]
-    assert builds == ["features barcodes.mp4", "build barcodes.mp4", "build barcodes.mp4"]
+    assert builds == ["features+frames barcodes.mp4", "frames barcodes.mp4"]

@@ -30,7 +30,7 @@ def clip(tiny_clip_dir: Path) -> DualEncoder:
 def decode_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Records every probe / iter_frames call made by msjoe.index (the real functions still run)."""
     calls: list[str] = []
-    real_iter_frames, real_probe = msjoe.index.iter_frames, msjoe.index.probe
+    real_iter_frames, real_probe = msjoe.index.iter_frames_at_sizes, msjoe.index.probe
 
     def spy_iter_frames(path, *args, **kwargs):
         calls.append(f"iter_frames {Path(path).name}")
@@ -40,7 +40,7 @@ def decode_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(f"probe {Path(path).name}")
         return real_probe(path)
 
-    monkeypatch.setattr(msjoe.index, "iter_frames", spy_iter_frames)
+    monkeypatch.setattr(msjoe.index, "iter_frames_at_sizes", spy_iter_frames)
     monkeypatch.setattr(msjoe.index, "probe", spy_probe)
     return calls
 
@@ -70,17 +70,17 @@ def test_frames_are_decoded_at_the_model_resolution(
     short_video: Path, clip: DualEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sizes = []
-    real = msjoe.index.iter_frames
+    real = msjoe.index.iter_frames_at_sizes
 
-    def spy(path, timestamps, size=None, **kwargs):
-        sizes.append(size)
-        for batch in real(path, timestamps, size, **kwargs):
+    def spy(path, timestamps, decode_sizes, **kwargs):
+        sizes.append(list(decode_sizes))
+        for (batch,) in real(path, timestamps, decode_sizes, **kwargs):
             assert min(batch.shape[1:3]) == clip.image_size
-            yield batch
+            yield (batch,)
 
-    monkeypatch.setattr(msjoe.index, "iter_frames", spy)
+    monkeypatch.setattr(msjoe.index, "iter_frames_at_sizes", spy)
     index_video(short_video, clip, fps=FPS)
-    assert sizes == [clip.frame_size]
+    assert sizes == [[clip.frame_size]]
 
 
 def test_max_frames_caps_the_candidates(short_video: Path, clip: DualEncoder) -> None:

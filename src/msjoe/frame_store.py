@@ -41,6 +41,7 @@ video's length) that is fsynced and atomically renamed into place (:func:`msjoe.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -51,7 +52,7 @@ import numbers
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +73,7 @@ from msjoe.cache import (
     remove_stale_temp_files,
 )
 from msjoe.cache import fingerprint as content_fingerprint
+from msjoe.decode_worker import encode_jpegs
 from msjoe.errors import CacheError
 from msjoe.mllm.base import fit_to_pixel_budget
 from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VideoInfo, candidate_timestamps, iter_frames, probe
@@ -80,9 +82,11 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_QUALITY",
     "FRAMES_SUBDIR",
+    "EntryWriter",
     "FrameStore",
     "FrameStoreKey",
     "budget_frame_size",
+    "encode_jpegs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -319,13 +323,36 @@ class FrameStore:
         self.ensure_writable()  # fail before decoding, not after
         info = probe(video)
         timestamps = candidate_timestamps(info, fps=fps, max_frames=max_frames)
-        height, width = budget_frame_size(info.height, info.width, self.max_pixels)
+        frames = iter_frames(video, timestamps, self.frame_size(info), threads=threads, batch_size=_BUILD_BATCH)
+        with self.writing(key, info, timestamps) as entry:
+            if progress is not None:
+                progress(0, len(timestamps))
+            for batch in frames:
+                entry.add(encode_jpegs(batch, self.quality))
+                if progress is not None:
+                    progress(entry.num_written, len(timestamps))
+
+    def frame_size(self, info: VideoInfo) -> tuple[int, int]:
+        """``(height, width)`` at which this store keeps the frames of a video with this probe result."""
+        return budget_frame_size(info.height, info.width, self.max_pixels)
+
+    @contextlib.contextmanager
+    def writing(self, key: FrameStoreKey, info: VideoInfo, timestamps: np.ndarray) -> Iterator[EntryWriter]:
+        """An :class:`EntryWriter` for ``key``'s entry (``info``'s video at the candidate ``timestamps``): add the
+        JPEGs of the frames :meth:`frame_size` gives, in candidate order (:func:`encode_jpegs`); the entry appears
+        atomically when the block ends after every frame was added, and not at all if it raises.
+
+        For callers that decode the frames themselves, e.g. indexing, which makes the encoder's input and these
+        frames in one decoding pass. Raises :class:`CacheError` if the store cannot be written.
+        """
+        self.ensure_writable()
         path = self.path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise CacheError(f"cannot create the frame store directory {path.parent}: {err}", remedy=_REMEDY) from err
         remove_stale_temp_files(path.parent)
+        height, width = self.frame_size(info)
         metadata = {
             "format": FORMAT_NAME,
             "format_version": str(FORMAT_VERSION),
@@ -335,9 +362,10 @@ class FrameStore:
             "frame_width": str(width),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        frames = iter_frames(video, timestamps, (height, width), threads=threads, batch_size=_BUILD_BATCH)
         with atomic_writer(path, what="frame store entry") as file:
-            _write_entry(_EntryFile(file, path), timestamps, frames, self.quality, metadata, progress)
+            writer = EntryWriter(_EntryFile(file, path), timestamps, metadata)
+            yield writer
+            writer.finish()
 
     def remove(self, key: FrameStoreKey) -> bool:
         """Delete the entry for ``key``; return whether one existed."""
@@ -397,48 +425,44 @@ class _EntryFile:
             raise CacheError(f"cannot write frame store entry {self.entry}: {err}") from err
 
 
-def _write_entry(
-    file: _EntryFile,
-    timestamps: np.ndarray,
-    batches: Iterable[np.ndarray],
-    quality: int,
-    metadata: dict[str, str],
-    progress: ProgressCallback | None,
-) -> None:
-    """Stream JPEGs after a reserved header, then fill in the header and index arrays (sizes known only then)."""
-    num_frames = len(timestamps)
-    # The header's length depends only on the digits of the blob size and on the checksum (fixed length): reserve
-    # room for the largest possible values, so the JPEGs can be written before the header is known.
-    placeholder = {**metadata, CHECKSUM_SCOPE_FIELD: _SCOPE, "index_checksum": "sha256:" + "0" * 64}
-    reserve = len(_header_bytes(placeholder, num_frames, jpeg_bytes=2**63 - 1))
-    index_bytes = 20 * num_frames + 8  # offsets (8 [N+1]) + timestamps (8 [N]) + crc32 (4 [N])
-    jpeg_start = 8 + reserve + index_bytes
-    file.write(b"", at=jpeg_start)  # leave room for the header and index, written last
+class EntryWriter:
+    """Streams an entry's JPEGs after a reserved header; :meth:`finish` fills in the header and the index arrays
+    (their sizes are known only then). Memory holds the small index arrays, not the JPEGs."""
 
-    offsets = np.zeros(num_frames + 1, dtype=np.int64)
-    crcs = np.zeros(num_frames, dtype=np.uint32)
-    done = 0
-    if progress is not None:
-        progress(0, num_frames)
-    for batch in batches:
-        for frame in batch:
-            buffer = io.BytesIO()
-            Image.fromarray(frame).save(buffer, format="JPEG", quality=quality, subsampling="4:2:0")
-            jpeg = buffer.getvalue()
-            file.write(jpeg)
-            crcs[done] = zlib.crc32(jpeg)
-            offsets[done + 1] = offsets[done] + len(jpeg)
-            done += 1
-        if progress is not None:
-            progress(done, num_frames)
-    if done != num_frames:
-        raise AssertionError(f"decoded {done} frames for {num_frames} timestamps")  # iter_frames' contract
+    def __init__(self, file: _EntryFile, timestamps: np.ndarray, metadata: dict[str, str]) -> None:
+        self._file = file
+        self._timestamps = np.ascontiguousarray(timestamps, dtype=np.float64)
+        self._metadata = metadata
+        num_frames = len(self._timestamps)
+        # The header's length depends only on the digits of the blob size and on the checksum (fixed length):
+        # reserve room for the largest possible values, so the JPEGs can be written before the header is known.
+        placeholder = {**metadata, CHECKSUM_SCOPE_FIELD: _SCOPE, "index_checksum": "sha256:" + "0" * 64}
+        self._reserve = len(_header_bytes(placeholder, num_frames, jpeg_bytes=2**63 - 1))
+        index_bytes = 20 * num_frames + 8  # offsets (8 [N+1]) + timestamps (8 [N]) + crc32 (4 [N])
+        file.write(b"", at=8 + self._reserve + index_bytes)  # leave room for the header and index, written last
+        self._offsets = np.zeros(num_frames + 1, dtype=np.int64)
+        self._crcs = np.zeros(num_frames, dtype=np.uint32)
+        self.num_written = 0
 
-    times = np.ascontiguousarray(timestamps, dtype=np.float64)
-    metadata = {**metadata, CHECKSUM_SCOPE_FIELD: _SCOPE}
-    metadata["index_checksum"] = _index_checksum(offsets, times, crcs, metadata)
-    header = _header_bytes(metadata, num_frames, int(offsets[-1]), reserve)
-    file.write(struct.pack("<Q", len(header)) + header + offsets.tobytes() + times.tobytes() + crcs.tobytes(), at=0)
+    def add(self, jpegs: Iterable[bytes]) -> None:
+        """Append the JPEGs of the next candidates, in order."""
+        for jpeg in jpegs:
+            if self.num_written == len(self._timestamps):
+                raise AssertionError(f"more frames than the {len(self._timestamps)} timestamps")  # a caller's bug
+            self._file.write(jpeg)
+            self._crcs[self.num_written] = zlib.crc32(jpeg)
+            self._offsets[self.num_written + 1] = self._offsets[self.num_written] + len(jpeg)
+            self.num_written += 1
+
+    def finish(self) -> None:
+        num_frames = len(self._timestamps)
+        if self.num_written != num_frames:
+            raise AssertionError(f"got {self.num_written} frames for {num_frames} timestamps")  # a caller's bug
+        metadata = {**self._metadata, CHECKSUM_SCOPE_FIELD: _SCOPE}
+        metadata["index_checksum"] = _index_checksum(self._offsets, self._timestamps, self._crcs, metadata)
+        header = _header_bytes(metadata, num_frames, int(self._offsets[-1]), self._reserve)
+        index = self._offsets.tobytes() + self._timestamps.tobytes() + self._crcs.tobytes()
+        self._file.write(struct.pack("<Q", len(header)) + header + index, at=0)
 
 
 def _index_checksum(

@@ -7,41 +7,69 @@ checkpoint, fps, frame cap). A second question about the same video reads one fi
     encoder = DualEncoder.from_pretrained(DEFAULT_CLIP)
     cache = FeatureCache()                                  # $MSJOE_CACHE or ~/.cache/msjoe/features
     features = index_video("talk.mp4", encoder, cache)     # FrameFeatures: timestamps [T], embeddings [T, D]
-    report = index_videos(paths, encoder, cache, progress=True)   # a whole dataset, resumable
+    report = index_videos(paths, encoder, cache, progress=True, workers=4)   # a whole dataset, resumable
 
-Opt-in: with ``frame_store=FrameStore.for_cache(cache)`` indexing also keeps every candidate frame as a JPEG (a
-second streaming decode pass at the store's size), so questions read their preview and key frames from it instead
-of seeking in the video (see :mod:`msjoe.frame_store`).
+With ``frame_store=FrameStore.for_cache(cache)`` (what ``msjoe index`` and :class:`~msjoe.pipeline.VideoQA` pass by
+default) indexing also keeps every candidate frame as a JPEG at the store's size, made from the same decoding pass
+as the encoder's input (each decoded frame is scaled twice), so questions read their preview and key frames from
+the store instead of seeking in the video (see :mod:`msjoe.frame_store`).
+
+Parallel decoding (``workers >= 1``): the candidates of each video are cut into segments of whole encoder batches,
+decoded (and JPEG-encoded for the store) by that many worker processes (:mod:`msjoe.decode_worker`), and encoded
+here, batch by batch as they arrive, while the workers go on decoding. A bounded queue keeps at most ``2 x workers``
+batches of frames in memory; the store's JPEGs are written in candidate order as soon as their predecessors are, so
+only batches that arrive early wait. The result equals sequential indexing exactly: the same frames in the same
+encoder batches, the same cache and store entries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import logging
 import math
+import multiprocessing
 import numbers
+import os
+import queue
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from msjoe import decode_worker
 from msjoe.cache import CacheKey, FeatureCache, FrameFeatures, fingerprint
 from msjoe.errors import CacheError, ModelLoadError
 from msjoe.features import DualEncoder
-from msjoe.frame_store import FrameStore
+from msjoe.frame_store import EntryWriter, FrameStore, FrameStoreKey, encode_jpegs
 from msjoe.progress import progress_bar
-from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VideoInfo, candidate_timestamps, iter_frames, probe
+from msjoe.video import (
+    DEFAULT_FPS,
+    DEFAULT_MAX_FRAMES,
+    VideoInfo,
+    candidate_timestamps,
+    iter_frames_at_sizes,
+    probe,
+)
 
-__all__ = ["IndexFailure", "IndexReport", "index_video", "index_videos"]
+__all__ = ["IndexFailure", "IndexReport", "default_workers", "index_video", "index_videos"]
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``callback(done, total)`` after each step (frames for one video, videos for a batch)."""
+
+MAX_DEFAULT_WORKERS = 8
+"""Decoding processes beyond this rarely help: the image encoder (or the disk) becomes the bound."""
+
+
+def default_workers() -> int:
+    """Decoding processes ``msjoe index`` uses by default: half the cores (FFmpeg threads use the rest), 1 to 8."""
+    return max(1, min(MAX_DEFAULT_WORKERS, (os.cpu_count() or 1) // 2))
 
 
 def index_video(
@@ -55,6 +83,7 @@ def index_video(
     threads: int = 0,
     progress: bool | ProgressCallback = False,
     frame_store: FrameStore | None = None,
+    workers: int = 0,
 ) -> FrameFeatures:
     """Embed a video's candidate frames (``fps`` per second, at most ``max_frames``), using the cache if given.
 
@@ -70,32 +99,30 @@ def index_video(
         cache: where to look up and store features; ``None`` computes without caching.
         fps, max_frames: candidate sampling (see :func:`msjoe.video.candidate_timestamps`).
         batch_size: frames decoded and encoded together.
-        threads: decoder threads (0: one per core).
-        progress: ``True`` for a progress bar on the terminal, or ``callback(frames_done, frames_total)`` (a
-            frame store build reports its own pass from 0 again).
+        threads: decoder threads (0: one per core; with ``workers``, the cores shared among the workers).
+        progress: ``True`` for a progress bar on the terminal, or ``callback(frames_done, frames_total)``.
         frame_store: also keep the candidate frames as JPEGs for later questions, unless already stored (also on a
-            feature cache hit). One more decode pass over the video, at the store's size.
+            feature cache hit, which then decodes the video once for the store alone). On a miss, the frames come
+            from the same decoding pass as the encoder's input.
+        workers: decode in this many worker processes, segments of the video in parallel (0: in this process).
 
     Raises:
         msjoe.errors.VideoError subclasses: the video is missing, not a video, empty, corrupt, ...
         CacheError: the cache or frame store directory cannot be written (checked before any decoding).
     """
     _check_sampling(fps, max_frames, batch_size)
-    key, features = _lookup(path, encoder, cache, fps, max_frames)
-    if features is None:
-        if cache is not None:
-            cache.ensure_writable()  # fail before minutes of decoding, not after
-        if frame_store is not None:
-            frame_store.ensure_writable()
-        with _frame_progress(progress, Path(path).name) as report:
-            features = _compute(path, encoder, fps, max_frames, batch_size, threads, report)
-        if cache is not None and key is not None:
-            features = cache.put(key, features)
-    if frame_store is not None:
-        video_fingerprint = key.fingerprint if key is not None else None
-        frame_bar = functools.partial(_frame_progress, progress)
-        _store_frames(frame_store, path, video_fingerprint, fps, max_frames, threads, frame_bar)
-    return features
+    _check_workers(workers, threads)
+    job = _plan(0, path, encoder, cache, frame_store, fps, max_frames)
+    if not job.needs_decoding:
+        return job.features
+    _ensure_writable([job], cache, frame_store)  # fail before minutes of decoding, not after
+    with _frame_progress(progress, Path(path).name) as on_frames:
+        if workers:
+            outcome = _Indexer(encoder, cache, frame_store, batch_size, threads, on_frames).run([job], workers)[0]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        return _index_in_process(job, encoder, cache, frame_store, batch_size, threads, on_frames)
 
 
 @dataclass(frozen=True)
@@ -152,21 +179,25 @@ def index_videos(
     threads: int = 0,
     progress: bool | ProgressCallback = False,
     frame_store: FrameStore | None = None,
+    workers: int = 0,
 ) -> IndexReport:
     """Index many videos into ``cache``; resumable and robust to bad files.
 
     Videos already cached are skipped after a fingerprint and an entry check, so rerunning an interrupted job only
-    does the remaining work. A video that fails (missing, not a video, corrupt, ...) is recorded in the report
-    with its error class and message, and the batch goes on. Problems that would fail every video — the cache
-    cannot be written (:class:`CacheError`), the model cannot run (:class:`ModelLoadError`) — stop the batch.
+    does the remaining work (each video's entry is written as soon as its last batch is encoded). A video that fails
+    (missing, not a video, corrupt, ...) is recorded in the report with its error class and message, and the batch
+    goes on. Problems that would fail every video — the cache cannot be written (:class:`CacheError`), the model
+    cannot run (:class:`ModelLoadError`) — stop the batch.
 
     Args:
-        progress: ``True`` for a progress bar (videos, and frames of the current video), or
-            ``callback(videos_done, videos_total)``.
+        progress: ``True`` for a progress bar (videos, and frames), or ``callback(videos_done, videos_total)``.
         frame_store: also keep each video's candidate frames as JPEGs (see :func:`index_video`); a video whose
             features are cached but whose frames are not is decoded once more for the store.
+        workers: decoding processes (0: decode in this process, one video after the other); see the module notes.
+            :func:`default_workers` is what ``msjoe index`` uses.
     """
     _check_sampling(fps, max_frames, batch_size)
+    _check_workers(workers, threads)
     paths = [str(p) for p in paths]
     report = IndexReport()
     started = time.perf_counter()
@@ -175,30 +206,47 @@ def index_videos(
     cache.clean()  # temp files of writes that crashed in an earlier run (a read-only cache keeps them)
     if frame_store is not None:
         frame_store.clean()
+
+    def record(path: str, outcome: Outcome, decoded: bool) -> None:
+        if isinstance(outcome, CacheError | ModelLoadError):
+            raise outcome
+        if isinstance(outcome, BaseException):
+            logger.warning("indexing %s failed: %s: %s", path, type(outcome).__name__, outcome)
+            report.failed.append(IndexFailure(path, type(outcome).__name__, str(outcome)))
+        else:
+            (report.indexed if decoded else report.cached).append(path)
+
     with _batch_progress(progress, len(paths)) as (on_video_done, frame_progress):
-        for path in paths:
-            try:
-                key, cached = _lookup(path, encoder, cache, fps, max_frames)
-                decoded = cached is None
-                if decoded:
-                    cache.ensure_writable()  # fail before minutes of decoding, not after
+        jobs: list[_Job] = []
+        for index, path in enumerate(paths):
+            job = _try_plan(index, path, encoder, cache, frame_store, fps, max_frames)
+            if isinstance(job, BaseException) or not job.needs_decoding:
+                record(path, job if isinstance(job, BaseException) else job.features, decoded=False)
+                on_video_done()
+            elif workers:
+                jobs.append(job)  # decoded together below
+            else:
+                try:
+                    _ensure_writable([job], cache, frame_store)  # fail before minutes of decoding, not after
                     with frame_progress(Path(path).name) as on_frames:
-                        features = _compute(path, encoder, fps, max_frames, batch_size, threads, on_frames)
-                    if key is not None:
-                        cache.put(key, features)
-                if frame_store is not None:
-                    video_fingerprint = key.fingerprint if key is not None else None
-                    stored = _store_frames(
-                        frame_store, path, video_fingerprint, fps, max_frames, threads, frame_progress
-                    )
-                    decoded = decoded or stored
-                (report.indexed if decoded else report.cached).append(path)
-            except (CacheError, ModelLoadError):
-                raise
-            except Exception as err:  # one bad video must not stop a dataset-wide job; the report names it
-                logger.warning("indexing %s failed: %s: %s", path, type(err).__name__, err)
-                report.failed.append(IndexFailure(path, type(err).__name__, str(err)))
-            on_video_done()
+                        outcome = _index_in_process(job, encoder, cache, frame_store, batch_size, threads, on_frames)
+                except (CacheError, ModelLoadError):
+                    raise
+                except Exception as error:  # one bad video must not stop a dataset-wide job; the report names it
+                    outcome = error
+                record(path, outcome, decoded=True)
+                on_video_done()
+        if jobs:
+            _ensure_writable(jobs, cache, frame_store)
+            with frame_progress(f"{len(jobs)} videos") as on_frames:
+                indexer = _Indexer(encoder, cache, frame_store, batch_size, threads, on_frames)
+
+                def on_done(job: _Job, outcome: Outcome) -> None:
+                    record(job.path, outcome, decoded=True)
+                    on_video_done()
+
+                indexer.on_video_done = on_done
+                indexer.run(jobs, workers)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -236,56 +284,308 @@ def _with_path(video: VideoInfo | dict, path: str) -> VideoInfo | dict:
     return {**video, "path": path}
 
 
-def _store_frames(
-    frame_store: FrameStore,
-    path: str | Path,
-    video_fingerprint: str | None,
-    fps: float,
-    max_frames: int,
-    threads: int,
-    frame_bar: Callable[[str], AbstractContextManager[ProgressCallback | None]],
-) -> bool:
-    """Build ``path``'s frame store entry unless a usable one exists; return whether it was built."""
-    if frame_store.has(path, fps=fps, max_frames=max_frames, fingerprint=video_fingerprint):
-        return False
-    with frame_bar(f"{Path(path).name} (frames)") as on_frames:
-        frame_store.build(
-            path, fps=fps, max_frames=max_frames, threads=threads, fingerprint=video_fingerprint, progress=on_frames
-        )
-    return True
+def _check_workers(workers: int, threads: int) -> None:
+    for name, value in (("workers", workers), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 
-def _compute(
+@dataclass
+class _Job:
+    """One video to index: what is cached, what must be built, and (once probed) its candidates."""
+
+    index: int
+    path: str
+    fps: float
+    max_frames: int
+    key: CacheKey | None = None
+    features: FrameFeatures | None = None
+    """The cached features (None: to compute)."""
+    store_key: FrameStoreKey | None = None
+    """The frame store entry to build (None: not wanted, or already there)."""
+    info: VideoInfo | None = None
+    timestamps: np.ndarray | None = None
+
+    @property
+    def needs_decoding(self) -> bool:
+        return self.features is None or self.store_key is not None
+
+    def prepare(self) -> None:
+        """Probe the video and compute its candidate times (once)."""
+        if self.info is None:
+            self.info = probe(self.path)
+            self.timestamps = candidate_timestamps(self.info, fps=self.fps, max_frames=self.max_frames)
+
+
+def _plan(
+    index: int,
     path: str | Path,
     encoder: DualEncoder,
+    cache: FeatureCache | None,
+    frame_store: FrameStore | None,
     fps: float,
     max_frames: int,
+) -> _Job:
+    """What indexing ``path`` takes: looks the features and the frames up; never decodes."""
+    key, features = _lookup(path, encoder, cache, fps, max_frames)
+    job = _Job(index, str(path), fps, max_frames, key, features)
+    if frame_store is not None:
+        store_key = frame_store.key(
+            path, fps=fps, max_frames=max_frames, fingerprint=key.fingerprint if key is not None else None
+        )
+        if not frame_store.has(path, fps=fps, max_frames=max_frames, fingerprint=store_key.fingerprint):
+            job.store_key = store_key
+    return job
+
+
+def _try_plan(*args: object) -> _Job | Exception:
+    """:func:`_plan`, with a bad video's error returned rather than raised (batch-wide problems still raise)."""
+    try:
+        return _plan(*args)
+    except (CacheError, ModelLoadError):
+        raise
+    except Exception as error:
+        return error
+
+
+def _ensure_writable(jobs: Sequence[_Job], cache: FeatureCache | None, frame_store: FrameStore | None) -> None:
+    if cache is not None and any(job.features is None for job in jobs):
+        cache.ensure_writable()
+    if frame_store is not None and any(job.store_key is not None for job in jobs):
+        frame_store.ensure_writable()
+
+
+def _finish(job: _Job, embeddings: torch.Tensor, encoder: DualEncoder, cache: FeatureCache | None) -> FrameFeatures:
+    """The features of a decoded job, stored in the cache when there is one (and returned as stored)."""
+    features = FrameFeatures(
+        timestamps=job.timestamps,
+        embeddings=embeddings,
+        video=job.info,
+        model_id=encoder.model_id,
+        revision=encoder.revision,
+        fps=float(job.fps),
+        max_frames=int(job.max_frames),
+    )
+    if cache is not None and job.key is not None:
+        features = cache.put(job.key, features)
+    job.features = features
+    return features
+
+
+def _index_in_process(
+    job: _Job,
+    encoder: DualEncoder,
+    cache: FeatureCache | None,
+    frame_store: FrameStore | None,
     batch_size: int,
     threads: int,
     on_frames: ProgressCallback | None,
 ) -> FrameFeatures:
-    """Probe, decode at the encoder's resolution and encode, streaming one batch of frames at a time."""
-    info = probe(path)
-    timestamps = candidate_timestamps(info, fps=fps, max_frames=max_frames)
-    total = len(timestamps)
+    """Probe, then one decoding pass at the encoder's size (and the store's), encoding one batch at a time."""
+    job.prepare()
+    total = len(job.timestamps)
+    encode = job.features is None
+    sizes = ([encoder.frame_size] if encode else []) + ([frame_store.frame_size(job.info)] if job.store_key else [])
     chunks: list[torch.Tensor] = []
-    done = 0
-    if on_frames is not None:
-        on_frames(0, total)
-    for frames in iter_frames(path, timestamps, size=encoder.frame_size, threads=threads, batch_size=batch_size):
-        chunks.append(encoder.encode_images(frames, batch_size=batch_size))
-        done += len(frames)
+    writing = frame_store.writing(job.store_key, job.info, job.timestamps) if job.store_key else nullcontext()
+    with writing as entry:
+        done = 0
         if on_frames is not None:
-            on_frames(done, total)
-    return FrameFeatures(
-        timestamps=timestamps,
-        embeddings=torch.cat(chunks),
-        video=info,
-        model_id=encoder.model_id,
-        revision=encoder.revision,
-        fps=float(fps),
-        max_frames=int(max_frames),
-    )
+            on_frames(0, total)
+        for decoded in iter_frames_at_sizes(job.path, job.timestamps, sizes, threads=threads, batch_size=batch_size):
+            if encode:
+                chunks.append(encoder.encode_images(decoded[0], batch_size=batch_size))
+            if entry is not None:
+                entry.add(encode_jpegs(decoded[-1], frame_store.quality))
+            done += len(decoded[0])
+            if on_frames is not None:
+                on_frames(done, total)
+    return _finish(job, torch.cat(chunks), encoder, cache) if encode else job.features
+
+
+Outcome = FrameFeatures | BaseException
+
+
+@dataclass
+class _Progress:
+    """What the parallel indexer holds of one job while its batches arrive."""
+
+    job: _Job
+    segments_left: int
+    embeddings: dict[int, torch.Tensor] = field(default_factory=dict)
+    pending_jpegs: dict[int, list[bytes]] = field(default_factory=dict)
+    next_jpeg_batch: int = 0
+    entry: EntryWriter | None = None
+    entry_stack: contextlib.ExitStack | None = None
+    outcome: Outcome | None = None
+
+
+class _Indexer:
+    """Decodes jobs in worker processes and encodes (and writes) their batches here as they arrive."""
+
+    def __init__(
+        self,
+        encoder: DualEncoder,
+        cache: FeatureCache | None,
+        frame_store: FrameStore | None,
+        batch_size: int,
+        threads: int,
+        on_frames: ProgressCallback | None,
+    ) -> None:
+        self.encoder = encoder
+        self.cache = cache
+        self.frame_store = frame_store
+        self.batch_size = batch_size
+        self.threads = threads
+        self.on_frames = on_frames
+        self.on_video_done: Callable[[_Job, Outcome], None] | None = None
+        self._frames_done = self._frames_total = 0
+
+    def run(self, jobs: Sequence[_Job], workers: int) -> list[Outcome]:
+        """Index ``jobs`` with ``workers`` decoding processes; one outcome (features or the error) per job."""
+        context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or torch threads
+        tasks = context.Queue()
+        results = context.Queue(maxsize=2 * workers)  # bounds the frames in flight
+        # FFmpeg's own threads: the cores shared among the workers (0 would give each worker one per core).
+        threads = self.threads or max(1, (os.cpu_count() or 1) // workers)
+        states: list[_Progress] = []
+        num_segments = 0
+        for job in jobs:
+            try:
+                job.prepare()
+            except (CacheError, ModelLoadError):
+                raise
+            except Exception as error:  # a bad video: reported, the others go on
+                state = _Progress(job, 0)
+                states.append(state)
+                self._settle(state, error)
+                continue
+            segments = self._segments(job, workers, threads)
+            states.append(_Progress(job, len(segments)))
+            self._frames_total += len(job.timestamps)
+            for segment in segments:
+                tasks.put(segment)
+            num_segments += len(segments)
+        by_job = {state.job.index: state for state in states}
+        processes = [
+            context.Process(target=decode_worker.run, args=(tasks, results), daemon=True, name=f"msjoe-decode-{i}")
+            for i in range(min(workers, num_segments))
+        ]
+        finished = False
+        try:
+            self._report_frames(0)
+            for process in processes:
+                process.start()
+            while any(state.outcome is None for state in states):
+                try:
+                    message = results.get(timeout=1.0)
+                except queue.Empty:
+                    dead = [p for p in processes if p.exitcode not in (None, 0)]
+                    if dead:
+                        raise RuntimeError(
+                            f"a decoding worker process died (exit code {dead[0].exitcode}; killed for lack of "
+                            "memory?): rerun to resume, with fewer --workers"
+                        ) from None
+                    continue
+                self._handle(message, by_job[message[1]])
+            finished = True
+        finally:
+            for state in states:
+                if state.outcome is None:
+                    self._abort_entry(state, RuntimeError("indexing stopped"))
+            if finished:
+                for _ in processes:
+                    tasks.put(None)
+            for process in processes:
+                if not finished:
+                    process.terminate()
+                process.join(timeout=10.0)
+                if process.is_alive():
+                    process.kill()
+            tasks.cancel_join_thread()
+        return [state.outcome for state in states]
+
+    def _segments(self, job: _Job, workers: int, threads: int) -> list[decode_worker.Segment]:
+        """The job's batches in ``workers`` runs of whole batches (fewer for short videos)."""
+        num_batches = math.ceil(len(job.timestamps) / self.batch_size)
+        per_segment = math.ceil(num_batches / workers)
+        store_size = self.frame_store.frame_size(job.info) if job.store_key is not None else None
+        segments = []
+        for index, first in enumerate(range(0, num_batches, per_segment)):
+            begin, end = first * self.batch_size, (first + per_segment) * self.batch_size
+            segments.append(
+                decode_worker.Segment(
+                    job=job.index,
+                    index=index,
+                    path=job.path,
+                    timestamps=job.timestamps[begin:end],
+                    first_batch=first,
+                    batch_size=self.batch_size,
+                    encoder_size=self.encoder.frame_size if job.features is None else False,
+                    store_size=store_size,
+                    quality=self.frame_store.quality if self.frame_store is not None else 0,
+                    threads=threads,
+                )
+            )
+        return segments
+
+    def _handle(self, message: tuple, state: _Progress) -> None:
+        kind = message[0]
+        if state.outcome is not None:
+            return  # the job already failed: the rest of its segments is dropped
+        if kind == decode_worker.FAILED:
+            self._settle(state, message[2])
+        elif kind == decode_worker.FRAMES:
+            _, _, batch, frames, jpegs = message
+            if frames is not None:
+                state.embeddings[batch] = self.encoder.encode_images(frames, batch_size=self.batch_size)
+            if jpegs is not None:
+                self._add_jpegs(state, batch, jpegs)
+            self._report_frames(len(frames) if frames is not None else len(jpegs))
+        elif kind == decode_worker.SEGMENT_DONE:
+            state.segments_left -= 1
+            if state.segments_left == 0:
+                self._complete(state)
+
+    def _add_jpegs(self, state: _Progress, batch: int, jpegs: list[bytes]) -> None:
+        """Write the store's JPEGs in candidate order: a batch that arrives early waits for its predecessors."""
+        if state.entry is None:
+            state.entry_stack = contextlib.ExitStack()
+            state.entry = state.entry_stack.enter_context(
+                self.frame_store.writing(state.job.store_key, state.job.info, state.job.timestamps)
+            )
+        state.pending_jpegs[batch] = jpegs
+        while state.next_jpeg_batch in state.pending_jpegs:
+            state.entry.add(state.pending_jpegs.pop(state.next_jpeg_batch))
+            state.next_jpeg_batch += 1
+
+    def _complete(self, state: _Progress) -> None:
+        job = state.job
+        if state.entry_stack is not None:
+            state.entry_stack.close()  # finishes the entry and renames it into place
+        if job.features is None:
+            embeddings = torch.cat([state.embeddings[b] for b in sorted(state.embeddings)])
+            _finish(job, embeddings, self.encoder, self.cache)
+        self._settle(state, job.features)
+
+    def _abort_entry(self, state: _Progress, error: BaseException) -> None:
+        if state.entry_stack is not None:
+            stack, state.entry_stack, state.entry = state.entry_stack, None, None
+            stack.__exit__(type(error), error, error.__traceback__)  # removes the temp file
+
+    def _settle(self, state: _Progress, outcome: Outcome) -> None:
+        if isinstance(outcome, BaseException):
+            self._abort_entry(state, outcome)
+        state.outcome = outcome
+        state.embeddings.clear()
+        state.pending_jpegs.clear()
+        if self.on_video_done is not None:
+            self.on_video_done(state.job, outcome)
+
+    def _report_frames(self, count: int) -> None:
+        self._frames_done += count
+        if self.on_frames is not None:
+            self.on_frames(self._frames_done, self._frames_total)
 
 
 @contextmanager

@@ -66,6 +66,7 @@ __all__ = [
     "decode_frames",
     "format_time",
     "iter_frames",
+    "iter_frames_at_sizes",
     "probe",
     "sniff_container",
 ]
@@ -241,12 +242,36 @@ def iter_frames(
     Arguments are checked when called; the file is opened on the first ``next()``, which raises the
     :mod:`msjoe.errors` video errors listed in :func:`probe`.
     """
+    return (
+        batches[0] for batches in iter_frames_at_sizes(path, timestamps, [size], threads=threads, batch_size=batch_size)
+    )
+
+
+def iter_frames_at_sizes(
+    path: str | Path,
+    timestamps: Sequence[float] | np.ndarray,
+    sizes: Sequence[Size],
+    *,
+    threads: int = 0,
+    batch_size: int = 64,
+) -> Iterator[tuple[np.ndarray, ...]]:
+    """:func:`iter_frames` at several sizes in one decoding pass: one batch per size for each step.
+
+    Each decoded frame is scaled and converted once per size, so the batches equal what :func:`iter_frames` gives
+    for each size alone (the same swscale operations on the same decoded frame), for the cost of one decoding pass.
+    Indexing uses it to produce the encoder's input and the frame store's JPEGs together.
+    """
     path = existing_video_file(path)
     times = _check_timestamps(timestamps)
-    size = _check_size(size)
+    one_size = isinstance(sizes, numbers.Integral) or (
+        isinstance(sizes, tuple) and len(sizes) == 2 and all(isinstance(v, numbers.Integral) for v in sizes)
+    )
+    if one_size or not isinstance(sizes, Sequence) or not sizes:
+        raise ValueError(f"sizes must be a non-empty list of sizes (each as iter_frames' size), got {sizes!r}")
+    checked = tuple(_check_size(size) for size in sizes)
     _check_int("threads", threads, minimum=0)
     _check_int("batch_size", batch_size, minimum=1)
-    return _iter_batches(path, times, size, threads, batch_size)
+    return _iter_batches(path, times, checked, threads, batch_size)
 
 
 def decode_frames(
@@ -265,28 +290,31 @@ def decode_frames(
         info = probe(path)
         height, width = _output_hw((info.height, info.width), size)
         return np.empty((0, height, width, 3), dtype=np.uint8)
-    return next(_iter_batches(path, times, size, threads, batch_size=len(times)))
+    return next(_iter_batches(path, times, (size,), threads, batch_size=len(times)))[0]
 
 
 # --- decoding ------------------------------------------------------------------------------------------------
 
 
-def _iter_batches(path: Path, times: np.ndarray, size: Size, threads: int, batch_size: int) -> Iterator[np.ndarray]:
+def _iter_batches(
+    path: Path, times: np.ndarray, sizes: tuple[Size, ...], threads: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, ...]]:
     if len(times) == 0:
         return
     with _open_video(path) as (container, stream):
         reader = _FrameReader(container, stream, path, threads=threads)
-        convert = _RgbConverter(reader, size)
-        last_frame, last_rgb = None, None  # neighbouring targets often share a frame: convert it once
+        converters = [_RgbConverter(reader, size) for size in sizes]
+        last_frame, last_rgbs = None, ()  # neighbouring targets often share a frame: convert it once
         for begin in range(0, len(times), batch_size):
             chunk = times[begin : begin + batch_size]
-            batch = np.empty((len(chunk), convert.height, convert.width, 3), dtype=np.uint8)
+            batches = tuple(np.empty((len(chunk), c.height, c.width, 3), dtype=np.uint8) for c in converters)
             for i in np.argsort(chunk, kind="stable"):
                 frame = reader.frame_at(float(chunk[i]))
                 if frame is not last_frame:
-                    last_frame, last_rgb = frame, convert(frame)
-                batch[i] = last_rgb
-            yield batch
+                    last_frame, last_rgbs = frame, tuple(convert(frame) for convert in converters)
+                for batch, rgb in zip(batches, last_rgbs, strict=True):
+                    batch[i] = rgb
+            yield batches
 
 
 class _FrameReader:

@@ -1,0 +1,138 @@
+"""Parallel indexing (worker processes decode segments, this process encodes): equal to sequential indexing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import msjoe.errors
+import msjoe.index
+from msjoe.cache import CacheKey, FeatureCache, fingerprint
+from msjoe.features import DualEncoder
+from msjoe.frame_store import FrameStore
+from msjoe.index import index_video, index_videos
+from msjoe.synthetic_video import read_frame_index, write_video
+from msjoe.video import candidate_timestamps, probe
+
+FPS = 2.0
+BATCH = 8
+STORE_PIXELS = 120 * 72
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_clip_dir: Path) -> DualEncoder:
+    return DualEncoder.from_pretrained(str(tiny_clip_dir))
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 s at 10 fps with a keyframe every 2 s: 80 candidates, 10 batches of 8, many GOPs per segment."""
+    path = tmp_path_factory.mktemp("parallel") / "long.mp4"
+    return write_video(path, duration=40.0, fps=10.0, size=(160, 96), gop=20)
+
+
+def index_into(root: Path, paths: list[Path], clip: DualEncoder, workers: int) -> tuple[FeatureCache, FrameStore]:
+    cache = FeatureCache(root)
+    store = FrameStore.for_cache(cache, max_pixels=STORE_PIXELS)
+    report = index_videos(paths, clip, cache, fps=FPS, batch_size=BATCH, frame_store=store, workers=workers)
+    assert report.indexed == [str(p) for p in paths if p.exists()]
+    return cache, store
+
+
+def entry(cache: FeatureCache, clip: DualEncoder, video: Path):
+    return cache.get(CacheKey(fingerprint(video), clip.model_id, clip.revision, FPS, msjoe.video.DEFAULT_MAX_FRAMES))
+
+
+def jpeg_blob(store: FrameStore, video: Path) -> bytes:
+    """The entry's JPEGs and index arrays: everything but the header (whose metadata holds the creation time)."""
+    data = store.path(store.key(video, fps=FPS)).read_bytes()
+    header_length = int.from_bytes(data[:8], "little")
+    return data[8 + header_length :]
+
+
+def test_parallel_indexing_equals_sequential_indexing(long_video: Path, clip: DualEncoder, tmp_path: Path) -> None:
+    sequential_cache, sequential_store = index_into(tmp_path / "sequential", [long_video], clip, workers=0)
+    parallel_cache, parallel_store = index_into(tmp_path / "parallel", [long_video], clip, workers=3)
+    sequential, parallel = entry(sequential_cache, clip, long_video), entry(parallel_cache, clip, long_video)
+    assert np.array_equal(sequential.timestamps, parallel.timestamps) and len(parallel.timestamps) == 80
+    assert torch.equal(sequential.embeddings, parallel.embeddings)  # same frames in the same encoder batches
+    assert sequential.video == parallel.video
+    assert jpeg_blob(sequential_store, long_video) == jpeg_blob(parallel_store, long_video)
+    frames = parallel_store.read(long_video, parallel.timestamps, STORE_PIXELS, fps=FPS)
+    assert [read_frame_index(f) for f in frames] == [int(t * 10.0) for t in parallel.timestamps]
+
+
+def test_segments_are_runs_of_whole_batches_covering_every_candidate(long_video: Path, clip: DualEncoder) -> None:
+    job = msjoe.index._Job(0, str(long_video), FPS, 4096)
+    job.prepare()
+    indexer = msjoe.index._Indexer(clip, None, None, BATCH, threads=1, on_frames=None)
+    for workers in (1, 3, 4, 20):
+        segments = indexer._segments(job, workers, threads=1)
+        assert len(segments) == min(workers, 10)
+        assert all(len(s.timestamps) % BATCH == 0 for s in segments[:-1])
+        assert [s.first_batch * BATCH for s in segments] == np.cumsum([0] + [len(s.timestamps) for s in segments])[
+            :-1
+        ].tolist()
+        assert np.array_equal(np.concatenate([s.timestamps for s in segments]), job.timestamps)
+
+
+def test_many_videos_with_a_bad_one(clip: DualEncoder, tmp_path: Path) -> None:
+    videos = [write_video(tmp_path / f"v{i}.mp4", duration=3.0 + i, fps=8, size=(96, 64), gop=8) for i in range(3)]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(videos[0].read_bytes()[: len(videos[0].read_bytes()) // 2])
+    paths = [videos[0], broken, videos[1], tmp_path / "missing.mp4", videos[2]]
+    cache = FeatureCache(tmp_path / "cache")
+    done: list[tuple[int, int]] = []
+    report = index_videos(paths, clip, cache, fps=FPS, batch_size=4, workers=2, progress=lambda *a: done.append(a))
+    assert sorted(report.indexed) == sorted(str(v) for v in videos)
+    assert {f.path: f.error_type for f in report.failed} == {
+        str(broken): "CorruptVideoError",
+        str(tmp_path / "missing.mp4"): "VideoNotFoundError",
+    }
+    assert done[-1] == (5, 5)
+    for video in videos:
+        expected = index_video(video, clip, fps=FPS, batch_size=4)  # sequential, no cache
+        assert torch.equal(
+            entry(cache, clip, video).embeddings, cache.put(expected_key(clip, video), expected).embeddings
+        )
+    again = index_videos(paths, clip, cache, fps=FPS, batch_size=4, workers=2)
+    assert sorted(again.cached) == sorted(str(v) for v in videos) and again.indexed == []
+
+
+def expected_key(clip: DualEncoder, video: Path) -> CacheKey:
+    return CacheKey(fingerprint(video), clip.model_id, clip.revision, FPS, msjoe.video.DEFAULT_MAX_FRAMES)
+
+
+def test_a_store_missing_from_cached_features_is_built_by_the_workers(
+    long_video: Path, clip: DualEncoder, tmp_path: Path
+) -> None:
+    cache = FeatureCache(tmp_path)
+    index_videos([long_video], clip, cache, fps=FPS, batch_size=BATCH)  # features only
+    store = FrameStore.for_cache(cache, max_pixels=STORE_PIXELS)
+    report = index_videos([long_video], clip, cache, fps=FPS, batch_size=BATCH, frame_store=store, workers=2)
+    assert report.indexed == [str(long_video)]
+    times = candidate_timestamps(probe(long_video), FPS)
+    frames = store.read(long_video, times, STORE_PIXELS, fps=FPS)
+    assert [read_frame_index(f) for f in frames] == [int(t * 10.0) for t in times]
+
+
+def test_index_video_with_workers_returns_the_features_or_raises(
+    long_video: Path, clip: DualEncoder, tmp_path: Path
+) -> None:
+    features = index_video(long_video, clip, fps=FPS, batch_size=BATCH, workers=2)
+    torch.testing.assert_close(
+        features.embeddings, index_video(long_video, clip, fps=FPS, batch_size=BATCH).embeddings, rtol=0, atol=0
+    )
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("not a video")
+    with pytest.raises(msjoe.errors.NotAVideoError):
+        index_video(not_a_video, clip, fps=FPS, workers=2)
+
+
+@pytest.mark.parametrize("workers", [-1, 1.5, True])
+def test_bad_worker_counts_are_rejected(long_video: Path, clip: DualEncoder, workers: object) -> None:
+    with pytest.raises(ValueError, match="workers must be an integer >= 0"):
+        index_video(long_video, clip, workers=workers)
