@@ -136,3 +136,36 @@ def test_index_video_with_workers_returns_the_features_or_raises(
 def test_bad_worker_counts_are_rejected(long_video: Path, clip: DualEncoder, workers: object) -> None:
     with pytest.raises(ValueError, match="workers must be an integer >= 0"):
         index_video(long_video, clip, workers=workers)
+
+
+# --- msjoe index ---------------------------------------------------------------------------------------------------
+
+
+def test_msjoe_index_takes_a_folder_and_workers(long_video: Path, tiny_clip_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from msjoe.cli import app
+
+    folder = tmp_path / "videos"
+    (folder / "nested").mkdir(parents=True)
+    clips = [
+        write_video(folder / "a.mp4", duration=3.0, fps=8, size=(96, 64)),
+        write_video(folder / "nested" / "b.mkv", duration=2.0, fps=8, size=(96, 64)),
+    ]
+    (folder / "notes.txt").write_text("not a video, and not taken for one")
+    runner = CliRunner()
+    args = ["--clip", str(tiny_clip_dir), "--cache-dir", str(tmp_path / "cache"), "--fps", "2"]
+    result = runner.invoke(app, ["index", str(folder), "--workers", "2", *args])
+    assert result.exit_code == 0, result.output
+    assert "2 indexed, 0 already cached, 0 failed" in result.output
+    assert len(list((tmp_path / "cache" / "frames").rglob("*.safetensors"))) == 2  # frames stored by default
+    again = runner.invoke(app, ["index", str(folder), str(clips[0]), "--workers", "0", *args])
+    assert again.exit_code == 0 and "0 indexed, 3 already cached" in again.output
+
+    no_store = runner.invoke(app, ["index", str(long_video), "--no-store-frames", *args])
+    assert no_store.exit_code == 0 and len(list((tmp_path / "cache" / "frames").rglob("*.safetensors"))) == 2
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["index", str(empty), *args])
+    assert result.exit_code == 1 and "holds no video files" in result.output

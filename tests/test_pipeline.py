@@ -3,6 +3,8 @@ chat-completions server on 127.0.0.1 where a test needs to choose the MLLM's rep
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -144,16 +146,22 @@ def test_free_form_question_returns_the_reply(
     assert "A." not in server.requests[-1][3]["messages"][-1]["content"][-1]["text"]
 
 
+@pytest.mark.parametrize("store_frames", [True, False])
 def test_second_question_on_a_video_decodes_no_candidates(
-    server: ScriptedServer, encoder: DualEncoder, video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: ScriptedServer,
+    encoder: DualEncoder,
+    video: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    store_frames: bool,
 ) -> None:
     decoded: list[int] = []
-    real_iter_frames = msjoe.index.iter_frames
+    real_iter_frames = msjoe.index.iter_frames_at_sizes
 
     def counting_iter_frames(*args: object, **kwargs: object):
-        for batch in real_iter_frames(*args, **kwargs):
-            decoded.append(len(batch))
-            yield batch
+        for batches in real_iter_frames(*args, **kwargs):
+            decoded.append(len(batches[0]))
+            yield batches
 
     probed: list[Path] = []
     real_probe = msjoe.video.probe
@@ -162,10 +170,10 @@ def test_second_question_on_a_video_decodes_no_candidates(
         probed.append(Path(path))
         return real_probe(path)
 
-    monkeypatch.setattr(msjoe.index, "iter_frames", counting_iter_frames)
+    monkeypatch.setattr(msjoe.index, "iter_frames_at_sizes", counting_iter_frames)
     monkeypatch.setattr(msjoe.video, "probe", counting_probe)
     monkeypatch.setattr(msjoe.index, "probe", counting_probe)
-    qa = scripted_qa(server, encoder, tmp_path, k=4, sampler="bolt")
+    qa = scripted_qa(server, encoder, tmp_path, k=4, sampler="bolt", store_frames=store_frames)
     qa.ask(video, "First question?", OPTIONS)
     assert sum(decoded) == 30
     probed.clear()
@@ -241,3 +249,33 @@ def test_frames_stored_by_index_are_used_without_store_frames(
 def test_pipeline_config_rejects_bad_settings(settings: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PipelineConfig(**settings)
+
+
+def test_frames_are_stored_by_default_and_a_read_only_cache_still_answers(
+    server: ScriptedServer,
+    encoder: DualEncoder,
+    video: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert PipelineConfig().store_frames
+    server.default = status(200, completion("A"))
+    stored = tmp_path / "writable"
+    scripted_qa(server, encoder, stored, k=4, sampler="uniform").ask(video, "Which colour?", OPTIONS)
+    assert len(list((stored / "frames").rglob("*.safetensors"))) == 1
+
+    cache = tmp_path / "read-only"
+    msjoe.index.index_video(video, encoder, FeatureCache(cache))  # features only, as indexed before frames were stored
+    real_access = os.access
+
+    def access(path: object, mode: int, **kwargs: object) -> bool:  # as on a read-only mount, also for root
+        if mode & os.W_OK and Path(str(path)).resolve().is_relative_to(cache.resolve()):
+            return False
+        return real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    with caplog.at_level(logging.WARNING, logger="msjoe.pipeline"):
+        answer = scripted_qa(server, encoder, cache, k=4, sampler="uniform").ask(video, "Which colour?", OPTIONS)
+    assert answer.letter == "A" and "frames are not stored for later questions" in caplog.text
+    assert len(list(cache.glob("*/*.safetensors"))) == 1 and not list((cache / "frames").rglob("*.safetensors"))

@@ -52,8 +52,9 @@ CacheOption = Annotated[
 StoreFramesOption = Annotated[
     bool,
     typer.Option(
-        "--store-frames",
-        help="Also keep every candidate frame as a JPEG (~25-130 MB per hour) so later questions skip seeking.",
+        "--store-frames/--no-store-frames",
+        help="Keep every candidate frame as a JPEG (~25-130 MB per hour, made in the indexing pass) so questions "
+        "about an indexed video read their frames instead of seeking in it.",
     ),
 ]
 MllmOption = Annotated[
@@ -138,14 +139,25 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
 
 @app.command()
 def index(
-    videos: Annotated[list[Path], typer.Argument(help="Video files to index.", show_default=False)],
+    videos: Annotated[
+        list[Path], typer.Argument(help="Video files, or folders of videos (searched recursively).", show_default=False)
+    ],
     clip: ClipOption = "openai/clip-vit-large-patch14",
     fps: FpsOption = video_io.DEFAULT_FPS,
     max_frames: MaxFramesOption = video_io.DEFAULT_MAX_FRAMES,
     cache_dir: CacheOption = None,
     device: DeviceOption = "cpu",
     batch_size: Annotated[int, typer.Option(help="Frames per encoder batch.", min=1)] = 64,
-    store_frames: StoreFramesOption = False,
+    store_frames: StoreFramesOption = True,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Decoding processes (segments of each video in parallel, encoded here as they arrive); 0 decodes "
+            "in this process. [default: half the cores, 1 to 8]",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Decode candidate frames and cache their CLIP embeddings. Resumable: cached videos are skipped.
 
@@ -160,12 +172,12 @@ def index(
     from msjoe.errors import MsjoeError
     from msjoe.features import DualEncoder
     from msjoe.frame_store import FrameStore
-    from msjoe.index import IndexReport, index_videos
+    from msjoe.index import IndexReport, default_workers, index_videos
 
     with launched_processes() as state:
         try:
             device = check_device(process_device(state, device))
-            share = my_share(state, videos, lambda path: str(path.expanduser().resolve()))
+            share = my_share(state, _video_files(videos), lambda path: str(path.expanduser().resolve()))
             encoder, cache = on_every_process(
                 state,
                 lambda: (DualEncoder.from_pretrained(clip, device=device), FeatureCache(cache_dir)),
@@ -182,6 +194,7 @@ def index(
                     batch_size=batch_size,
                     progress=state.is_main_process,
                     frame_store=FrameStore.for_cache(cache) if store_frames else None,
+                    workers=default_workers() if workers is None else workers,
                 ),
                 what="indexing",
             )
@@ -192,6 +205,25 @@ def index(
         console.print(report.summary(), soft_wrap=True, markup=False, highlight=False)
     if report.failed:
         raise typer.Exit(code=1)
+
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg", ".wmv"})
+"""File name endings ``msjoe index FOLDER`` takes for videos."""
+
+
+def _video_files(paths: list[Path]) -> list[Path]:
+    """``paths`` with each folder replaced by the video files under it (sorted); files are kept as given, so a bad
+    one is reported by name."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+            if not found:
+                raise ValueError(f"{path} holds no video files (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
+            files += found
+        else:
+            files.append(path)
+    return files
 
 
 @app.command()
@@ -313,7 +345,7 @@ def ask(
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "auto",
     seed: Annotated[int, typer.Option(help="Seed for stochastic samplers.")] = 0,
-    store_frames: StoreFramesOption = False,
+    store_frames: StoreFramesOption = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
     explain: ExplainOption = None,
 ) -> None:
@@ -458,7 +490,7 @@ def evaluate(
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "auto",
     seed: Annotated[int, typer.Option(help="Seed for stochastic samplers and the random fallback.")] = 0,
-    store_frames: StoreFramesOption = False,
+    store_frames: StoreFramesOption = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print this benchmark's scores as JSON.")] = False,
     explain_items: Annotated[
         int,

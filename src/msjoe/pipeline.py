@@ -25,6 +25,7 @@ import torch
 
 from msjoe import video as video_io
 from msjoe.cache import FeatureCache, FrameFeatures, fingerprint
+from msjoe.errors import CacheError
 from msjoe.features import DEFAULT_CLIP, DualEncoder, similarity
 from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore, budget_frame_size
 from msjoe.index import index_video
@@ -58,9 +59,12 @@ class PipelineConfig:
         answer_max_pixels: pixel budget of a key frame at answer time (448² = 256 Qwen2.5-VL tokens).
         query_generation / answer_generation: sampling settings of the two MLLM turns (greedy by default).
         seed: seeds stochastic samplers so answers are reproducible.
-        store_frames: keep every candidate frame as a JPEG at ``answer_max_pixels`` while indexing (opt-in: about
-            25-130 MB per hour of video), so later questions read their preview and key frames ~20x faster than
-            seeking in the video. JPEG at quality 90 is lossy; without the store frames are decoded exactly.
+        store_frames: keep every candidate frame as a JPEG at ``answer_max_pixels``, made in the indexing pass (on
+            by default: about 25-130 MB per hour of video, a few per cent more indexing time), so questions about an
+            indexed video read their preview and key frames ~20x faster than seeking in the video: everything but
+            the MLLM then takes tens of milliseconds (bench/RESULTS.md). JPEG at quality 90 is lossy; without the
+            store (``False``) frames are decoded exactly. A cache folder that cannot be written is used as it is
+            (frames already stored are read, others decoded).
     """
 
     k: int = 32
@@ -74,7 +78,7 @@ class PipelineConfig:
     query_generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=128))
     answer_generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=32))
     seed: int = 0
-    store_frames: bool = False
+    store_frames: bool = True
 
     def __post_init__(self) -> None:
         # Fail before any model is loaded: a bad setting should not cost minutes of loading a 7B model.
@@ -347,6 +351,7 @@ class VideoQA:
         self._samplers: dict[tuple[str, str | None], Sampler] = {}
         # Which models answered, for explain views and service listings.
         self.model_names = {"mllm": describe_mllm(mllm), "clip": encoder.model_id}
+        self._warned_read_only = False
 
     @classmethod
     def from_pretrained(
@@ -367,6 +372,17 @@ class VideoQA:
         qa = cls(encoder, backend, FeatureCache(cache_dir), config)
         qa.model_names = {"mllm": mllm, "clip": str(clip)}  # as the user named them (the encoder keys by full path)
         return qa
+
+    def _can_store_frames(self) -> bool:
+        """Whether new frame store entries can be written (a read-only cache still serves those it holds)."""
+        try:
+            self.frame_store.ensure_writable()
+            return True
+        except CacheError as error:
+            if not self._warned_read_only:
+                logger.warning("frames are not stored for later questions: %s", error.problem)
+                self._warned_read_only = True
+            return False
 
     def sampler(self, name: str, checkpoint: str | None = None) -> Sampler:
         key = (name, checkpoint)
@@ -399,7 +415,7 @@ class VideoQA:
                 self.cache,
                 fps=cfg.fps,
                 max_frames=cfg.max_frames,
-                frame_store=self.frame_store if cfg.store_frames else None,
+                frame_store=self.frame_store if cfg.store_frames and self._can_store_frames() else None,
             )
             frame_source = {
                 "store": self.frame_store,

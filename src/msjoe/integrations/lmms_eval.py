@@ -154,7 +154,7 @@ class MSJoE(lmms):
             sampler/budget on the same videos reuses the frame embeddings.
         device, dtype: for the local models (lmms-eval's ``--device`` fills ``device``; default ``cpu``).
         seed: seeds stochastic samplers.
-        store_frames: keep candidate frames as JPEGs while indexing, so later questions skip video seeking.
+        store_frames: keep candidate frames as JPEGs while indexing (default), so questions skip video seeking.
         reply: ``raw`` (default) returns the MLLM's reply for the task to parse; ``letter`` returns msjoe's parsed
             option letter when it found one (the raw reply otherwise).
         on_error: ``empty`` (default: a failed item gets an empty reply, scored wrong) or ``raise``.
@@ -182,7 +182,7 @@ class MSJoE(lmms):
         device: str | None = None,
         dtype: str = "auto",
         seed: int = 0,
-        store_frames: bool = False,
+        store_frames: bool = True,
         reply: Literal["raw", "letter"] = "raw",
         on_error: Literal["empty", "raise"] = "empty",
         log_file: str | None = None,
