@@ -24,9 +24,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _longvideo import long_video
 from msjoe.cache import fingerprint
-from msjoe.frame_store import FrameStore
+from msjoe.frame_store import FrameStore, budget_frame_size
 from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS
-from msjoe.pipeline import decode_size, preview_indices
+from msjoe.pipeline import preview_indices
 from msjoe.video import candidate_timestamps, decode_frames, probe
 
 ANSWER_MAX_PIXELS = 448 * 448
@@ -47,7 +47,8 @@ def main() -> None:
     previews = candidates[preview_indices(len(candidates), args.k)]
     rng = np.random.default_rng(0)
     key_sets = [np.sort(rng.choice(candidates, size=args.k, replace=False)) for _ in range(args.repeats)]
-    preview_size, answer_size = decode_size(info, PREVIEW_MAX_PIXELS), decode_size(info, ANSWER_MAX_PIXELS)
+    preview_size = budget_frame_size(info.height, info.width, PREVIEW_MAX_PIXELS)
+    answer_size = budget_frame_size(info.height, info.width, ANSWER_MAX_PIXELS)
 
     with tempfile.TemporaryDirectory() as root:
         store = FrameStore(root, quality=args.quality)

@@ -81,6 +81,19 @@ def decode_segment(segment: Segment, send: Any) -> None:
     send((SEGMENT_DONE, segment.job, segment.index))
 
 
+def count_frames(segment: Segment) -> int:
+    """Decode ``segment`` as a worker does, keep nothing, return its number of frames (for timing decoding alone)."""
+    frames = 0
+
+    def count(message: tuple) -> None:
+        nonlocal frames
+        if message[0] == FRAMES:
+            frames += len(message[3] if message[3] is not None else message[4])
+
+    decode_segment(segment, count)
+    return frames
+
+
 def run(tasks: Any, results: Any) -> None:
     """A worker's loop: decode segments from ``tasks`` until ``None``; a bad video is reported, not raised."""
     while True:
@@ -106,4 +119,4 @@ def _picklable(error: Exception) -> Exception:
         return RuntimeError(f"{type(error).__name__}: {error}")
 
 
-__all__ = ["FAILED", "FRAMES", "SEGMENT_DONE", "Segment", "decode_segment", "encode_jpegs", "run"]
+__all__ = ["FAILED", "FRAMES", "SEGMENT_DONE", "Segment", "count_frames", "decode_segment", "encode_jpegs", "run"]

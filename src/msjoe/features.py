@@ -115,6 +115,7 @@ class DualEncoder:
         # pixel_attention_mask and spatial_shapes; CLIP does not take them).
         self._image_arg_names = set(inspect.signature(model.get_image_features).parameters)
         self._text_arg_names = set(inspect.signature(model.get_text_features).parameters)
+        self._device_preprocessing: bool | None = None  # decided at the first image batch (see _preprocess)
 
     # --- loading ----------------------------------------------------------------------------------------------
     @classmethod
@@ -286,9 +287,32 @@ class DualEncoder:
         for start in range(0, len(pixels), batch_size):
             # One contiguous NCHW copy per batch; the processor would otherwise copy each permuted frame separately.
             chunk = pixels[start : start + batch_size].permute(0, 3, 1, 2).contiguous()
-            inputs = self.processor.image_processor(images=list(chunk.unbind(0)), return_tensors="pt")
-            outputs.append(self._run(self.model.get_image_features, inputs, self._image_arg_names))
+            outputs.append(self._run(self.model.get_image_features, self._preprocess(chunk), self._image_arg_names))
         return torch.cat(outputs)
+
+    def _preprocess(self, chunk: torch.Tensor) -> Any:
+        """The image processor's inputs for a uint8 NCHW batch; on an accelerator, computed there.
+
+        transformers' torchvision image processors take ``device=``: the uint8 frames then cross to the GPU (a
+        quarter of the float32 pixel values' bytes) and resizing, cropping and normalising run there instead of on
+        the CPU cores that decoding needs. Processors without that option (or whose output stays on the CPU) are
+        fed on the CPU, as on a CPU-only machine; the choice is made once, at the first batch.
+        """
+        image_processor = self.processor.image_processor
+        if self._device_preprocessing is None:
+            self._device_preprocessing = False
+            if self.device.type != "cpu":
+                try:
+                    inputs = image_processor(images=list(chunk.unbind(0)), return_tensors="pt", device=self.device)
+                except (TypeError, ValueError):
+                    inputs = None
+                pixel_values = None if inputs is None else inputs.get("pixel_values")
+                if isinstance(pixel_values, torch.Tensor) and pixel_values.device == self.device:
+                    self._device_preprocessing = True
+                    return inputs
+        if self._device_preprocessing:
+            return image_processor(images=list(chunk.unbind(0)), return_tensors="pt", device=self.device)
+        return image_processor(images=list(chunk.unbind(0)), return_tensors="pt")
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Embed texts -> float32 ``[Nq, D]``, L2-normalised, on CPU.

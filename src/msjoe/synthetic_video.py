@@ -78,6 +78,7 @@ def write_video(
     frame_times: Sequence[float] | None = None,
     bit_rate: int | None = None,
     options: dict[str, str] | None = None,
+    first_frame: int = 0,
 ) -> Path:
     """Encode a synthetic video and return its path.
 
@@ -90,10 +91,15 @@ def write_video(
         events: coloured spans that tests can look for.
         frame_times: explicit presentation times in seconds, for variable-frame-rate videos.
         options: extra encoder options (e.g. ``{"preset": "ultrafast"}``).
+        first_frame: index of the first frame (constant rate only): the file holds frames ``first_frame, ...`` of a
+            longer video, at their times in it, so parts written in parallel can be joined by remuxing.
     """
     path = Path(path)
     width, height = size
-    times = list(frame_times) if frame_times is not None else [i / fps for i in range(round(duration * fps))]
+    if frame_times is not None and first_frame:
+        raise ValueError("first_frame applies to constant-rate videos, not to explicit frame_times")
+    count = round(duration * fps)
+    times = list(frame_times) if frame_times is not None else [i / fps for i in range(first_frame, first_frame + count)]
     variable = frame_times is not None
     # Millisecond ticks represent any variable timing; constant-rate videos use 1/fps ticks.
     time_base = Fraction(1, 1000) if variable else Fraction(fps).limit_denominator(1001) ** -1
@@ -115,7 +121,7 @@ def write_video(
             opts["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
         opts.update(options or {})
         stream.options = opts
-        for i, t in enumerate(times):
+        for i, t in enumerate(times, start=first_frame):
             frame = av.VideoFrame.from_ndarray(render_frame(i, t, width, height, events), format="rgb24")
             frame.pts = round(t / time_base)
             frame.time_base = time_base

@@ -107,9 +107,26 @@ class TransformersMLLM(MLLM):
                 f"cannot load an image-text-to-text model from {model!r} on device {device!r}: "
                 f"{type(error).__name__}: {error}"
             ) from error
+        self._attach()
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, processor: object, *, model_id: str = "in-memory") -> TransformersMLLM:
+        """Wrap a model already built in memory (e.g. random weights from a config, as ``bench/gpu_suite.py`` does
+        at real size without downloading weights) and its processor; everything after loading is as in ``__init__``.
+        """
+        self = cls.__new__(cls)
+        self.model_id = model_id
+        self.processor = processor
+        self.model = model
+        self._attach()
+        return self
+
+    def _attach(self) -> None:
+        """Check the processor and set up generation around :attr:`model` and :attr:`processor`."""
         if getattr(self.processor, "chat_template", None) is None or not hasattr(self.processor, "image_processor"):
             raise ModelLoadError(
-                f"{model!r} has no multimodal processor with a chat template (use an instruction-tuned checkpoint)"
+                f"{self.model_id!r} has no multimodal processor with a chat template (use an instruction-tuned "
+                "checkpoint)"
             )
         self.model.eval()
         self.tokenizer = self.processor.tokenizer
