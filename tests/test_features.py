@@ -308,3 +308,39 @@ def test_hub_ids_resolve_to_the_cached_commit(tiny_clip_dir: Path, tmp_path: Pat
     lines = result.stdout.split("\n")
     assert lines[0] == f"org/tiny-clip {commit} {commit}"
     assert lines[1] == "ModelLoadError True"
+
+
+# --- dtypes and devices ----------------------------------------------------------------------------------------
+
+
+def test_a_bfloat16_encoder_returns_float32_embeddings_on_the_host(tiny_clip_dir: Path) -> None:
+    """What crosses the encoder's boundary is the same whatever the weights' dtype: the pixel values are cast to the
+    model's dtype going in, the embeddings come back as unit float32 rows on the CPU (the cache and the similarity
+    expect them there)."""
+    half = DualEncoder.from_pretrained(str(tiny_clip_dir), dtype="bfloat16")
+    full = DualEncoder.from_pretrained(str(tiny_clip_dir))
+    assert half.dtype == torch.bfloat16
+    frames, texts = random_frames(6), ["a red car", "a dog"]
+    pairs = [
+        (half.encode_images(frames), full.encode_images(frames)),
+        (half.encode_texts(texts), full.encode_texts(texts)),
+    ]
+    for got, want in pairs:
+        assert got.dtype == torch.float32 and got.device.type == "cpu" and not got.requires_grad
+        torch.testing.assert_close(got.norm(dim=1), torch.ones(len(got)))
+        assert (got * want).sum(dim=1).min() > 0.99  # bf16 rounding, not another computation
+
+
+def test_images_are_preprocessed_on_the_host_for_a_cpu_model(tiny_clip_dir: Path, monkeypatch) -> None:
+    encoder = DualEncoder.from_pretrained(str(tiny_clip_dir))
+    calls: list[dict] = []
+    real = type(encoder.processor.image_processor).__call__
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(encoder.processor.image_processor), "__call__", spy)
+    encoder.encode_images(random_frames(3), batch_size=2)
+    assert len(calls) == 2 and not any("device" in call for call in calls)
+    assert encoder._device_preprocessing is False

@@ -342,3 +342,26 @@ def test_encode_batch_equals_the_processors_own_batching(mllm: TransformersMLLM)
     assert set(batch) == set(expected)
     for key, value in expected.items():
         torch.testing.assert_close(batch[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_bfloat16_model_generates_and_scores_in_float32(tiny_qwen_dir: Path) -> None:
+    """bf16 weights (the GPU default) on the CPU: generation works and token log-probabilities come back float32."""
+    half = load_mllm(str(tiny_qwen_dir), device="cpu", dtype="bfloat16")
+    assert half.model.dtype == torch.bfloat16
+    chat = ask(frame(seed=3, max_pixels=56 * 56), "What is shown?")
+    completion = half.complete(chat, GREEDY)
+    logprobs = half.token_logprobs(chat, completion.token_ids)
+    assert logprobs.dtype == torch.float32 and len(logprobs) == len(completion.token_ids)
+    assert torch.isfinite(logprobs).all() and (logprobs <= 0).all()
+
+
+def test_from_model_wraps_a_model_built_in_memory(mllm: TransformersMLLM, tiny_qwen_dir: Path) -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen_dir, dtype=torch.float32)
+    wrapped = TransformersMLLM.from_model(model, AutoProcessor.from_pretrained(tiny_qwen_dir), model_id="memory")
+    chat = ask(frame(seed=4, max_pixels=56 * 56), "Describe.")
+    assert wrapped.complete(chat, GREEDY) == mllm.complete(chat, GREEDY)
+    assert wrapped.placeholder_token_ids == mllm.placeholder_token_ids and wrapped.image_multiple == 28
+    with pytest.raises(ModelLoadError, match="'memory' has no multimodal processor with a chat template"):
+        TransformersMLLM.from_model(model, AutoProcessor.from_pretrained(tiny_qwen_dir).tokenizer, model_id="memory")
