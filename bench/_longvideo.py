@@ -17,6 +17,7 @@ from pathlib import Path
 
 import av
 
+from msjoe.decode_worker import without_main_module
 from msjoe.synthetic_video import write_video
 
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
@@ -55,7 +56,8 @@ def long_video(minutes: float = 60.0, *, verbose: bool = True, parts: int = 1, f
     if len(pieces) == 1:
         _write_piece(partial, 0, total)
     else:
-        with ProcessPoolExecutor(len(pieces), mp_context=multiprocessing.get_context("spawn")) as pool:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(len(pieces), mp_context=context) as pool, without_main_module():
             list(pool.map(_write_piece, *zip(*pieces, strict=True)))
         _join(partial, [piece for piece, _, _ in pieces])
         for piece, _, _ in pieces:

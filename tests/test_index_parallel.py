@@ -169,3 +169,26 @@ def test_msjoe_index_takes_a_folder_and_workers(long_video: Path, tiny_clip_dir:
     empty.mkdir()
     result = runner.invoke(app, ["index", str(empty), *args])
     assert result.exit_code == 1 and "holds no video files" in result.output
+
+
+def test_workers_start_without_rerunning_the_parents_main_script(tmp_path: Path) -> None:
+    """A spawned worker would import the parent's script (with its torch imports) before decoding anything."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "imports.txt"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import os, sys\n"
+        f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "import multiprocessing\n"
+        "from msjoe.decode_worker import without_main_module\n"
+        "if __name__ == '__main__':\n"
+        "    context = multiprocessing.get_context('spawn')\n"
+        "    with ProcessPoolExecutor(1, mp_context=context) as pool, without_main_module():\n"
+        "        assert list(pool.map(abs, [-3])) == [3]\n"
+        "    assert sys.modules['__main__'].__file__ == __file__  # restored\n"
+    )
+    subprocess.run([sys.executable, str(script)], check=True, timeout=120)
+    assert marker.read_text().split() == ["__main__"]  # not also "__mp_main__" in the worker

@@ -11,8 +11,11 @@ This module imports no torch (a worker starts in a fraction of a second); the pa
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +97,28 @@ def count_frames(segment: Segment) -> int:
     return frames
 
 
+@contextlib.contextmanager
+def without_main_module() -> Iterator[None]:
+    """Start spawned processes without re-running the parent's ``__main__`` in them.
+
+    ``spawn`` children import the parent's main script (as ``__mp_main__``) before running their target: a script
+    that imports torch and transformers costs each worker seconds of start-up, for nothing when the target is
+    found by its module's name (as :func:`run` is). The preparation data is read when a process
+    starts, so hiding the script's path and spec for that moment is enough.
+    """
+    main = sys.modules.get("__main__")
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if main and name in main.__dict__}
+    try:
+        if "__spec__" in saved:
+            main.__spec__ = None
+        if "__file__" in saved:
+            del main.__file__
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
+
+
 def run(tasks: Any, results: Any) -> None:
     """A worker's loop: decode segments from ``tasks`` until ``None``; a bad video is reported, not raised."""
     while True:
@@ -119,4 +144,14 @@ def _picklable(error: Exception) -> Exception:
         return RuntimeError(f"{type(error).__name__}: {error}")
 
 
-__all__ = ["FAILED", "FRAMES", "SEGMENT_DONE", "Segment", "count_frames", "decode_segment", "encode_jpegs", "run"]
+__all__ = [
+    "FAILED",
+    "FRAMES",
+    "SEGMENT_DONE",
+    "Segment",
+    "count_frames",
+    "decode_segment",
+    "encode_jpegs",
+    "run",
+    "without_main_module",
+]

@@ -32,7 +32,6 @@ import multiprocessing
 import numbers
 import os
 import queue
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -475,7 +474,7 @@ class _Indexer:
         finished = False
         try:
             self._report_frames(0)
-            with _without_main_module():
+            with decode_worker.without_main_module():
                 for process in processes:
                     process.start()
             while any(state.outcome is None for state in states):
@@ -588,28 +587,6 @@ class _Indexer:
         self._frames_done += count
         if self.on_frames is not None:
             self.on_frames(self._frames_done, self._frames_total)
-
-
-@contextmanager
-def _without_main_module() -> Iterator[None]:
-    """Start spawned processes without re-running the parent's ``__main__`` in them.
-
-    ``spawn`` children import the parent's main script (as ``__mp_main__``) before running their target: a script
-    that imports torch and transformers costs each decoding worker seconds of start-up, for nothing (the target,
-    :func:`msjoe.decode_worker.run`, is found by its module's name). The preparation data is read when a process
-    starts, so hiding the script's path and spec for that moment is enough.
-    """
-    main = sys.modules.get("__main__")
-    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if main and name in main.__dict__}
-    try:
-        if "__spec__" in saved:
-            main.__spec__ = None
-        if "__file__" in saved:
-            del main.__file__
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(main, name, value)
 
 
 @contextmanager
