@@ -3,7 +3,8 @@
 Configurations, each indexing the same generated video into its own empty cache (they take turns, round by round,
 so a change of the machine's load hits them alike):
 
-- ``features only``: the encoder's input alone, in this process (``--no-store-frames``; before #16, the default);
+- ``features only``: the encoder's input alone, in this process (before #16, the default), and with N worker
+  processes (``msjoe index --no-store-frames``);
 - ``features, then the store (2 passes)``: what ``--store-frames`` did before #16: a second decoding pass for the
   JPEGs (``FrameStore.build`` after ``index_video``);
 - ``features + store, 1 pass``: the default now, in this process (``workers=0``);
@@ -87,6 +88,7 @@ def main() -> None:
         mllm = load_mllm(str(qwen_dir))
     setups = [
         Setup("features only (before: the default)", store=False),
+        *(Setup(f"features only, {n} workers (--no-store-frames)", store=False, workers=n) for n in args.workers),
         Setup("features, then the store: 2 passes (before: --store-frames)", store=True, two_passes=True),
         Setup("features + store, 1 pass (now: the default)", store=True),
         *(Setup(f"features + store, 1 pass, {n} workers (msjoe index)", store=True, workers=n) for n in args.workers),
@@ -120,7 +122,8 @@ def main() -> None:
             f"| {setup.label} | {seconds:.1f} | {seconds / base:.2f}x | {setup.disk_mb[0]:.2f} | "
             f"{setup.disk_mb[1]:.1f} | {statistics.median(setup.question_ms):.0f} |"
         )
-    print(f"\n(store MB per hour of video: {setups[2].disk_mb[1] * 60 / args.minutes:.0f})")
+    store_mb = max(setup.disk_mb[1] for setup in setups)
+    print(f"\n(store MB per hour of video: {store_mb * 60 / args.minutes:.0f})")
     print(f"machine after: {__import__('bench_stage2').machine_line()}")
 
 
