@@ -44,13 +44,13 @@ def main(config_path: str, record_error: bool = False) -> None:
         items.append(list(trainer.last_item_ids))
 
     decoded: list[str] = []  # videos this process decoded to index them
-    real_iter_frames = msjoe.index.iter_frames
+    real_iter_frames = msjoe.index.iter_frames_at_sizes
 
     def recording_iter_frames(path: Any, *args: Any, **kwargs: Any) -> Any:
         decoded.append(str(path))
         return real_iter_frames(path, *args, **kwargs)
 
-    msjoe.index.iter_frames = recording_iter_frames
+    msjoe.index.iter_frames_at_sizes = recording_iter_frames
     failing_rank = os.environ.get("MSJOE_TEST_FAIL_INDEXING_ON_RANK")
     if failing_rank is not None and int(failing_rank) == accelerator.process_index:
 
