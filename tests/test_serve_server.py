@@ -158,8 +158,8 @@ def test_a_restart_finds_the_cache_the_videos_and_the_answers(
         ).json()
 
     entries = sorted((tmp_path / "cache").rglob("*.safetensors"))
-    assert len(entries) == 1
-    stamp = entries[0].stat().st_mtime_ns
+    assert len(entries) == 2  # the features and the frame store's entry (frames are stored by default)
+    stamp = [entry.stat().st_mtime_ns for entry in entries]
     with start(tmp_path / "state") as live, httpx.Client(base_url=live.url, timeout=60) as client:
         (video,) = client.get("/api/videos").json()
         assert video["state"] == "indexed" and video["job"] == registered["job"]["id"]  # no new job
@@ -176,4 +176,6 @@ def test_a_restart_finds_the_cache_the_videos_and_the_answers(
         registered = client.post("/api/videos", json={"path": "short.mp4"}).json()
         job = wait_for_job(client, registered["job"]["id"])
         assert job["state"] == "done" and job["cached"] is True
-    assert entries[0].stat().st_mtime_ns == stamp and sorted((tmp_path / "cache").rglob("*.safetensors")) == entries
+    assert [e.stat().st_mtime_ns for e in entries] == stamp and sorted(
+        (tmp_path / "cache").rglob("*.safetensors")
+    ) == entries

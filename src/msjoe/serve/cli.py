@@ -52,7 +52,12 @@ def serve(
     state_dir: Annotated[Path, typer.Option(help="Where registered videos, past answers and uploads are kept.")] = Path(
         "~/.cache/msjoe/serve"
     ),
-    store_frames: Annotated[bool, typer.Option("--store-frames", help="Keep candidate frames as JPEGs too.")] = False,
+    store_frames: Annotated[
+        bool,
+        typer.Option(
+            "--store-frames/--no-store-frames", help="Keep candidate frames as JPEGs too, made in the indexing pass."
+        ),
+    ] = True,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MiB.", min=0.001)] = 2048.0,
     queue_size: Annotated[int, typer.Option(help="Videos that may wait for indexing.", min=1)] = 16,
     token: Annotated[
