@@ -1,11 +1,12 @@
-"""Opt-in on-disk store of a video's candidate frames as JPEGs, so questions about an indexed video decode no video.
+"""On-disk store of a video's candidate frames as JPEGs, so questions about an indexed video decode no video.
 
 Every preview and key frame the pipeline shows the MLLM is one of the 1-fps candidate frames. Decoding them from
 the video costs a seek and up to a GOP of decoded frames each (hundreds of ms for K = 32 on a 360p video with a
-keyframe every 10 s); reading them back as small JPEGs costs well under a millisecond each::
+keyframe every 10 s); reading them back as small JPEGs costs well under a millisecond each. ``msjoe index``,
+``ask``, ``eval``, ``serve`` and :class:`~msjoe.pipeline.VideoQA` keep them by default (``--no-store-frames``)::
 
     store = FrameStore.for_cache(cache)                     # <feature cache root>/frames
-    index_video("talk.mp4", encoder, cache, frame_store=store)   # builds it once (one more decode pass)
+    index_video("talk.mp4", encoder, cache, frame_store=store)   # built once, in the indexing pass
     frames = store.read("talk.mp4", times, 448 * 448)       # uint8 [N, H, W, 3], or None on a miss
 
 What is stored
