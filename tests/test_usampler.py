@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from msjoe.errors import ModelLoadError
-from msjoe.samplers import MAX_QUERIES, get_sampler
+from msjoe.samplers import MAX_QUERIES, get_sampler, policy
 from msjoe.samplers.selection import gumbel_topk, independent_log_prob, plackett_luce_log_prob
 from msjoe.samplers.unet1d import query_features
 from msjoe.samplers.usampler import INFERENCE_RULES, SampledFrames, USampler, USamplerConfig
@@ -235,7 +235,8 @@ def test_sample_draws_distinct_frames_with_both_log_probs(sampler: USampler, num
     assert draw.indices.tolist() == sorted(draw.order.tolist())
     logits = sampler.logits(sim)
     torch.testing.assert_close(draw.logits, logits)
-    torch.testing.assert_close(draw.log_prob, plackett_luce_log_prob(logits, draw.order))
+    width = sampler.suppression_width(num_frames, k)
+    torch.testing.assert_close(draw.log_prob, policy.log_prob(logits, draw.order, width))
     torch.testing.assert_close(draw.log_prob_independent, independent_log_prob(logits, draw.order))
     # Recomputing from the stored draw gives the same numbers.
     torch.testing.assert_close(sampler.log_prob(sim, draw.order), draw.log_prob)
@@ -335,8 +336,10 @@ def test_select_rules_follow_the_logits(sampler: USampler) -> None:
     nms = USampler(inference_rule="nms", nms_radius=radius).select(sim, 10).tolist()
     assert all(b - a > radius for a, b in itertools.pairwise(nms))
     assert int(torch.argmax(logits)) in nms
-    default = USampler().select(sim, 10).tolist()  # the default rule: NMS over 4 candidates on each side
-    assert USamplerConfig().inference_rule == "nms" and all(b - a > 4 for a, b in itertools.pairwise(default))
+    # The default rule: the policy read greedily, with suppression floor(0.25 * 400 / 10) = 10 on each side.
+    default = USampler().select(sim, 10).tolist()
+    assert USamplerConfig().inference_rule == "policy" and all(b - a > 10 for a, b in itertools.pairwise(default))
+    assert int(torch.argmax(logits)) in default
 
 
 def test_constant_similarity_gives_valid_deterministic_picks(sampler: USampler) -> None:

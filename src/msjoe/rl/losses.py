@@ -32,7 +32,8 @@ from typing import Literal
 
 import torch
 
-from msjoe.samplers.selection import independent_log_prob, plackett_luce_log_prob
+from msjoe.samplers import policy
+from msjoe.samplers.selection import independent_log_prob
 
 Aggregation = Literal["token-mean", "sequence-mean"]
 LogProbEstimator = Literal["plackett_luce", "independent"]
@@ -156,22 +157,29 @@ def reinforce_loss(log_prob: torch.Tensor, advantages: torch.Tensor) -> torch.Te
 
 
 def sampler_log_prob(
-    logits: torch.Tensor, order: torch.Tensor, estimator: LogProbEstimator = "plackett_luce"
+    logits: torch.Tensor, order: torch.Tensor, estimator: LogProbEstimator = "plackett_luce", width: int = 0
 ) -> torch.Tensor:
     """Log-probability of the sampler's draw ``order`` from ``softmax(logits)``; differentiable in ``logits``.
 
     Args:
         logits: ``[T]`` or ``[B, T]`` per-frame logits.
-        order: ``[K]`` or ``[B, K]`` distinct frame indices *in draw order* (as :func:`gumbel_topk` returns them).
-        estimator: ``"plackett_luce"`` (ours, default): the exact log-probability of the ordered draw without
-            replacement, ``sum_k [l_{x_k} - logsumexp(l over frames not yet drawn)]``; ``"independent"`` (paper):
-            ``sum_k log p(x_k)``, which ignores the renormalisation after each draw.
+        order: ``[K]`` or ``[B, K]`` distinct frame indices *in draw order* (as :func:`msjoe.samplers.policy.draw`
+            returns them).
+        estimator: ``"plackett_luce"`` (ours, default): the exact log-probability of the ordered draw under the
+            U-Sampler's policy, ``sum_k [l_{x_k} - logsumexp(l over the frames available before draw k)]``
+            (:func:`msjoe.samplers.policy.log_prob`; with ``width = 0``, plain Plackett–Luce); ``"independent"``
+            (paper): ``sum_k log p(x_k)``, which ignores the renormalisation after each draw.
+        width: the policy's suppression width in candidates (``USampler.suppression_width(T, K)``); only used by
+            ``"plackett_luce"``.
 
     Returns:
         A scalar for 1-D inputs, ``[B]`` for batched ones.
     """
     if estimator == "plackett_luce":
-        log_prob_of = plackett_luce_log_prob
+
+        def log_prob_of(row: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+            return policy.log_prob(row, draw, width)
+
     elif estimator == "independent":
         log_prob_of = independent_log_prob
     else:

@@ -38,11 +38,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import torch
 
 from msjoe.errors import NonFiniteLossError
-from msjoe.rl.losses import reinforce_loss, sampler_log_prob
+from msjoe.rl.losses import reinforce_loss
 from msjoe.rl.rewards import difficulty_advantage
 from msjoe.rl.schedule import LR_SCHEDULES, LRSchedule, lr_factor
 from msjoe.rl.seeding import derive_seed
-from msjoe.samplers.selection import gumbel_topk
 from msjoe.samplers.usampler import ESTIMATORS, USampler
 
 if TYPE_CHECKING:
@@ -261,11 +260,11 @@ class Stage1Trainer:
             entropies.append(-(log_p.exp() * log_p).sum())
             group_log_probs, group_advantages = [], []
             for _ in range(config.samples_per_item):
-                order = gumbel_topk(logits.detach(), config.k, generator=self.generator)
+                order = self.sampler.draw(logits.detach(), config.k, generator=self.generator)
                 chosen = torch.sort(order).values
                 positions += ((chosen.float() + 0.5) / logits.shape[-1]).tolist()
                 hit = bool(self.answerer.answer_correct(item, chosen))
-                group_log_probs.append(sampler_log_prob(logits, order, config.estimator))
+                group_log_probs.append(self.sampler.sequence_log_prob(logits, order, config.estimator))
                 group_advantages.append(difficulty_advantage(hit, difficulty, clip=config.advantage_clip))
                 correct.append(hit)
             group = torch.stack(group_advantages).float()

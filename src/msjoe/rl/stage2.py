@@ -77,12 +77,11 @@ from msjoe.mllm.prompts import MAX_QUERIES, PREVIEW_MAX_PIXELS, answer_prompt, q
 from msjoe.mllm.transformers_backend import TransformersMLLM
 from msjoe.pipeline import load_frames, preview_indices, query_similarity
 from msjoe.rl.advantages import SamplerAdvantageMode, group_advantages, sampler_advantages
-from msjoe.rl.losses import LogProbEstimator, ppo_clip_token_loss, reinforce_loss, sampler_log_prob
+from msjoe.rl.losses import LogProbEstimator, ppo_clip_token_loss, reinforce_loss
 from msjoe.rl.rewards import DEFAULT_INFO_THRESHOLD, RewardWeights, answer_is_correct, informative_fraction
 from msjoe.rl.rewards import rollout_reward as compute_rollout_reward
 from msjoe.rl.schedule import LR_SCHEDULES, LRSchedule, lr_factor
 from msjoe.rl.seeding import derive_seed
-from msjoe.samplers.selection import gumbel_topk
 from msjoe.samplers.usampler import ESTIMATORS, USampler
 from msjoe.train.examples import TrainExample
 
@@ -658,7 +657,7 @@ class Stage2Trainer:
             replies = self.mllm.complete_batch([query_messages], generation, samples_per_chat=stop - start)
             queries_seeded += [(reply, seed) for reply in replies]
 
-        # The sampler's draws: one Gumbel-top-k per rollout from the logits of its own queries.
+        # The sampler's draws: one policy draw per rollout from the logits of its own queries.
         drafts = []
         for query, query_seed in queries_seeded:
             queries = parse_queries(query.text, max_queries=config.max_queries)
@@ -668,7 +667,7 @@ class Stage2Trainer:
             sim = query_similarity(self.encoder, queries, features)
             with torch.no_grad():
                 logits = self.sampler.logits(sim).float()
-            order = [int(i) for i in gumbel_topk(logits, config.k, generator=self.draw_generator).cpu()]
+            order = [int(i) for i in self.sampler.draw(logits, config.k, generator=self.draw_generator).cpu()]
             log_p = torch.log_softmax(logits, dim=-1)
             entropy = float(-(log_p.exp() * log_p).sum())
             drafts.append((query, query_seed, queries, from_question, sim, order, entropy))
@@ -991,7 +990,9 @@ class Stage2Trainer:
         logits = self.sampler.logits_batch([rollout.sim for rollout in rollouts], module=self.sampler_model_wrapped)
         log_probs = torch.stack(
             [
-                sampler_log_prob(row, torch.tensor(rollout.draw_order, device=row.device), config.estimator)
+                self.sampler.sequence_log_prob(
+                    row, torch.tensor(rollout.draw_order, device=row.device), config.estimator
+                )
                 for row, rollout in zip(logits, rollouts, strict=True)
             ]
         )

@@ -1,16 +1,15 @@
 """The U-Sampler: a learned key-frame selector (MSJoE's "lightweight 1D U-Net", about 2M parameters).
 
-``S [Nq, T]`` → :class:`~msjoe.samplers.unet1d.UNet1D` → one logit per frame → ``p = softmax(logits / temperature)``.
+``S [Nq, T]`` → :class:`~msjoe.samplers.unet1d.UNet1D` → one logit per frame → a policy over K-frame selections
+(:mod:`msjoe.samplers.policy`): K sequential categorical draws from ``softmax(logits / temperature)``, each over
+the frames not within ``floor(suppression · T / K)`` candidates of an earlier pick.
 
-- Training draws K frames without replacement from ``p`` (:meth:`USampler.sample`, Gumbel-top-k) and returns the
-  log-probability of the draw for REINFORCE, in two forms: the exact Plackett–Luce log-probability of the ordered
-  draw (default everywhere a choice is made: it is the true log-likelihood of what was sampled, so the
-  score-function gradient is unbiased for any K/T) and the paper's ``sum_k log p(x_k)``, which ignores the
-  renormalisation after each draw and is biased once the drawn frames hold a noticeable share of the mass.
-- Inference is deterministic (:meth:`USampler.select`) with one of three rules: ``"nms"`` (top-K with temporal
-  non-maximum suppression over 4 candidates on each side, the default: plain top-K spends the budget on adjacent
-  frames of one event), ``"topk"``, or ``"quantile"`` (inverse-CDF picks at evenly spaced levels of ``p``, BOLT's
-  rule). See :attr:`USamplerConfig.nms_radius` for how the default was chosen.
+- Training samples the policy (:meth:`USampler.sample`) and scores draws with its exact log-probability
+  (:meth:`USampler.log_prob`; the paper's ``sum_k log p(x_k)`` is kept as ``estimator="independent"``).
+- Inference (:meth:`USampler.select`) reads the same policy greedily by default (``inference_rule="policy"``:
+  the most probable frame at each step, same suppression). ``"nms"`` (top-K with a fixed suppression radius, the
+  rule of format-2 checkpoints saved before the policy), ``"topk"`` and ``"quantile"`` (BOLT's inverse-CDF rule)
+  remain selectable. docs/decisions.md ("One policy") records why.
 
 Checkpoints are folders: ``model.safetensors`` + ``config.json`` (format name and version, the
 :class:`USamplerConfig`, and the number of training steps), written by :meth:`USampler.save_pretrained` and read by
@@ -21,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -34,13 +34,11 @@ from torch import nn
 
 from msjoe.atomic import umask_file_mode
 from msjoe.errors import ModelLoadError
-from msjoe.samplers import register_sampler
+from msjoe.samplers import policy, register_sampler
 from msjoe.samplers.base import Sampler, all_frames, check_similarity
 from msjoe.samplers.selection import (
     default_nms_radius,
-    gumbel_topk,
     independent_log_prob,
-    plackett_luce_log_prob,
     quantile_indices,
     topk_indices,
     topk_nms,
@@ -49,7 +47,7 @@ from msjoe.samplers.unet1d import FEATURES, UNet1D, count_parameters
 
 logger = logging.getLogger(__name__)
 
-INFERENCE_RULES = ("nms", "topk", "quantile")
+INFERENCE_RULES = ("policy", "nms", "topk", "quantile")
 ESTIMATORS = ("plackett_luce", "independent")
 Estimator = Literal["plackett_luce", "independent"]
 
@@ -96,14 +94,16 @@ class USamplerConfig:
     similarity_prior: bool = True
     """Add a learned gain (initialised to 1) times the max-over-queries z-score to the logits, so an untrained
     sampler already prefers frames that match a query and the network learns a correction."""
-    inference_rule: str = "nms"
-    """Deterministic rule of :meth:`USampler.select`: ``"nms"``, ``"topk"`` or ``"quantile"``."""
+    suppression: float = 0.25
+    """Width of the policy's temporal suppression as a fraction of the even spacing ``T / K``: after each pick, the
+    ``floor(suppression · T / K)`` candidates on either side are unavailable (:mod:`msjoe.samplers.policy`). Part of
+    the policy, used identically in training and inference. Chosen on the simulator's validation variants
+    (docs/decisions.md, "One policy"); 0 is plain sampling without replacement (Plackett–Luce)."""
+    inference_rule: str = "policy"
+    """Deterministic rule of :meth:`USampler.select`: ``"policy"`` (greedy read of the training policy),
+    ``"nms"``, ``"topk"`` or ``"quantile"``."""
     nms_radius: int | None = 4
-    """Suppression radius in candidates for ``"nms"`` (4: at 1 fps, no two picks within 4 s); None uses
-    ``selection.default_nms_radius(T, K)``, a quarter of the even spacing T / K. Chosen on the simulator
-    (bench/bench_simulator.py, validation split distinct from the reported held-out one): radii 3 to 8 form a
-    plateau at K = 8 and 16, trained or not; 2 lets several frames of one event through, and T / 4K (about 30 at
-    T = 1000, K = 8) suppresses whole events and the evidence next to them."""
+    """Suppression radius in candidates for ``"nms"`` only; None uses ``selection.default_nms_radius(T, K)``."""
     temperature: float = 1.0
     """Logits are divided by this before the softmax (affects sampling, probabilities and ``"quantile"``)."""
 
@@ -129,6 +129,10 @@ class USamplerConfig:
             raise ValueError(f"kernel_size must be a positive odd number, got {self.kernel_size}")
         if self.level_stride < 2:
             raise ValueError(f"level_stride must be >= 2, got {self.level_stride}")
+        if isinstance(self.suppression, bool) or not (
+            isinstance(self.suppression, int | float) and math.isfinite(self.suppression) and self.suppression >= 0
+        ):
+            raise ValueError(f"suppression must be a finite number >= 0, got {self.suppression!r}")
         if self.inference_rule not in INFERENCE_RULES:
             raise ValueError(f"inference_rule must be one of {INFERENCE_RULES}, got {self.inference_rule!r}")
         if self.nms_radius is not None and (isinstance(self.nms_radius, bool) or self.nms_radius < 0):
@@ -292,7 +296,9 @@ class USampler(Sampler):
         with torch.inference_mode():
             logits = self.logits(checked)
             rule = self.config.inference_rule
-            if rule == "nms":
+            if rule == "policy":
+                chosen = torch.sort(policy.greedy(logits, k, self.suppression_width(num_frames, k))).values
+            elif rule == "nms":
                 radius = self.config.nms_radius
                 radius = default_nms_radius(num_frames, k) if radius is None else radius
                 chosen = topk_nms(logits, k, radius)
@@ -303,18 +309,43 @@ class USampler(Sampler):
         return chosen.to(out_device)
 
     # --- training --------------------------------------------------------------------------------------------------
+    def suppression_width(self, num_frames: int, k: int) -> int:
+        """The policy's suppression width, in candidates, for ``T = num_frames`` and budget ``k``."""
+        return policy.suppression_width(num_frames, k, self.config.suppression)
+
+    def draw(self, logits: torch.Tensor, k: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One draw of ``min(k, T)`` frames from the policy over ``logits`` (``[T]``), in draw order, no autograd.
+
+        What the trainers call after their batched forward pass; :meth:`sequence_log_prob` scores the result.
+        """
+        return policy.draw(logits, k, self.suppression_width(logits.shape[-1], k), generator=generator)
+
+    def sequence_log_prob(
+        self, logits: torch.Tensor, order: torch.Tensor, estimator: Estimator = "plackett_luce"
+    ) -> torch.Tensor:
+        """Log-probability of the draw ``order`` (draw order) given ``logits [T]``; differentiable.
+
+        ``"plackett_luce"`` (default) is the policy's exact log-probability (Plackett–Luce with this sampler's
+        suppression); ``"independent"`` is the paper's ``sum_k log p(x_k)``.
+        """
+        if estimator == "independent":
+            return independent_log_prob(logits, order)
+        if estimator != "plackett_luce":
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        return policy.log_prob(logits, order, self.suppression_width(logits.shape[-1], order.numel()))
+
     def sample(self, sim: torch.Tensor, k: int, *, generator: torch.Generator | None = None) -> SampledFrames:
-        """Draw ``min(k, T)`` frames without replacement from ``p`` (Gumbel-top-k), with differentiable log-probs.
+        """Draw ``min(k, T)`` frames from the policy, with differentiable log-probabilities.
 
         ``generator`` (on the sampler's device) makes the draw reproducible.
         """
         checked = check_similarity(sim, k)
         logits = self.logits(checked)
-        order = gumbel_topk(logits, k, generator=generator)
+        order = self.draw(logits, k, generator=generator)
         return SampledFrames(
             order=order,
             indices=torch.sort(order).values,
-            log_prob=plackett_luce_log_prob(logits, order),
+            log_prob=self.sequence_log_prob(logits, order),
             log_prob_independent=independent_log_prob(logits, order),
             logits=logits,
         )
@@ -324,7 +355,8 @@ class USampler(Sampler):
     ) -> torch.Tensor:
         """Recompute the log-probability of a stored draw (``order`` in draw order) under the current weights.
 
-        ``estimator="plackett_luce"`` (default) is exact for the ordered draw; ``"independent"`` is the paper's sum.
+        ``estimator="plackett_luce"`` (default) is exact for the ordered draw under the policy; ``"independent"`` is
+        the paper's sum.
         """
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -338,10 +370,7 @@ class USampler(Sampler):
         if torch.unique(order).numel() != order.numel():
             raise ValueError(f"order repeats a frame; draws are without replacement: {order.tolist()}")
         logits = self.logits(checked)
-        order = order.to(logits.device)
-        if estimator == "plackett_luce":
-            return plackett_luce_log_prob(logits, order)
-        return independent_log_prob(logits, order)
+        return self.sequence_log_prob(logits, order.to(logits.device), estimator)
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -409,7 +438,11 @@ def _read_checkpoint(folder: Path) -> tuple[USamplerConfig, dict[str, torch.Tens
             f"{config_path} has format_version {version!r}; this msjoe reads version {CHECKPOINT_FORMAT_VERSION}"
         )
     try:
-        config = USamplerConfig.from_dict(meta.get("config", {}))
+        saved = dict(meta.get("config", {}))
+        # Saved before the policy had suppression: those weights were trained by plain sampling without
+        # replacement, i.e. suppression 0; keep that, so their log-probabilities (stage-2 resumption) do not change.
+        saved.setdefault("suppression", 0.0)
+        config = USamplerConfig.from_dict(saved)
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{config_path} holds an invalid U-Sampler config: {exc}") from exc
     steps = meta.get("training_steps", 0)
