@@ -9,7 +9,7 @@ difficulty-aware reward (:mod:`msjoe.rl.stage1`) against the simulated answerer,
 items (split seed 0). Evaluation uses held-out items (split seed 1) at K = 8 and 16, for every baseline, the
 untrained U-Sampler (its similarity prior alone) and the trained one, each with its three inference rules.
 
-Metrics (:func:`msjoe.rl.simulator.evaluate_sampler`): evidence recall = fraction of the evidence frames the answer
+Metrics (:func:`msjoe.sim.planted.evaluate_sampler`): evidence recall = fraction of the evidence frames the answer
 needs that the selection covers; span hits = fraction of evidence spans with a chosen frame; accuracy = the
 simulated answerer's expected P(correct) (guess rate 0.25), ± its standard error over items. The last lines
 compare the best trained rule with the best baseline on the same items (paired differences).
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msjoe.rl.simulator import (
+from msjoe.sim.planted import (
     SelectionScores,
     SimulatedAnswerer,
     SimulatedItem,

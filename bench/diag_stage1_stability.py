@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from msjoe.rl.simulator import SimulatedAnswerer, SimulatedItem, generate_items, item_stream
+from msjoe.sim.planted import SimulatedAnswerer, SimulatedItem, generate_items, item_stream
 from msjoe.rl.stage1 import Stage1Config, Stage1Trainer
 from msjoe.samplers.selection import default_nms_radius, quantile_indices, topk_indices, topk_nms
 from msjoe.samplers.usampler import USampler, USamplerConfig

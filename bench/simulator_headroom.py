@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from msjoe.rl.simulator import evaluate_sampler, generate_items
+from msjoe.sim.planted import evaluate_sampler, generate_items
 from msjoe.samplers.selection import topk_nms
 from msjoe.samplers.usampler import USamplerConfig
 

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-from msjoe.rl.simulator import SimulatedAnswerer, generate_items
+from msjoe.sim.planted import SimulatedAnswerer, generate_items
 from msjoe.rl.stage1 import Stage1Config, Stage1Trainer
 from msjoe.samplers import policy
 from msjoe.samplers.selection import plackett_luce_log_prob

@@ -88,9 +88,26 @@ def test_difficulty_advantage_rejects_pass_rates_outside_unit_interval(bad: floa
         difficulty_advantage(torch.tensor([True, True, True]), f64([0.5, 0.1, bad]))
 
 
+def test_difficulty_advantage_of_a_probability_is_the_expected_advantage() -> None:
+    # c = 0.25: A = 4 if correct, -4/3 if wrong; q = 0.5 -> 0.5 * 4 - 0.5 * 4/3 = 4/3.
+    assert difficulty_advantage(0.5, 0.25).item() == pytest.approx(4 / 3, rel=1e-6)
+    # c = 0.05: correct 20 -> clipped 10, wrong -1/0.95; q = 0.3 -> each part clipped first.
+    assert difficulty_advantage(0.3, 0.05, clip=10.0).item() == pytest.approx(0.3 * 10 - 0.7 / 0.95, rel=1e-6)
+    # The mean of many coin flips with probability q converges to it.
+    flips = torch.rand(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) < 0.3
+    sampled = difficulty_advantage(flips, f64([0.2])).mean().item()
+    assert sampled == pytest.approx(difficulty_advantage(0.3, 0.2).item(), abs=0.02)
+    # A 0/1 probability is the bool case exactly, including c = 0 and c = 1 (no 0 * inf).
+    for c in (0.0, 0.5, 1.0):
+        assert difficulty_advantage(1.0, c).item() == difficulty_advantage(True, c).item()
+        assert difficulty_advantage(0.0, c).item() == difficulty_advantage(False, c).item()
+
+
 def test_difficulty_advantage_rejects_bad_correct_and_clip() -> None:
     with pytest.raises(ValueError, match="correct"):
-        difficulty_advantage(torch.tensor([0.5]), 0.5)
+        difficulty_advantage(torch.tensor([1.5]), 0.5)
+    with pytest.raises(ValueError, match="correct"):
+        difficulty_advantage(-0.1, 0.5)
     with pytest.raises(ValueError, match="clip"):
         difficulty_advantage(True, 0.5, clip=0.0)
     with pytest.raises(ValueError, match="clip"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from msjoe.rl.simulator import (
+from msjoe.sim.planted import (
     SimulatedAnswerer,
     SimulatedItem,
     SimulatorConfig,

@@ -19,6 +19,7 @@ from msjoe.eval.explain_cli import explain_run as explain_command
 from msjoe.mllm import http_options
 from msjoe.mllm.http_backend import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from msjoe.serve.cli import serve as serve_command
+from msjoe.sim.cli import app as sim_app
 from msjoe.train.cli import app as train_app
 from msjoe.video import format_time
 
@@ -34,6 +35,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 app.add_typer(train_app, name="train")
 app.add_typer(data_app, name="data")
+app.add_typer(sim_app, name="sim")
 app.command("score")(score_command)
 app.command("explain")(explain_command)  # commands kept beside their code, importing nothing heavy until they run
 app.command("serve")(serve_command)

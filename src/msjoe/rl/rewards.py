@@ -42,12 +42,16 @@ DEFAULT_INFO_THRESHOLD = 5.0
 # Stage 1: difficulty-aware advantage
 # --------------------------------------------------------------------------------------------------------------
 def difficulty_advantage(
-    correct: bool | torch.Tensor, difficulty: float | torch.Tensor, *, clip: float = 10.0
+    correct: bool | float | torch.Tensor, difficulty: float | torch.Tensor, *, clip: float = 10.0
 ) -> torch.Tensor:
     """Stage-1 advantage of the sampler: ``1/c`` when correct, ``-1/(1-c)`` when wrong, clipped to ``[-clip, clip]``.
 
     Args:
-        correct: whether the MLLM answered correctly (bool, or a bool / 0-1 tensor).
+        correct: whether the MLLM answered correctly (bool, or a bool / 0-1 tensor), or the *probability* ``q`` in
+            [0, 1] that it answers correctly from these frames. A probability gives the expected advantage
+            ``q · A(correct) + (1 - q) · A(wrong)`` (each part clipped first): the same mean as a coin flip with
+            probability ``q``, without its variance. Simulators and answerers that expose the probability of the gold
+            answer use it.
         difficulty: the item's base pass rate ``c`` in [0, 1] (float or tensor); broadcast against ``correct``.
         clip: the largest ``|A|`` (ours; 10 by default). ``c = 0`` and correct gives ``+clip`` — the paper's 10 at
             the default — and ``c = 1`` and wrong gives ``-clip`` (ours, by symmetry).
@@ -57,10 +61,10 @@ def difficulty_advantage(
         ``difficulty``'s dtype when it is a floating tensor, else the default dtype.
 
     Raises:
-        ValueError: a difficulty outside [0, 1] (or NaN), a ``correct`` value other than 0/1, or a bad ``clip``.
+        ValueError: a difficulty outside [0, 1] (or NaN), a ``correct`` value outside [0, 1], or a bad ``clip``.
 
-    Example: ``c = 0.25`` gives ``4.0`` when correct and ``-4/3`` when wrong; ``c = 0.05`` and correct gives
-    ``1/0.05 = 20``, clipped to ``10``.
+    Example: ``c = 0.25`` gives ``4.0`` when correct and ``-4/3`` when wrong (``1.0`` for ``q = 0.5``);
+    ``c = 0.05`` and correct gives ``1/0.05 = 20``, clipped to ``10``.
     """
     if not (math.isfinite(clip) and clip > 0):
         raise ValueError(f"clip must be a finite positive number, got {clip!r}")
@@ -70,10 +74,20 @@ def difficulty_advantage(
         where = outside.nonzero()[0]
         location = f" at index {tuple(where.tolist())}" if pass_rate.ndim else ""
         raise ValueError(f"difficulty must be a pass rate in [0, 1], got {pass_rate[tuple(where)].item()!r}{location}")
-    hit = _bool_tensor(correct, "correct").to(pass_rate.device)
+    probability = torch.as_tensor(correct).to(device=pass_rate.device)
+    probability = probability.to(pass_rate.dtype) if probability.dtype == torch.bool else probability
+    if not ((probability >= 0) & (probability <= 1)).all():
+        raise ValueError(f"correct must be a bool or a probability in [0, 1], got {probability.tolist()!r}")
+    probability = probability.to(pass_rate.dtype)
     # 1/0 = inf and -1/0 = -inf are exact in IEEE arithmetic; the clamp turns them into +-clip.
-    advantage = torch.where(hit, 1.0 / pass_rate, -1.0 / (1.0 - pass_rate))
-    return advantage.clamp(-clip, clip)
+    if_correct = (1.0 / pass_rate).clamp(-clip, clip)
+    if_wrong = (-1.0 / (1.0 - pass_rate)).clamp(-clip, clip)
+    # where() rather than q·a + (1 - q)·b for 0/1 inputs: 0 · inf would be NaN before the clamp otherwise.
+    return torch.where(
+        probability == 1,
+        if_correct,
+        torch.where(probability == 0, if_wrong, probability * if_correct + (1 - probability) * if_wrong),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ signal. Two choices are ours (both configurable in :class:`Stage1Config`):
 - the log-probability is the exact Plackett–Luce one by default (``estimator="independent"``: the paper's sum).
 
 The answerer is an interface, :class:`Answerer` (``answer_correct(item, chosen_indices) -> bool``), so the same
-loop trains against :class:`msjoe.rl.simulator.SimulatedAnswerer` on CPU or against a real MLLM. Items are any
+loop trains against :class:`msjoe.sim.planted.SimulatedAnswerer` on CPU or against a real MLLM. Items are any
 objects with ``sim`` and ``difficulty`` (:class:`Stage1Item`); the answerer receives the item itself, so it can
 carry whatever the answerer needs (the video, the question and options, the gold letter).
 
@@ -72,8 +72,13 @@ class Stage1Item(Protocol):
 class Answerer(Protocol):
     """The frozen MLLM of stage 1, reduced to what REINFORCE needs: was the answer from these frames correct?"""
 
-    def answer_correct(self, item: Any, chosen_indices: torch.Tensor) -> bool:
-        """Answer ``item``'s question from the candidates ``chosen_indices`` (sorted by time); True if correct."""
+    def answer_correct(self, item: Any, chosen_indices: torch.Tensor) -> bool | float:
+        """Answer ``item``'s question from the candidates ``chosen_indices`` (sorted by time); True if correct.
+
+        An answerer that knows its probability of answering correctly (a simulator, or an MLLM's probability of the
+        gold letter) may return it as a float in [0, 1] instead: the trainer then uses the expected advantage
+        (:func:`~msjoe.rl.rewards.difficulty_advantage`), which has the coin flip's mean without its noise.
+        """
         ...
 
 
@@ -263,7 +268,7 @@ class Stage1Trainer:
                 order = self.sampler.draw(logits.detach(), config.k, generator=self.generator)
                 chosen = torch.sort(order).values
                 positions += ((chosen.float() + 0.5) / logits.shape[-1]).tolist()
-                hit = bool(self.answerer.answer_correct(item, chosen))
+                hit = _correctness(self.answerer.answer_correct(item, chosen))
                 group_log_probs.append(self.sampler.sequence_log_prob(logits, order, config.estimator))
                 group_advantages.append(difficulty_advantage(hit, difficulty, clip=config.advantage_clip))
                 correct.append(hit)
@@ -392,6 +397,14 @@ class Stage1Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.step_count = int(state["step"])
+
+
+def _correctness(outcome: object) -> float:
+    """An answerer's verdict as a float in [0, 1]: 1/0 for a bool, the probability itself for a number."""
+    value = float(outcome)  # type: ignore[arg-type]
+    if not 0 <= value <= 1:
+        raise ValueError(f"the answerer returned {outcome!r}; expected a bool or a probability in [0, 1]")
+    return value
 
 
 def _take(iterator: Iterator[Stage1Item], count: int) -> list[Stage1Item]:

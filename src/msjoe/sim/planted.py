@@ -58,7 +58,7 @@ import torch
 
 from msjoe.samplers.base import Sampler, check_similarity
 
-ItemKind = Literal["single", "multi_hop"]
+ItemKind = Literal["single", "multi_hop", "global"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,16 @@ class SimulatorConfig:
     """Longest span; spans are also capped at ``max_span_fraction`` of T. Lengths are log-uniform."""
     max_span_fraction: float = 0.08
     """Longest span as a fraction of T, so that short videos are not made of evidence."""
+    span_length_quantiles: tuple[tuple[float, float], ...] = ()
+    """Optional span-length distribution as ``(quantile, candidates)`` points from 0 to 1, e.g. a real benchmark's
+    measured quantiles; lengths are drawn by inverse CDF, interpolated linearly in ``log(1 + length)``, then held
+    to at least the frames a span must supply and at most the cap. Empty (default): log-uniform between
+    ``min_span_frames`` and the cap."""
+    global_fraction: float = 0.0
+    """Share of *global* (summary) items: many evidence spans across the video, one frame of each needed, and
+    queries that describe the video as a whole (each matches one span, weakly). Coverage wins there."""
+    global_spans: tuple[int, int] = (6, 12)
+    """Range of the number of evidence spans of a global item."""
     max_distractors: int = 4
     """Most look-alike distractor spans (at least 1 per item)."""
     distractor_strength: tuple[float, float] = (0.7, 1.4)
@@ -140,6 +150,26 @@ class SimulatorConfig:
                 f"min_span_frames={self.min_span_frames} is shorter than the {len(self.frames_needed_weights)} "
                 "frames an item may need (frames_needed_weights)"
             )
+        points = [tuple(point) for point in self.span_length_quantiles]
+        if points and (
+            any(len(point) != 2 for point in points)
+            or [q for q, _ in points] != sorted({q for q, _ in points})
+            or points[0][0] != 0
+            or points[-1][0] != 1
+            or any(length < 0 for _, length in points)
+            or [length for _, length in points] != sorted(length for _, length in points)
+        ):
+            raise ValueError(
+                "span_length_quantiles must be (quantile, length) points with quantiles increasing from 0 to 1 and "
+                f"lengths >= 0 and non-decreasing, got {self.span_length_quantiles}"
+            )
+        if not 0 <= self.global_fraction <= 1 or self.global_fraction + self.multi_hop_fraction > 1:
+            raise ValueError(
+                f"global_fraction must lie in [0, 1 - multi_hop_fraction], got {self.global_fraction} "
+                f"(multi_hop_fraction {self.multi_hop_fraction})"
+            )
+        if not 1 <= self.global_spans[0] <= self.global_spans[1]:
+            raise ValueError(f"global_spans must be a range (low, high) with 1 <= low <= high, got {self.global_spans}")
         if not 0 < self.max_span_fraction <= 1:
             raise ValueError(f"max_span_fraction must lie in (0, 1], got {self.max_span_fraction}")
         if self.max_distractors < 1:
@@ -169,7 +199,7 @@ class SimulatorConfig:
         if not self.coverage_exponent > 0:
             raise ValueError(f"coverage_exponent must be > 0, got {self.coverage_exponent}")
         # The worst case must fit: every span at its longest cap plus a one-frame gap around each.
-        most_spans = self.max_hops + self.max_distractors
+        most_spans = max(self.max_hops, self.global_spans[1] if self.global_fraction else 0) + self.max_distractors
         if most_spans * (self._span_cap(self.min_frames) + 1) + 1 > self.min_frames:
             raise ValueError(
                 f"{most_spans} spans of up to {self._span_cap(self.min_frames)} frames do not fit in "
@@ -233,6 +263,15 @@ class SimulatedItem:
     @property
     def guess_rate(self) -> float:
         return 1.0 / self.num_options
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """Evidence spans as ``(start, end)`` candidate indices, end exclusive (the :mod:`msjoe.sim` protocol)."""
+        return [(span.start, span.end) for span in self.evidence]
+
+    def p_correct(self, chosen: torch.Tensor | Sequence[int]) -> float:
+        """The :mod:`msjoe.sim` protocol's answer model: :meth:`answer_probability`."""
+        return self.answer_probability(chosen)
 
     def hits(self, indices: torch.Tensor | Sequence[int]) -> list[int]:
         """Chosen frames inside each evidence span (each distinct index counted once)."""
@@ -334,9 +373,14 @@ def generate_item(
 
     num_frames = round(math.exp(rng.uniform(math.log(config.min_frames), math.log(config.max_frames))))
     num_frames = min(config.max_frames, max(config.min_frames, num_frames))
-    multi_hop = bool(rng.random() < config.multi_hop_fraction)
+    draw = rng.random()
+    multi_hop = bool(draw < config.multi_hop_fraction)
+    summary = not multi_hop and bool(draw < config.multi_hop_fraction + config.global_fraction)
     if multi_hop:
         num_evidence = int(rng.integers(2, config.max_hops + 1))
+        needed = [1] * num_evidence
+    elif summary:
+        num_evidence = int(rng.integers(config.global_spans[0], config.global_spans[1] + 1))
         needed = [1] * num_evidence
     else:
         num_evidence = 1
@@ -359,10 +403,7 @@ def generate_item(
 
     # Spans: lengths log-uniform up to the cap, placed in random order with random gaps, never overlapping.
     cap = config._span_cap(num_frames)
-    lengths = [
-        min(cap, max(n, math.floor(math.exp(rng.uniform(math.log(config.min_span_frames), math.log(cap + 1))))))
-        for n in [*needed, *[1] * num_distractors]
-    ]
+    lengths = [min(cap, max(n, _span_length(rng, config, cap))) for n in [*needed, *[1] * num_distractors]]
     starts = _place_spans(rng, num_frames, lengths)
     evidence = tuple(Span(starts[s], starts[s] + lengths[s], needed[s]) for s in range(num_evidence))
     distractors = tuple(Span(starts[s], starts[s] + lengths[s]) for s in range(num_evidence, len(lengths)))
@@ -396,7 +437,7 @@ def generate_item(
         sim=torch.from_numpy(sim.astype(np.float32)),
         evidence=evidence,
         distractors=distractors,
-        kind="multi_hop" if multi_hop else "single",
+        kind="multi_hop" if multi_hop else "global" if summary else "single",
         query_targets=tuple(targets),
         query_quality=tuple(quality),
         distractor_queries=distractor_queries,
@@ -427,6 +468,15 @@ def item_stream(
     while True:
         yield generate_item(config, split_seed=split_seed, index=index, budget=budget)
         index += 1
+
+
+def _span_length(rng: np.random.Generator, config: SimulatorConfig, cap: int) -> int:
+    """One span length in candidates (before the caller's floor and cap), see ``span_length_quantiles``."""
+    if not config.span_length_quantiles:
+        return math.floor(math.exp(rng.uniform(math.log(config.min_span_frames), math.log(cap + 1))))
+    levels = [q for q, _ in config.span_length_quantiles]
+    log_lengths = [math.log1p(length) for _, length in config.span_length_quantiles]
+    return round(math.expm1(float(np.interp(rng.random(), levels, log_lengths))))
 
 
 def _place_spans(rng: np.random.Generator, num_frames: int, lengths: Sequence[int]) -> list[int]:
