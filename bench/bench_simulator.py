@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from msjoe.rl.stage1 import Stage1Config, Stage1Trainer
+from msjoe.samplers import get_sampler
+from msjoe.samplers.usampler import USampler, USamplerConfig
 from msjoe.sim.planted import (
     SelectionScores,
     SimulatedAnswerer,
@@ -36,9 +39,6 @@ from msjoe.sim.planted import (
     generate_items,
     item_stream,
 )
-from msjoe.rl.stage1 import Stage1Config, Stage1Trainer
-from msjoe.samplers import get_sampler
-from msjoe.samplers.usampler import USampler, USamplerConfig
 
 BASELINES: list[tuple[str, dict]] = [
     ("uniform", {}),

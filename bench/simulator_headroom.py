@@ -18,9 +18,9 @@ import sys
 
 import torch
 
-from msjoe.sim.planted import evaluate_sampler, generate_items
 from msjoe.samplers.selection import topk_nms
 from msjoe.samplers.usampler import USamplerConfig
+from msjoe.sim.planted import evaluate_sampler, generate_items
 
 VALIDATION_SPLIT = 2
 

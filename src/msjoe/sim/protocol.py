@@ -10,7 +10,8 @@ the same items. An item has:
 - optionally ``difficulty``: the answerer's pass rate with uniform frames at the training budget. When it is
   missing, it is estimated from ``p_correct`` on stratified uniform draws (:func:`uniform_pass_rate`).
 
-``--simulator`` names a built-in variant (``msjoe sim list``) or ``module:factory``, where ``factory()`` (no
+``--simulator`` names a built-in variant (``msjoe sim list``), ``validation`` (the validation variants in turn), or
+``module:factory``, where ``factory()`` (no
 arguments) returns the simulator; ``module`` may also be a path to a ``.py`` file.
 """
 
@@ -54,6 +55,8 @@ class SimulatorError(ValueError):
 def load_simulator(spec: str, *, budget: int = 16) -> Simulator:
     """A built-in variant by name (its difficulties refer to ``budget``), or ``module:factory`` called with no
     arguments."""
+    if spec == variants.VALIDATION_MIX:
+        return variants.MixedSimulator([v.name for v in variants.variants("validation")], budget=budget)
     if ":" not in spec:
         try:
             return variants.VariantSimulator(variants.get_variant(spec), budget=budget)
@@ -115,7 +118,7 @@ def check_item(item: Any, index: int = 0) -> None:
         or not len(spans)
     ):
         raise SimulatorError(
-            f"{where}: spans must be a non-empty list of (start, end) with 0 <= start < end <= {num_frames}"
+            f"{where}: spans must be a non-empty list of (start, end) with 0 <= start < end <= T = {num_frames}"
         )
     if not callable(getattr(item, "p_correct", None)):
         raise SimulatorError(f"{where}: has no p_correct(chosen) method")

@@ -52,7 +52,7 @@ def train_on_simulator(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run = {
-        "simulator": description or repr(simulator),
+        "simulator": description or _describe(simulator),
         "items_seed": items_seed,
         "reward": reward,
         "stage1": config.to_dict(),
@@ -118,6 +118,13 @@ def _save(
     sampler.save_pretrained(out)
     buffer = _to_bytes({"trainer": trainer.state_dict(), "answerer_generator": answerer.generator.get_state()})
     write_bytes_atomically(out / STATE_FILE, buffer)
+
+
+def _describe(simulator: Simulator) -> str:
+    """A stable name: the object's own repr when its class defines one, else its type (never a memory address)."""
+    if type(simulator).__repr__ is not object.__repr__:
+        return repr(simulator)
+    return f"{type(simulator).__module__}.{type(simulator).__qualname__}"
 
 
 def _truncate_log(path: Path, steps: int) -> None:

@@ -57,6 +57,27 @@ class VariantSimulator:
         return f"VariantSimulator({self.variant.name!r}, role={self.variant.role!r})"
 
 
+class MixedSimulator:
+    """Items drawn in turn from several variants (item ``i`` is item ``i // m`` of variant ``i % m``)."""
+
+    def __init__(self, names: list[str], budget: int = 16) -> None:
+        if not names:
+            raise ValueError("a mixed simulator needs at least one variant")
+        self.parts = [VariantSimulator(get_variant(name), budget=budget) for name in names]
+
+    def items(self, n: int, seed: int) -> Iterator[SimulatedItem]:
+        count = len(self.parts)
+        for index in range(n):
+            part = self.parts[index % count]
+            yield generate_item(part.variant.config, split_seed=seed, index=index // count, budget=part.budget)
+
+    def __repr__(self) -> str:
+        return f"MixedSimulator({[part.name for part in self.parts]})"
+
+
+VALIDATION_MIX = "validation"
+"""``--simulator validation``: every validation variant in turn (what the shipped defaults are trained on)."""
+
 _VARIANTS: dict[str, Variant] = {}
 
 
