@@ -88,6 +88,17 @@ def test_difficulty_advantage_rejects_pass_rates_outside_unit_interval(bad: floa
         difficulty_advantage(torch.tensor([True, True, True]), f64([0.5, 0.1, bad]))
 
 
+@pytest.mark.parametrize("difficulty", [0.15, 0.5, 0.8])
+def test_group_mean_baseline_leaves_centred_correctness_weighted_by_difficulty(difficulty: float) -> None:
+    """docs/decisions.md: A = r/c - (1-r)/(1-c) = r/(c(1-c)) - 1/(1-c), so A - mean(A) = (r - mean r)/(c(1-c)) while
+    no clip binds (c in [1/clip, 1 - 1/clip]): the difficulty only weights the item."""
+    for correct in itertools.product([False, True], repeat=4):
+        advantages = difficulty_advantage(torch.tensor(correct), f64([difficulty]))
+        r = f64([float(x) for x in correct])
+        expected = (r - r.mean()) / (difficulty * (1 - difficulty))
+        torch.testing.assert_close(advantages - advantages.mean(), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_difficulty_advantage_of_a_probability_is_the_expected_advantage() -> None:
     # c = 0.25: A = 4 if correct, -4/3 if wrong; q = 0.5 -> 0.5 * 4 - 0.5 * 4/3 = 4/3.
     assert difficulty_advantage(0.5, 0.25).item() == pytest.approx(4 / 3, rel=1e-6)

@@ -234,3 +234,15 @@ def test_paired_difference_by_hand() -> None:
     assert mean == 0.5 and stderr == pytest.approx((1 / 3) ** 0.5 / 2, rel=1e-12)
     with pytest.raises(ValueError, match="same non-empty shape"):
         paired_difference(np.array([1.0]), np.array([1.0, 2.0]))
+
+
+def test_the_readme_simulator_example_runs(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("**Your own simulator.**") :]
+    code = section[
+        section.index("```python\n") + len("```python\n") : section.index("\n```", section.index("```python"))
+    ]
+    (tmp_path / "readme_simulator.py").write_text(code)
+    simulator = load_simulator(f"{tmp_path / 'readme_simulator.py'}:factory")
+    items = checked_items(simulator, 8, seed=0)
+    assert score(get_sampler("topk"), items, 8).mean_recall > score(get_sampler("uniform"), items, 8).mean_recall
