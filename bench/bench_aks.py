@@ -2,8 +2,10 @@
 
     python bench/bench_aks.py                       # held-out items (split seed 1), K = 8 and 16
     python bench/bench_aks.py --sweep-thresholds    # choose match_threshold on validation items (split seeds 0, 2)
+    python bench/bench_aks.py --simulator lvbench --simulator global    # variants of msjoe.sim instead
 
-Items come from the default sampler simulator (:class:`msjoe.rl.simulator.SimulatorConfig`). For each sampler
+Items come from the default planted simulator (:class:`msjoe.sim.planted.SimulatorConfig`) or from the named
+variants of the simulator family (:mod:`msjoe.sim.variants`; sweep only on validation ones). For each sampler
 and budget K the table gives: the items on which the judge kept at least one segment whole (above the depth cap
 ``floor(log2 K)``, where every leaf is kept anyway) and those on which it kept the whole video; evidence recall;
 and the paired differences to bin-max over the same items (recall and the simulated answerer's expected accuracy),
@@ -25,9 +27,12 @@ import time
 import numpy as np
 import torch
 
-from msjoe.rl.simulator import SimulatedItem, generate_items
 from msjoe.samplers import get_sampler
 from msjoe.samplers.aks import AKSSampler
+from msjoe.sim.planted import SimulatedItem, SimulatorConfig, generate_items
+from msjoe.sim.variants import get_variant
+
+DEFAULT_SIMULATOR = "default"
 
 HELD_OUT_SPLIT = 1
 VALIDATION_SPLITS = (0, 2)
@@ -80,10 +85,49 @@ def adaptivity_effect(adaptive: AKSSampler, control: AKSSampler, items: list[Sim
     )
 
 
+def simulator_config(name: str, *, validation_only: bool) -> SimulatorConfig:
+    """The default planted simulator or a named variant; choosing thresholds is refused on held-out variants."""
+    if name == DEFAULT_SIMULATOR:
+        return SimulatorConfig()
+    variant = get_variant(name)
+    if validation_only and variant.role != "validation":
+        raise SystemExit(f"--sweep-thresholds runs on validation variants only; {name!r} is {variant.role}")
+    return variant.config
+
+
 HEADER = (
     "| sampler | K | items with a segment kept whole | whole video kept | recall | recall − bin-max | "
     "accuracy − bin-max | same frames as bin-max |\n|---|---:|---:|---:|---:|---:|---:|---:|"
 )
+
+
+def sweep(name: str, config: SimulatorConfig, count: int, budgets: list[int]) -> None:
+    """Every swept match_threshold on the validation splits of one simulator."""
+    for split in VALIDATION_SPLITS:
+        items = generate_items(count, config, split_seed=split)
+        print(f"Simulator {name}, validation split seed {split}, {len(items)} items\n\n{HEADER}")
+        for k in budgets:
+            print(compare("aks (minmax)", AKSSampler(), items, k))
+            for threshold in SWEPT_THRESHOLDS:
+                sampler = AKSSampler(scores="match", match_threshold=threshold)
+                print(compare(f"aks (match, threshold {threshold:g})", sampler, items, k))
+        print()
+
+
+def report(name: str, config: SimulatorConfig, count: int, budgets: list[int], threshold: float) -> None:
+    """The reference, the chosen threshold and the never-adapting control on the held-out split of one simulator."""
+    items = generate_items(count, config, split_seed=HELD_OUT_SPLIT)
+    print(f"Simulator {name}, held-out split seed {HELD_OUT_SPLIT}, {len(items)} items\n\n{HEADER}")
+    effects = []
+    for k in budgets:
+        print(compare("aks (minmax, reference)", AKSSampler(), items, k))
+        match = AKSSampler(scores="match", match_threshold=threshold)
+        print(compare(f"aks (match, threshold {threshold:g})", match, items, k))
+        control = AKSSampler(scores="match", match_threshold=1.0)
+        print(compare("aks (match, threshold 1: the control)", control, items, k))
+        effects.append(adaptivity_effect(match, control, items, k))
+    print("\nThe effect of keeping segments whole (paired, same score treatment):")
+    print("\n".join(effects) + "\n")
 
 
 def main() -> None:
@@ -96,33 +140,23 @@ def main() -> None:
         action="store_true",
         help=f"only compare match_threshold in {SWEPT_THRESHOLDS} on validation splits {VALIDATION_SPLITS}",
     )
+    parser.add_argument(
+        "--simulator",
+        action="append",
+        default=None,
+        help=f"'{DEFAULT_SIMULATOR}' (SimulatorConfig()) or a msjoe.sim variant name; repeatable",
+    )
     args = parser.parse_args()
+    names = args.simulator or [DEFAULT_SIMULATOR]
+    configs = {name: simulator_config(name, validation_only=args.sweep_thresholds) for name in names}
     torch.set_num_threads(1)
     print("Command: `" + shlex.join(["python", "bench/bench_aks.py", *sys.argv[1:]]) + "`\n")
     started = time.perf_counter()
-    if args.sweep_thresholds:
-        for split in VALIDATION_SPLITS:
-            items = generate_items(args.items, split_seed=split)
-            print(f"Validation split seed {split}, {len(items)} items\n\n{HEADER}")
-            for k in args.budgets:
-                print(compare("aks (minmax)", AKSSampler(), items, k))
-                for threshold in SWEPT_THRESHOLDS:
-                    sampler = AKSSampler(scores="match", match_threshold=threshold)
-                    print(compare(f"aks (match, threshold {threshold:g})", sampler, items, k))
-            print()
-    else:
-        items = generate_items(args.items, split_seed=HELD_OUT_SPLIT)
-        print(f"Held-out split seed {HELD_OUT_SPLIT}, {len(items)} items\n\n{HEADER}")
-        effects = []
-        for k in args.budgets:
-            print(compare("aks (minmax, reference)", AKSSampler(), items, k))
-            match = AKSSampler(scores="match", match_threshold=args.match_threshold)
-            print(compare(f"aks (match, threshold {args.match_threshold:g})", match, items, k))
-            control = AKSSampler(scores="match", match_threshold=1.0)
-            print(compare("aks (match, threshold 1: the control)", control, items, k))
-            effects.append(adaptivity_effect(match, control, items, k))
-        print("\nThe effect of keeping segments whole (paired, same score treatment):")
-        print("\n".join(effects))
+    for name, config in configs.items():
+        if args.sweep_thresholds:
+            sweep(name, config, args.items, args.budgets)
+        else:
+            report(name, config, args.items, args.budgets, args.match_threshold)
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 
