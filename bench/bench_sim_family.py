@@ -90,9 +90,9 @@ def evaluate_folder(job: tuple[str, int, list[str]]) -> dict:
         evaluated = checked_items(load_simulator(name), items, SEED_OF_ROLE[role])
         selectors = {}
         for folder in folders.split(","):
-            if folder.startswith("untrained:"):
-                suppression = float(folder.split(":")[1])
-                selectors[folder] = USampler(config=USamplerConfig(suppression=suppression), seed=0)
+            if folder.startswith("untrained:"):  # untrained:<suppression>:<seed>, the start of a training run
+                _, suppression, seed = folder.split(":")
+                selectors[folder] = USampler(config=USamplerConfig(suppression=float(suppression)), seed=int(seed))
             elif folder in BASELINES:
                 selectors[folder] = get_sampler(folder)
             else:
@@ -177,7 +177,7 @@ def print_tables(report, recipe, mix, per_variant, untrained, validation, held_o
     print(f"## Recipe `{recipe}`: evidence recall at K = 8 / 16 (300 items per variant)\n")
     print("| selector | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
-    for selector in [*mix, untrained, *BASELINES]:
+    for selector in [*mix, *untrained, *BASELINES]:
         row = [" / ".join(f"{scores_of(report, v, selector, k).mean_recall:.3f}" for k in (8, 16)) for v in names]
         print(f"| {selector} | " + " | ".join(row) + " |")
 
@@ -189,7 +189,7 @@ def print_tables(report, recipe, mix, per_variant, untrained, validation, held_o
             for k in (8, 16):
                 trained = scores_of(report, v, folder, k).recall
                 binmax = scores_of(report, v, "binmax", k).recall
-                start = scores_of(report, v, untrained, k).recall
+                start = scores_of(report, v, untrained[seed], k).recall
                 best = max(BASELINES, key=lambda b: scores_of(report, v, b, k).mean_recall)
                 half = scores_of(report, v, folder, k // 2).recall
                 best_scores = scores_of(report, v, best, k).recall

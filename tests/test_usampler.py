@@ -336,9 +336,9 @@ def test_select_rules_follow_the_logits(sampler: USampler) -> None:
     nms = USampler(inference_rule="nms", nms_radius=radius).select(sim, 10).tolist()
     assert all(b - a > radius for a, b in itertools.pairwise(nms))
     assert int(torch.argmax(logits)) in nms
-    # The default rule: the policy read greedily, with suppression floor(0.25 * 400 / 10) = 10 on each side.
+    # The default rule: the policy read greedily, with suppression floor(0.125 * 400 / 10) = 5 on each side.
     default = USampler().select(sim, 10).tolist()
-    assert USamplerConfig().inference_rule == "policy" and all(b - a > 10 for a, b in itertools.pairwise(default))
+    assert USamplerConfig().inference_rule == "policy" and all(b - a > 5 for a, b in itertools.pairwise(default))
     assert int(torch.argmax(logits)) in default
 
 
