@@ -27,10 +27,10 @@ from msjoe.mllm.transformers_backend import TransformersMLLM
 from msjoe.pipeline import preview_indices
 from msjoe.rl.losses import ppo_clip_token_loss
 from msjoe.rl.rewards import RewardWeights, informative_fraction, rollout_reward
-from msjoe.rl.stage2 import Rollout, Stage2Config, Stage2Trainer
 from msjoe.samplers.usampler import USampler, USamplerConfig
 from msjoe.synthetic_video import Event, event_color, read_frame_index, write_video
 from msjoe.train.examples import TrainExample
+from msjoe.train.stage2 import Rollout, Stage2Config, Stage2Trainer
 
 VIDEO_FPS = 4.0
 OPTIONS = ("red", "green", "blue", "grey")

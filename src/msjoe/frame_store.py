@@ -13,7 +13,7 @@ What is stored
 --------------
 All candidate frames of one (video content, ``fps``, ``max_frames``) grid -- the same grid as the feature cache --
 at the size the pipeline's decode path would produce for the store's pixel budget: the native size if the frame
-fits ``max_pixels``, else :func:`~msjoe.mllm.base.fit_to_pixel_budget` with even sides (aspect kept). Frames are
+fits ``max_pixels``, else :func:`~msjoe.video.fit_to_pixel_budget` with even sides (aspect kept). Frames are
 JPEG-encoded at ``quality`` (90 by default, 4:2:0 chroma like the video itself). **JPEG is lossy**: a stored frame
 differs from the decode path's frame by compression errors (mean absolute error at quality 90: 0.02 levels in
 255 on the flat-coloured synthetic benchmark video, about 3 on textured, noisy frames), where the decode path is
@@ -76,8 +76,15 @@ from msjoe.cache import (
 from msjoe.cache import fingerprint as content_fingerprint
 from msjoe.decode_worker import encode_jpegs
 from msjoe.errors import CacheError
-from msjoe.mllm.base import fit_to_pixel_budget
-from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VideoInfo, candidate_timestamps, iter_frames, probe
+from msjoe.video import (
+    DEFAULT_FPS,
+    DEFAULT_MAX_FRAMES,
+    VideoInfo,
+    candidate_timestamps,
+    fit_to_pixel_budget,
+    iter_frames,
+    probe,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

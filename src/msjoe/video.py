@@ -64,6 +64,7 @@ __all__ = [
     "VideoInfo",
     "candidate_timestamps",
     "decode_frames",
+    "fit_to_pixel_budget",
     "format_time",
     "iter_frames",
     "iter_frames_at_sizes",
@@ -793,3 +794,23 @@ def _check_size(size: Size) -> Size:
 def _check_int(name: str, value: int, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def fit_to_pixel_budget(height: int, width: int, max_pixels: int, multiple: int = 1) -> tuple[int, int]:
+    """Size ``(h, w)`` close to ``height x width`` in aspect ratio, with both sides multiples of ``multiple``
+    and ``h * w <= max_pixels`` (never below ``multiple x multiple``). Images within budget are not enlarged
+    beyond rounding to the nearest multiple."""
+    if height <= 0 or width <= 0 or max_pixels <= 0 or multiple <= 0:
+        raise ValueError(f"fit_to_pixel_budget needs positive sizes, got {height=} {width=} {max_pixels=} {multiple=}")
+    scale = min(1.0, math.sqrt(max_pixels / (height * width)))
+    new_height = max(multiple, round(height * scale / multiple) * multiple)
+    new_width = max(multiple, round(width * scale / multiple) * multiple)
+    if new_height * new_width > max_pixels:  # rounding went over budget: round down instead
+        new_height = max(multiple, math.floor(height * scale / multiple) * multiple)
+        new_width = max(multiple, math.floor(width * scale / multiple) * multiple)
+    if new_height * new_width > max_pixels:  # one side was raised to `multiple` (extreme aspect): cut the other
+        if new_height == multiple:
+            new_width = max(multiple, max_pixels // new_height // multiple * multiple)
+        else:
+            new_height = max(multiple, max_pixels // new_width // multiple * multiple)
+    return new_height, new_width

@@ -33,10 +33,9 @@ from typing import Literal
 import torch
 
 from msjoe.samplers import policy
-from msjoe.samplers.selection import independent_log_prob
+from msjoe.samplers.selection import Estimator, independent_log_prob
 
 Aggregation = Literal["token-mean", "sequence-mean"]
-LogProbEstimator = Literal["plackett_luce", "independent"]
 
 
 def ppo_clip_token_loss(
@@ -157,7 +156,7 @@ def reinforce_loss(log_prob: torch.Tensor, advantages: torch.Tensor) -> torch.Te
 
 
 def sampler_log_prob(
-    logits: torch.Tensor, order: torch.Tensor, estimator: LogProbEstimator = "plackett_luce", width: int = 0
+    logits: torch.Tensor, order: torch.Tensor, estimator: Estimator = "plackett_luce", width: int = 0
 ) -> torch.Tensor:
     """Log-probability of the sampler's draw ``order`` from ``softmax(logits)``; differentiable in ``logits``.
 

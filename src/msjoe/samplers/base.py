@@ -12,9 +12,7 @@ from typing import ClassVar
 
 import torch
 
-MAX_QUERIES = 4
-"""Paper: the MLLM writes at most 4 visual queries, so S has 1 to 4 rows (the one definition: prompts, parsing,
-the pipeline and the trainers import it)."""
+from msjoe.limits import MAX_QUERIES
 
 
 class Sampler(ABC):

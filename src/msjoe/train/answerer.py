@@ -1,6 +1,6 @@
 """The frozen MLLM as stage 1's answerer, and the difficulty ``c`` of training items.
 
-:class:`MLLMAnswerer` implements :class:`msjoe.rl.stage1.Answerer` over :class:`~msjoe.train.examples.TrainExample`:
+:class:`MLLMAnswerer` implements :class:`msjoe.train.stage1.Answerer` over :class:`~msjoe.train.examples.TrainExample`:
 it shows the MLLM the chosen candidate frames with the question (the answer turn of
 :func:`msjoe.pipeline.answer_question`), parses the option letter and compares it with the gold one. With greedy
 decoding the answer to a given (item, frame set) never changes, so it is cached on disk: a sampler that draws the

@@ -42,8 +42,9 @@ from msjoe.errors import VideoError
 from msjoe.features import DualEncoder
 from msjoe.frame_store import FrameStore
 from msjoe.index import index_video
+from msjoe.limits import MAX_QUERIES
 from msjoe.mllm import MLLM, GenerationConfig
-from msjoe.mllm.prompts import MAX_QUERIES, PREVIEW_MAX_PIXELS
+from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS
 from msjoe.pipeline import load_frames, preview_indices, query_similarity, write_queries
 from msjoe.progress import progress_bar
 from msjoe.train.examples import TrainExample

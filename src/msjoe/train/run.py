@@ -385,9 +385,9 @@ def train_stage1(
 
     ``on_step(step, trainer)`` is called on every process after every update (to inspect or interrupt a run).
     """
-    from msjoe.rl.stage1 import Stage1Trainer
     from msjoe.train.answerer import MLLMAnswerer
     from msjoe.train.data import QueryWriter
+    from msjoe.train.stage1 import Stage1Trainer
 
     run = _start(config, accelerator)
     encoder, mllm, sampler = on_every_process(run.accelerator, lambda: _load_models(run), what="loading the models")
@@ -448,7 +448,7 @@ def train_stage2(
     ``finetune: lora``) and ``mllm/`` (a full model with its processor, LoRA merged: ``msjoe ask --mllm`` and
     vLLM load it as they load the base model).
     """
-    from msjoe.rl.stage2 import Stage2Trainer
+    from msjoe.train.stage2 import Stage2Trainer
 
     run = _start(config, accelerator)
     encoder, mllm, sampler = on_every_process(run.accelerator, lambda: _load_models(run), what="loading the models")

@@ -42,7 +42,8 @@ from msjoe.rl.losses import reinforce_loss
 from msjoe.rl.rewards import difficulty_advantage
 from msjoe.rl.schedule import LR_SCHEDULES, LRSchedule, lr_factor
 from msjoe.rl.seeding import derive_seed
-from msjoe.samplers.usampler import ESTIMATORS, USampler
+from msjoe.samplers.selection import ESTIMATORS
+from msjoe.samplers.usampler import USampler
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
