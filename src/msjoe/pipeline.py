@@ -1,4 +1,4 @@
-"""The MSJoE inference flow (DESIGN.md §1), one function per arrow, and :class:`VideoQA` that chains them.
+"""The MSJoE inference flow (docs/architecture.md), one function per arrow, and :class:`VideoQA` that chains them.
 
 ```
 video ─index─▶ candidate timestamps + frame embeddings (cached)

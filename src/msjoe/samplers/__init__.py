@@ -42,7 +42,6 @@ def get_sampler(name: str, **options: Any) -> Sampler:
 __all__ = ["MAX_QUERIES", "Sampler", "available_samplers", "check_similarity", "get_sampler", "register_sampler"]
 
 # Registrations: one line per sampler module.
-# (filled in as sampler modules land)
 from msjoe.samplers import aks as aks  # noqa: E402
 from msjoe.samplers import binmax as binmax  # noqa: E402
 from msjoe.samplers import bolt as bolt  # noqa: E402

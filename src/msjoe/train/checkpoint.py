@@ -2,8 +2,8 @@
 
 A checkpoint is a folder ``<output_dir>/checkpoints/step-00000100/`` holding:
 
-- what ``accelerate.Accelerator.save_state`` writes: every prepared model and optimiser (sharded the FSDP /
-  DeepSpeed way when those are used) and each process's Python / NumPy / torch RNG states;
+- what ``accelerate.Accelerator.save_state`` writes: every prepared model and optimiser and each process's
+  Python / NumPy / torch RNG states;
 - ``trainer_state_rank{R}.pt``: each process's trainer state (step count, its own sampling generators, the lr
   scheduler), from ``trainer.state_dict()``;
 - for a ``peft`` model, only its adapter (``adapter_<i>/``), not the frozen base weights;

@@ -87,11 +87,8 @@ class Answerer(Protocol):
 class Stage1Config:
     """Hyper-parameters of stage-1 sampler training (saved with checkpoints; see :meth:`to_dict`).
 
-    The defaults are the recipe measured with ``bench/bench_simulator.py`` (about 3 minutes on one CPU core for the
-    default 2M-parameter U-Sampler). Stability note: on the simulator, the default U-Sampler's logits diverged
-    (entropy collapse onto position artefacts, within a few dozen steps once it starts) with a constant rate of
-    1e-3 after 300-450 steps, and with a cosine schedule peaking at 2e-3 (600 steps) or at 1e-3 over 900 steps;
-    the defaults (1e-3, cosine over 600 steps, 8 draws per item) trained without divergence for seeds 0, 1 and 2.
+    The defaults are the recipe measured with ``bench/bench_simulator.py``; the runs that chose them (including the
+    settings that diverged) are in bench/RESULTS.md.
     """
 
     learning_rate: float = 1e-3
@@ -100,7 +97,7 @@ class Stage1Config:
     """AdamW weight decay."""
     lr_schedule: LRSchedule = "cosine"
     """``"constant"`` or ``"cosine"`` (decay to ``min_lr_ratio`` of the peak over ``steps``); both after warmup.
-    Cosine, because the runs that diverged did so in the second half at a constant rate (see the class note)."""
+    Cosine, because the runs that diverged did so in the second half at a constant rate (bench/RESULTS.md)."""
     warmup_steps: int = 20
     """Linear warmup from 0 to ``learning_rate`` over this many steps."""
     min_lr_ratio: float = 0.1
@@ -231,7 +228,7 @@ class Stage1Trainer:
         # Not prepared by accelerate: its scheduler wrapper would step num_processes times per update.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.config.lr_factor)
         self.accelerator = accelerator
-        # ``model`` runs the forward pass: the network itself, or its DDP/FSDP wrapper under accelerate.
+        # ``model`` runs the forward pass: the network itself, or its DDP wrapper under accelerate.
         self.model: torch.nn.Module = sampler.module
         rank = 0
         if accelerator is not None:

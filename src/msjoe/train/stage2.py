@@ -1,14 +1,7 @@
 """Stage 2 of MSJoE: joint evolution of the MLLM (GRPO) and the U-Sampler (REINFORCE) on shared rollouts.
 
-For every training item the trainer runs a group of G rollouts (DESIGN.md §4)::
-
-    question + K/2 low-res previews ─MLLM samples─▶ query reply ─parse─▶ queries (the question if none parse)
-    queries ─frozen text tower─▶ S = cos(queries, cached frame embeddings)   [Nq, T]
-    S ─U-Sampler─▶ logits ─Gumbel-top-k─▶ K frames (without replacement)
-    K frames (time-ordered, timestamped) + question ─MLLM samples─▶ answer reply
-    reward r = w_acc · r_acc + w_format · r_format + w_info · r_info           (msjoe.rl.rewards.rollout_reward)
-
-and then updates both models from the same rollouts:
+The G rollouts of each item are made by :mod:`msjoe.train.stage2_rollout`, with the hyper-parameters of
+:mod:`msjoe.train.stage2_config`; this module updates both models from the same rollouts:
 
 - MLLM (paper: GRPO): ``A_i = (r_i - mean(r)) / (std(r) + eps)`` within the group, and the PPO-clip surrogate over
   the MLLM's *own* tokens in both turns (the query reply and the answer reply), one token-mean over all tokens of
@@ -30,26 +23,19 @@ tower once (:meth:`~msjoe.mllm.transformers_backend.TransformersMLLM.token_logpr
 (K frames) and by default go one a pass, or as a right-padded batch of their own frames with a larger budget.
 Results equal one pass per rollout and turn up to float rounding.
 
-Choices of ours, beyond the paper:
+Distribution (``accelerate``, DDP or one device; :mod:`msjoe.train.run` refuses FSDP, DeepSpeed and Megatron, since
+generation runs on the unwrapped model): each process runs its own items; the trainer prepares the U-Sampler
+network and the policy model (in that order: peft models last, see msjoe.train.checkpoint) and both optimisers.
+DDP sees exactly one synchronised forward/backward per model and optimiser step: every MLLM forward pass (one turn
+of one group) is backpropagated on its own inside ``accelerator.no_sync`` except the very last one (which also
+bounds memory: one batch's graph at a time), and the U-Sampler scores all rollouts in one batched forward. Only
+those gradient passes run through the prepared module. Generation and the no-grad scoring passes (reference and old
+log-probabilities) run on the unwrapped model: a DDP forward is a collective (buffer broadcast) and their number
+differs between processes (a process whose groups are all tied scores nothing). All scoring runs under the
+accelerator's autocast, as the prepared module's forward does. The token-mean denominator is the token count of the
+whole step over all processes, so the averaged gradient is exactly the global token mean.
 
-- The PPO ratio uses the temperature-scaled softmax (as the sampler did), also when ``top_p < 1`` truncates the
-  sampling distribution (TRL does the same); keep ``top_p = 1`` for an exact on-policy ratio.
-- A rollout whose query reply parses to no query searches with the question (as at inference), and its
-  ``r_info`` is 0: the MLLM wrote no query that could be informative. Its format reward is 0 anyway.
-- Frame positions are reported as ``(index + 0.5) / T``: the fraction of the candidate timeline (uniform in time
-  at a fixed candidate fps), for histograms of where the sampler looks.
-
-Distribution (``accelerate``): each process runs its own items; the trainer prepares the U-Sampler network and the
-policy model (in that order: peft models last, see msjoe.train.checkpoint) and both optimisers. DDP sees exactly
-one synchronised forward/backward per model and optimiser step: every MLLM forward pass (one turn of one group)
-is backpropagated on its own inside ``accelerator.no_sync`` except the very last one (which also bounds memory: one
-batch's graph at a time), and the U-Sampler scores all rollouts in one batched forward. Only those gradient passes run
-through the prepared module. Generation and the no-grad scoring passes (reference and old log-probabilities) run on
-the unwrapped model: a DDP forward is a collective (buffer broadcast) and their number differs between processes (a
-process whose groups are all tied scores nothing). All scoring runs under the accelerator's autocast, as the
-prepared module's forward does. The token-mean denominator is the token count of the whole step over all processes, so
-the averaged gradient is exactly the global token mean. Only DDP (and single-device) training is supported:
-FSDP / DeepSpeed ZeRO-3 would need gathered weights for generation.
+The choices beyond the paper, and why: docs/decisions.md ("Training runs").
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ class Stage2Config:
     temperature: float = 1.0
     """Sampling temperature of both MLLM turns (> 0: GRPO needs diverse rollouts and defined probabilities)."""
     top_p: float = 1.0
-    """Nucleus mass of both turns. The PPO ratio ignores the truncation (see the module notes): keep 1.0 for an exact
+    """Nucleus mass of both turns. The PPO ratio ignores the truncation (docs/decisions.md): keep 1.0 for an exact
     on-policy ratio."""
     query_max_new_tokens: int = 128
     """Token budget of the query reply (the pipeline's default)."""
@@ -72,17 +72,13 @@ class Stage2Config:
     """Token budget of the answer reply (the pipeline's default)."""
     generation_batch_size: int | None = None
     """Rollouts generated in one batched ``generate`` call per turn. None: the whole group, except the answer turn
-    on a CPU, one at a time: its G prompts differ (one prompt sampled G times in the query turn), and the padding
-    mask of a batch moves CPU attention off its fused kernel, 2.4x slower at K = 32 (bench/RESULTS.md). Lower it when
-    a group of answer prompts (K frames each) does not fit in memory at once."""
+    on a CPU, one at a time (a batch's padding mask moves CPU attention off its fused kernel: bench/RESULTS.md).
+    Lower it when a group of answer prompts (K frames each) does not fit in memory at once."""
     scoring_max_tokens: int | None = None
     """Most positions (rows x longest row, prompts with their image tokens included) in one scoring forward pass,
-    like verl's ``ppo_max_token_len_per_gpu``: the rollouts of one turn of a group are batched while they fit, a
-    longer row goes alone. None (default): the longest turn being scored, so no pass is larger than scoring one turn
-    at a time needs anyway (the memory of the update's passes, whose activations live until their backward, stays
-    that of one long turn): a group's short query turns share passes, long answer turns go one at a time. Raise it
-    (e.g. 16384) to batch answer turns when memory allows: on GPUs that uses the device better; on the tiny CPU
-    models of bench/bench_stage2.py it is not faster. Results do not depend on it beyond float rounding."""
+    like verl's ``ppo_max_token_len_per_gpu``. None: the longest turn being scored (no pass larger than scoring one
+    turn at a time). Raise it (e.g. 16384) to batch answer turns when memory allows; results do not depend on it
+    beyond float rounding (measurements: bench/RESULTS.md)."""
 
     # --- rewards and advantages -----------------------------------------------------------------------------
     reward_weights: RewardWeights = field(default_factory=RewardWeights)
