@@ -49,6 +49,7 @@ import numpy as np
 from av.stream import Disposition
 from av.video.reformatter import Interpolation, VideoReformatter
 
+from msjoe.checks import check_int, check_sampling
 from msjoe.errors import (
     CorruptVideoError,
     EmptyVideoError,
@@ -192,10 +193,7 @@ def candidate_timestamps(info: VideoInfo, fps: float = DEFAULT_FPS, max_frames: 
     Returns:
         float64 seconds relative to the video start, sorted and distinct.
     """
-    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
-    if isinstance(max_frames, bool) or not isinstance(max_frames, numbers.Integral) or max_frames < 1:
-        raise ValueError(f"max_frames must be an integer >= 1, got {max_frames!r}")
+    check_sampling(fps, max_frames)
     duration = float(info.duration)
     if not math.isfinite(duration) or duration < 0:
         raise ValueError(f"info.duration must be a finite number >= 0, got {info.duration!r} for {info.path}")
@@ -270,8 +268,8 @@ def iter_frames_at_sizes(
     if one_size or not isinstance(sizes, Sequence) or not sizes:
         raise ValueError(f"sizes must be a non-empty list of sizes (each as iter_frames' size), got {sizes!r}")
     checked = tuple(_check_size(size) for size in sizes)
-    _check_int("threads", threads, minimum=0)
-    _check_int("batch_size", batch_size, minimum=1)
+    check_int("threads", threads, minimum=0)
+    check_int("batch_size", batch_size, minimum=1)
     return _iter_batches(path, times, checked, threads, batch_size)
 
 
@@ -286,7 +284,7 @@ def decode_frames(
     path = existing_video_file(path)
     times = _check_timestamps(timestamps)
     size = _check_size(size)
-    _check_int("threads", threads, minimum=0)
+    check_int("threads", threads, minimum=0)
     if len(times) == 0:
         info = probe(path)
         height, width = _output_hw((info.height, info.width), size)
@@ -789,11 +787,6 @@ def _check_size(size: Size) -> Size:
     ):
         return int(size[0]), int(size[1])
     raise ValueError(f"size must be None, an int (shorter side) or a (height, width) pair of ints >= 1, got {size!r}")
-
-
-def _check_int(name: str, value: int, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def fit_to_pixel_budget(height: int, width: int, max_pixels: int, multiple: int = 1) -> tuple[int, int]:

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from msjoe.atomic import write_text_atomically
+from msjoe.checks import is_int
 from msjoe.data.benchmarks import get_benchmark
 from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult, UnrunnableRow
 from msjoe.data.schema import QAItem
@@ -123,7 +124,7 @@ class EvalConfig:
                 if "usampler" in self.samplers
                 else "a sampler checkpoint is only used with the usampler sampler"
             )
-        if not self.budgets or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.budgets):
+        if not self.budgets or any(not is_int(k) or k < 1 for k in self.budgets):
             raise ValueError(f"budgets must be positive integers, got {list(self.budgets)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 (or None for all items), got {self.limit}")

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import torch
 
+from msjoe.checks import is_int
 from msjoe.limits import MAX_QUERIES
 
 
@@ -65,7 +66,7 @@ def check_similarity(sim: torch.Tensor, k: int) -> torch.Tensor:
     if not torch.isfinite(sim).all():
         bad = (~torch.isfinite(sim)).nonzero()[0].tolist()
         raise ValueError(f"similarity matrix holds NaN or infinite values (first at query {bad[0]}, frame {bad[1]})")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+    if not is_int(k, numbers.Integral) or k < 1:
         raise ValueError(f"frame budget k must be a positive integer, got {k!r}")
     return sim.float()
 

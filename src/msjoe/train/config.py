@@ -25,6 +25,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from msjoe.checks import is_int, is_number
 from msjoe.train.stage1 import Stage1Config
 from msjoe.train.stage2 import Stage2Config
 from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
@@ -289,7 +290,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be true or false, got {value!r}")
         return value
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
         return value
     if hint is float:
@@ -298,7 +299,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not is_number(value):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         return float(value)
     if hint is str:

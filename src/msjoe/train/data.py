@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from msjoe.cache import FeatureCache, FrameFeatures
+from msjoe.checks import is_int
 from msjoe.data.replies import ReplyCache, VideoFingerprints, describe_mllm, prompt_version, question_digest
 from msjoe.data.schema import QAItem
 from msjoe.errors import VideoError
@@ -168,7 +169,7 @@ class QueryWriter:
     cache_hits: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+        if not is_int(self.k) or self.k < 1:
             raise ValueError(f"QueryWriter.k must be a positive int (the training budget K), got {self.k!r}")
         if not 1 <= self.max_queries <= MAX_QUERIES:
             raise ValueError(f"QueryWriter.max_queries must be 1 to {MAX_QUERIES}, got {self.max_queries!r}")
@@ -324,7 +325,7 @@ def prepare_examples(
     """
     if queries is not None and queries != "question" and not isinstance(queries, QueryWriter):
         raise ValueError(f"queries must be 'question', a QueryWriter or None, got {queries!r}")
-    if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
+    if not is_int(min_frames) or min_frames < 1:
         raise ValueError(f"min_frames must be a positive int, got {min_frames!r}")
     prepared = PreparedData()
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 
+from msjoe.checks import is_int
 from msjoe.errors import NonFiniteLossError
 from msjoe.rl.losses import reinforce_loss
 from msjoe.rl.rewards import difficulty_advantage
@@ -136,13 +137,13 @@ class Stage1Config:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         for name in ("steps", "k", "batch_size", "samples_per_item"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "steps" else 1):
+            if not is_int(value) or value < (0 if name == "steps" else 1):
                 raise ValueError(
                     f"{name} must be a {'non-negative' if name == 'steps' else 'positive'} int, got {value!r}"
                 )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
@@ -158,7 +159,7 @@ class Stage1Config:
             raise ValueError(f"advantage_clip must be a positive number, got {self.advantage_clip!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be None or > 0, got {self.max_grad_norm!r}")
-        if isinstance(self.log_interval, bool) or not isinstance(self.log_interval, int) or self.log_interval < 0:
+        if not is_int(self.log_interval) or self.log_interval < 0:
             raise ValueError(f"log_interval must be a non-negative int, got {self.log_interval!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from msjoe.checks import is_int
 from msjoe.frame_store import DEFAULT_MAX_PIXELS
 from msjoe.limits import MAX_QUERIES
 from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS
@@ -167,7 +168,7 @@ class Stage2Config:
         ):
             value = getattr(self, name)
             minimum = 0 if name in ("steps", "warmup_steps", "seed") else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            if not is_int(value) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
         if self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 (GRPO normalises rewards within a group), got {self.group_size}")
@@ -202,7 +203,7 @@ class Stage2Config:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         for name in ("generation_batch_size", "scoring_max_tokens"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
         for name in ("mllm_max_grad_norm", "sampler_max_grad_norm"):
             value = getattr(self, name)
