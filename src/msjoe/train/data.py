@@ -18,7 +18,7 @@ frames with greedy decoding, exactly as at inference). Written queries are cache
 (:class:`ReplyCache`), so a rerun or a second run on the same data asks the MLLM nothing. Stage 2 writes its own
 queries in every rollout: pass ``queries=None`` for examples with features only.
 
-Frames of an example are loaded with :func:`load_example_frames` (the example's candidate grid, an optional
+Candidate frames are loaded with :func:`load_candidate_frames` (a candidate grid, an optional
 :class:`~msjoe.frame_store.FrameStore`). The reply caches and cache-key helpers live in :mod:`msjoe.data.replies`
 (``msjoe data calibrate`` shares them) and are re-exported here.
 """
@@ -59,7 +59,6 @@ __all__ = [
     "VideoFingerprints",
     "describe_mllm",
     "load_candidate_frames",
-    "load_example_frames",
     "prepare_examples",
     "prompt_version",
     "question_digest",
@@ -105,29 +104,6 @@ def load_candidate_frames(
         max_frames=max_frames,
         fingerprint=fingerprint,
         info=info,
-    )
-
-
-def load_example_frames(
-    example: TrainExample,
-    indices: Sequence[int] | torch.Tensor,
-    max_pixels: int,
-    *,
-    frame_store: FrameStore | None = None,
-    fingerprint: str | None = None,
-) -> np.ndarray:
-    """The candidate frames ``indices`` of ``example``'s video at ``max_pixels`` (see :func:`load_candidate_frames`;
-    the grid is the example's features' ``fps`` / ``max_frames``). ``fingerprint`` saves the store a 3 MiB read."""
-    return load_candidate_frames(
-        example.qa.video,
-        example.features.timestamps,
-        indices,
-        max_pixels,
-        fps=example.features.fps,
-        max_frames=example.features.max_frames,
-        frame_store=frame_store,
-        fingerprint=fingerprint,
-        info=example.features.video_info,
     )
 
 

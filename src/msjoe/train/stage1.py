@@ -215,7 +215,6 @@ class Stage1Trainer:
         sampler: USampler,
         answerer: Answerer,
         config: Stage1Config | None = None,
-        optimizer: torch.optim.Optimizer | None = None,
         accelerator: Accelerator | None = None,
     ) -> None:
         if not isinstance(answerer, Answerer):
@@ -223,7 +222,7 @@ class Stage1Trainer:
         self.sampler = sampler
         self.answerer = answerer
         self.config = config or Stage1Config()
-        self.optimizer = optimizer or torch.optim.AdamW(
+        self.optimizer = torch.optim.AdamW(
             sampler.module.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
         )
         # Not prepared by accelerate: its scheduler wrapper would step num_processes times per update.

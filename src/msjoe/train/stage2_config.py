@@ -7,7 +7,7 @@ choices are in docs/decisions.md ("Training runs").
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from msjoe.checks import is_int
@@ -220,15 +220,6 @@ class Stage2Config:
         data["lora_target_modules"] = list(self.lora_target_modules)
         data["frozen_modules"] = list(self.frozen_modules)
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Stage2Config:
-        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown Stage2Config fields: {unknown}")
-        return cls(**data)
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of both peak learning rates for update number ``step`` (0-based)."""
