@@ -45,6 +45,7 @@ from msjoe.rl.schedule import LR_SCHEDULES, LRSchedule, lr_factor
 from msjoe.rl.seeding import derive_seed
 from msjoe.samplers.selection import ESTIMATORS
 from msjoe.samplers.usampler import USampler
+from msjoe.train.trainer_base import TrainerBase
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -201,7 +202,7 @@ class Stage1StepStats:
     """This process's drawn frames as fractions of their video, ``(index + 0.5) / T`` (for histograms)."""
 
 
-class Stage1Trainer:
+class Stage1Trainer(TrainerBase):
     """REINFORCE over a frozen answerer: draw K frames per rollout, ask the answerer, update the sampler.
 
     ``trainer.train(items)`` runs ``config.steps`` steps over an iterable of :class:`Stage1Item` (an endless
@@ -280,16 +281,8 @@ class Stage1Trainer:
             loss = loss - config.entropy_coef * entropy
 
         self.optimizer.zero_grad(set_to_none=True)
-        if self.accelerator is not None:
-            self.accelerator.backward(loss)
-        else:
-            loss.backward()
-        parameters = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = config.max_grad_norm if config.max_grad_norm is not None else math.inf
-        if self.accelerator is not None:
-            grad_norm = float(self.accelerator.clip_grad_norm_(parameters, max_norm))
-        else:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+        self._backward(loss)
+        grad_norm = self._clip(self.model, config.max_grad_norm)
         raw = torch.cat(raw_advantages)
         mean_item_difficulty = sum(float(item.difficulty) for item in items) / len(items)
         local = torch.tensor(
@@ -338,12 +331,6 @@ class Stage1Trainer:
             seconds=time.perf_counter() - started,
             frame_positions=tuple(positions),
         )
-
-    def _mean_over_processes(self, values: torch.Tensor) -> list[float]:
-        """Means over processes of per-process statistics (each process runs the same number of items)."""
-        if self.accelerator is not None and self.accelerator.num_processes > 1:
-            values = self.accelerator.reduce(values.to(self.accelerator.device), reduction="mean").cpu()
-        return [float(v) for v in values]
 
     def train(
         self, items: Iterable[Stage1Item], callback: Callable[[Stage1StepStats], None] | None = None

@@ -65,6 +65,7 @@ from msjoe.samplers.usampler import USampler
 from msjoe.train.examples import TrainExample
 from msjoe.train.stage2_config import LORA_TARGET_MODULES, Stage2Config
 from msjoe.train.stage2_rollout import Rollout, RolloutContext, Turn, rollout_group
+from msjoe.train.trainer_base import TrainerBase
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -149,7 +150,7 @@ class Stage2StepStats:
 # --------------------------------------------------------------------------------------------------------------
 # The trainer
 # --------------------------------------------------------------------------------------------------------------
-class Stage2Trainer:
+class Stage2Trainer(TrainerBase):
     """GRPO for the MLLM and REINFORCE for the U-Sampler on shared joint rollouts.
 
     ``trainer.step(examples)`` runs ``group_size`` rollouts per example and updates both models; the pieces are
@@ -560,41 +561,6 @@ class Stage2Trainer:
         sizes = {len(group) for group in groups}
         if len(sizes) != 1 or min(sizes) < 2:
             raise ValueError(f"every group needs the same number (>= 2) of rollouts, got sizes {sorted(sizes)}")
-
-    @property
-    def _num_processes(self) -> int:
-        return self.accelerator.num_processes if self.accelerator is not None else 1
-
-    def _sum_over_processes(self, values: torch.Tensor) -> list[float]:
-        if self.accelerator is not None and self.accelerator.num_processes > 1:
-            values = self.accelerator.reduce(values.double().to(self.accelerator.device), reduction="sum").cpu()
-        return [float(value) for value in values]
-
-    def _gather(self, values: list[Any]) -> list[Any]:
-        """Concatenate per-process lists (all processes must call it)."""
-        if self.accelerator is not None and self.accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            return list(gather_object(values))
-        return values
-
-    def _no_sync(self, module: torch.nn.Module, skip_sync: bool) -> contextlib.AbstractContextManager[Any]:
-        if skip_sync and self.accelerator is not None:
-            return self.accelerator.no_sync(module)
-        return contextlib.nullcontext()
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        if self.accelerator is not None:
-            self.accelerator.backward(loss)
-        else:
-            loss.backward()
-
-    def _clip(self, module: torch.nn.Module, max_norm: float | None) -> float:
-        parameters = [p for p in module.parameters() if p.grad is not None]
-        limit = math.inf if max_norm is None else max_norm
-        if self.accelerator is not None:
-            return float(self.accelerator.clip_grad_norm_(parameters, limit))
-        return float(torch.nn.utils.clip_grad_norm_(parameters, limit))
 
     def _raise_if_not_finite(self, values: dict[str, float], groups: Sequence[Sequence[Rollout]], epoch: int) -> None:
         """Stop (on every process: the values are already reduced) before any optimiser step of this epoch."""
