@@ -593,71 +593,54 @@ class Stage2Trainer(TrainerBase):
         update_seconds: float,
     ) -> Stage2StepStats:
         advantages = self.mllm_advantages(groups)
+        # Per rollout, under the name of the statistic that is its mean over every rollout of every process.
         local = [
             {
                 "reward": r.reward,
                 "reward_accuracy": r.reward_accuracy,
                 "reward_format": r.reward_format,
                 "reward_info": r.reward_info,
-                "correct": float(r.correct),
-                "format": float(r.queries_well_formed and r.answer_well_formed),
-                "query_format": float(r.queries_well_formed),
-                "answer_format": float(r.answer_well_formed),
-                "info": r.info_fraction,
-                "fallback": float(r.queries_from_question),
-                "advantage_abs": abs(a),
-                "sampler_advantage": s,
-                "entropy": r.sampler_entropy,
-                "entropy_ratio": r.sampler_entropy / math.log(r.num_candidates) if r.num_candidates > 1 else 1.0,
+                "accuracy": float(r.correct),
+                "format_rate": float(r.queries_well_formed and r.answer_well_formed),
+                "query_format_rate": float(r.queries_well_formed),
+                "answer_format_rate": float(r.answer_well_formed),
+                "info_rate": r.info_fraction,
+                "question_fallback_rate": float(r.queries_from_question),
+                "advantage_abs_mean": abs(a),
+                "sampler_advantage_mean": s,
+                "sampler_entropy": r.sampler_entropy,
+                "sampler_entropy_ratio": r.sampler_entropy / math.log(r.num_candidates)
+                if r.num_candidates > 1
+                else 1.0,
                 "query_tokens": float(len(r.query_token_ids)),
                 "answer_tokens": float(len(r.answer_token_ids)),
-                "positions": r.frame_positions(),
             }
             for r, a, s in zip(rollouts, advantages, sampler_stats["advantages"], strict=True)
         ]
+        positions = [p for r in rollouts for p in r.frame_positions()]
         tied = [float(len({r.reward for r in group}) == 1) for group in groups]
-        timing = [(rollout_seconds, update_seconds)]
-        everything = self._gather(local)
-        tied, timing = self._gather(tied), self._gather(timing)
-
-        def mean(key: str) -> float:
-            return sum(record[key] for record in everything) / len(everything)
+        everything, positions = self._gather(local), self._gather(positions)
+        tied, timing = self._gather(tied), self._gather([(rollout_seconds, update_seconds)])
 
         def std(key: str) -> float:
-            values = torch.tensor([record[key] for record in everything], dtype=torch.float64)
-            return float(values.std(correction=0))
+            return float(torch.tensor([record[key] for record in everything], dtype=torch.float64).std(correction=0))
 
         return Stage2StepStats(
+            **{key: sum(record[key] for record in everything) / len(everything) for key in local[0]},
             step=self.step_count,
             num_rollouts=len(everything),
             mllm_loss=mllm_loss,
             sampler_loss=sampler_stats["loss"],
-            reward=mean("reward"),
             reward_std=std("reward"),
-            reward_accuracy=mean("reward_accuracy"),
-            reward_format=mean("reward_format"),
-            reward_info=mean("reward_info"),
-            accuracy=mean("correct"),
-            format_rate=mean("format"),
-            query_format_rate=mean("query_format"),
-            answer_format_rate=mean("answer_format"),
-            info_rate=mean("info"),
-            question_fallback_rate=mean("fallback"),
-            advantage_abs_mean=mean("advantage_abs"),
             tied_group_rate=sum(tied) / len(tied),
-            sampler_advantage_mean=mean("sampler_advantage"),
-            sampler_advantage_std=std("sampler_advantage"),
-            sampler_entropy=mean("entropy"),
-            sampler_entropy_ratio=mean("entropy_ratio"),
+            sampler_advantage_std=std("sampler_advantage_mean"),
             kl=kl,
             clip_fraction=clip_fraction,
-            query_tokens=mean("query_tokens"),
-            answer_tokens=mean("answer_tokens"),
             mllm_grad_norm=mllm_grad_norm,
             sampler_grad_norm=sampler_grad_norm,
             mllm_learning_rate=float(self.mllm_scheduler.get_last_lr()[0]),
             sampler_learning_rate=float(self.sampler_scheduler.get_last_lr()[0]),
-            frame_positions=tuple(p for record in everything for p in record["positions"]),
+            frame_positions=tuple(positions),
             rollout_seconds=max(t[0] for t in timing),
             update_seconds=max(t[1] for t in timing),
             seconds=max(t[0] + t[1] for t in timing),
