@@ -609,9 +609,7 @@ class Stage2Trainer(TrainerBase):
                 "advantage_abs_mean": abs(a),
                 "sampler_advantage_mean": s,
                 "sampler_entropy": r.sampler_entropy,
-                "sampler_entropy_ratio": r.sampler_entropy / math.log(r.num_candidates)
-                if r.num_candidates > 1
-                else 1.0,
+                "sampler_entropy_ratio": _entropy_ratio(r),
                 "query_tokens": float(len(r.query_token_ids)),
                 "answer_tokens": float(len(r.answer_token_ids)),
             }
@@ -700,6 +698,11 @@ class _ScoringBatch:
         for rollout, value in zip(self.rollouts, values, strict=True):
             if not (keep_existing and getattr(rollout, name) is not None):
                 setattr(rollout, name, value)
+
+
+def _entropy_ratio(rollout: Rollout) -> float:
+    """The sampler's entropy over ``log T`` (1: uniform over the candidates)."""
+    return rollout.sampler_entropy / math.log(rollout.num_candidates) if rollout.num_candidates > 1 else 1.0
 
 
 def _padded(rows: Sequence[torch.Tensor]) -> torch.Tensor:
