@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msjoe.rl.stage1 import Stage1Config
 from msjoe.samplers import get_sampler
 from msjoe.samplers.usampler import USampler, USamplerConfig
 from msjoe.sim.evaluate import ItemScores, compare, paired_difference
 from msjoe.sim.protocol import checked_items, load_simulator
 from msjoe.sim.train import train_on_simulator
 from msjoe.sim.variants import variants
+from msjoe.train.stage1 import Stage1Config
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "sim_family"
 RUNS = CACHE / "runs"

@@ -5,7 +5,7 @@
     python bench/bench_simulator.py --sweep-radii [--load FOLDER]   # choose the NMS radius on a validation split
 
 The U-Sampler starts from ``USamplerConfig()`` (about 2M parameters) and is trained with stage-1 REINFORCE and the
-difficulty-aware reward (:mod:`msjoe.rl.stage1`) against the simulated answerer, on a stream of fresh training
+difficulty-aware reward (:mod:`msjoe.train.stage1`) against the simulated answerer, on a stream of fresh training
 items (split seed 0). Evaluation uses held-out items (split seed 1) at K = 8 and 16, for every baseline, the
 untrained U-Sampler (its similarity prior alone) and the trained one, each with its three inference rules.
 
@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msjoe.rl.stage1 import Stage1Config, Stage1Trainer
 from msjoe.samplers import get_sampler
 from msjoe.samplers.usampler import USampler, USamplerConfig
 from msjoe.sim.planted import (
@@ -39,6 +38,7 @@ from msjoe.sim.planted import (
     generate_items,
     item_stream,
 )
+from msjoe.train.stage1 import Stage1Config, Stage1Trainer
 
 BASELINES: list[tuple[str, dict]] = [
     ("uniform", {}),

@@ -1,6 +1,6 @@
 """Stage-1 step time: answer cache cold vs warm, frames decoded vs read from the frame store (tiny random models).
 
-Steps of :class:`msjoe.rl.stage1.Stage1Trainer` with the frozen MLLM as answerer
+Steps of :class:`msjoe.train.stage1.Stage1Trainer` with the frozen MLLM as answerer
 (:class:`msjoe.train.answerer.MLLMAnswerer`) over examples from :func:`msjoe.train.data.prepare_examples` (the
 question as the single query), side by side in one run:
 
@@ -57,12 +57,12 @@ from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore
 from msjoe.mllm import GenerationConfig
 from msjoe.mllm.transformers_backend import TransformersMLLM
 from msjoe.rl.losses import sampler_log_prob
-from msjoe.rl.stage1 import Stage1Config, Stage1Trainer
 from msjoe.samplers.selection import gumbel_topk
 from msjoe.samplers.usampler import USampler
 from msjoe.train.answerer import MLLMAnswerer
 from msjoe.train.data import prepare_examples
 from msjoe.train.examples import TrainExample
+from msjoe.train.stage1 import Stage1Config, Stage1Trainer
 
 OPTIONS = ("a red screen", "a green screen", "a blue screen", "a white square")
 QUESTIONS = (

@@ -1,6 +1,6 @@
 """Stage-2 step time: a GRPO group generated in one batched call vs one rollout at a time (tiny random models).
 
-One stage-2 step of :class:`msjoe.rl.stage2.Stage2Trainer` (G joint rollouts of one item, then the GRPO update of
+One stage-2 step of :class:`msjoe.train.stage2.Stage2Trainer` (G joint rollouts of one item, then the GRPO update of
 the MLLM and the REINFORCE update of the U-Sampler) in each configuration, side by side in one run:
 
 - ``generation_batch_size=G`` (each MLLM turn of the group in one left-padded ``generate`` call; the default
@@ -28,7 +28,8 @@ its time would measure almost nothing). By default the rewards of each group are
 the update, so every turn gets a gradient as in a learning run; ``--own-rewards`` keeps the model's.
 
 Instrumentation: phases are timed by replacing methods of the trainer and the MLLM (and ``load_frames`` /
-``query_similarity`` in ``msjoe.rl.stage2``) with timing wrappers inside this process; nothing in ``src/`` changes.
+``query_similarity`` in ``msjoe.train.stage2_rollout``) with timing wrappers inside this process; nothing in
+``src/`` changes.
 
 Run (5-9 minutes on a loaded 2-core CPU)::
 
@@ -58,7 +59,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import msjoe.rl.stage2 as stage2_module
+import msjoe.train.stage2_rollout as stage2_module  # the rollout steps look these names up here
 from _longvideo import CACHE_DIR, long_video
 from msjoe.cache import FeatureCache
 from msjoe.data.schema import QAItem
@@ -67,11 +68,11 @@ from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore
 from msjoe.index import index_video
 from msjoe.mllm.base import ImagePart, Message
 from msjoe.mllm.transformers_backend import TransformersMLLM
-from msjoe.rl.stage2 import Rollout, Stage2Config, Stage2Trainer
 from msjoe.samplers.usampler import USampler
 from msjoe.tiny_models.clip import write_tiny_clip
 from msjoe.tiny_models.qwen import write_tiny_qwen2_5_vl
 from msjoe.train.examples import TrainExample
+from msjoe.train.stage2 import Rollout, Stage2Config, Stage2Trainer
 
 OPTIONS = ("a red screen", "a green screen", "a blue screen", "a white square")
 QUESTION = "What colour is the screen when the square is dark?"

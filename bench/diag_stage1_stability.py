@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from msjoe.rl.stage1 import Stage1Config, Stage1Trainer
 from msjoe.samplers.selection import default_nms_radius, quantile_indices, topk_indices, topk_nms
 from msjoe.samplers.usampler import USampler, USamplerConfig
 from msjoe.sim.planted import SimulatedAnswerer, SimulatedItem, generate_items, item_stream
+from msjoe.train.stage1 import Stage1Config, Stage1Trainer
 
 TRAIN_SPLIT, HELD_OUT_SPLIT = 0, 1
 DEFAULT_RUNS = ("constant:5e-4", "constant:1e-3", "constant:2e-3", "cosine:1e-3", "cosine:3e-3")

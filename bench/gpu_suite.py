@@ -70,10 +70,10 @@ from msjoe.mllm import MLLM, GenerationConfig, Message
 from msjoe.mllm.prompts import answer_prompt
 from msjoe.mllm.transformers_backend import TransformersMLLM
 from msjoe.pipeline import PipelineConfig, VideoQA, load_frames
-from msjoe.rl.stage2 import Rollout, Stage2Config, Stage2Trainer
 from msjoe.samplers import get_sampler
 from msjoe.train.answerer import DEFAULT_ANSWER_GENERATION
 from msjoe.train.examples import TrainExample
+from msjoe.train.stage2 import Rollout, Stage2Config, Stage2Trainer
 from msjoe.video import iter_frames
 
 CONFIGS = Path(__file__).resolve().parent / "configs"

@@ -15,9 +15,9 @@ from transformers import GPT2Config
 
 from msjoe.errors import ModelLoadError
 from msjoe.mllm import GenerationConfig, ImagePart, Message, load_mllm
-from msjoe.mllm.base import fit_to_pixel_budget
 from msjoe.mllm.transformers_backend import TransformersMLLM
 from msjoe.tiny_models.qwen import write_tiny_qwen2_5_vl
+from msjoe.video import fit_to_pixel_budget
 
 GREEDY = GenerationConfig(max_new_tokens=12)
 

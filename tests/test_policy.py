@@ -10,11 +10,11 @@ from collections import Counter
 import pytest
 import torch
 
-from msjoe.rl.stage1 import Stage1Config, Stage1Trainer
 from msjoe.samplers import policy
 from msjoe.samplers.selection import plackett_luce_log_prob
 from msjoe.samplers.usampler import USampler, USamplerConfig
 from msjoe.sim.planted import SimulatedAnswerer, generate_items
+from msjoe.train.stage1 import Stage1Config, Stage1Trainer
 
 
 def reference_probability(logits: list[float], order: tuple[int, ...], width: int) -> float:

@@ -362,16 +362,6 @@ def test_ppo_token_mean_hand_computed() -> None:
     torch.testing.assert_close(case["logprobs"].grad, expected_grad, rtol=1e-12, atol=1e-15)
 
 
-def test_ppo_sequence_mean_hand_computed() -> None:
-    case = ppo_case()
-    loss, _ = ppo_clip_token_loss(**case, aggregation="sequence-mean")
-    expected = (sum(TOKEN_LOSSES[0]) / 3 + sum(TOKEN_LOSSES[1]) / 2) / 2  # (-5.6/3 + 2.3/2) / 2
-    torch.testing.assert_close(loss, f64(expected), rtol=1e-12, atol=0)
-    loss.backward()
-    expected_grad = f64([[0.0, -1.0 / 3 / 2, -2.2 / 3 / 2, 0.0], [1.5 / 2 / 2, 0.0, 0.0, 0.0]])
-    torch.testing.assert_close(case["logprobs"].grad, expected_grad, rtol=1e-12, atol=1e-15)
-
-
 def test_ppo_per_token_advantages_and_token_normaliser() -> None:
     case = ppo_case()
     per_token = case["advantages"].unsqueeze(-1).expand(2, 4)
@@ -384,29 +374,27 @@ def test_ppo_per_token_advantages_and_token_normaliser() -> None:
 
 def test_ppo_masked_tokens_and_empty_rollouts_are_excluded() -> None:
     case = ppo_case()
-    # a third rollout whose tokens are all masked (e.g. padding of the batch) changes neither aggregation
+    # a third rollout whose tokens are all masked (e.g. padding of the batch) changes nothing
     padded = {
         "logprobs": torch.cat([case["logprobs"].detach(), f64([[5.0, -9.0, math.nan, 0.0]])]).requires_grad_(),
         "old_logprobs": torch.cat([case["old_logprobs"], f64([[0.0, 3.0, 0.0, -math.inf]])]),
         "advantages": torch.cat([case["advantages"], f64([100.0])]),
         "mask": torch.cat([case["mask"], torch.zeros(1, 4, dtype=torch.bool)]),
     }
-    for aggregation in ("token-mean", "sequence-mean"):
-        reference, _ = ppo_clip_token_loss(**case, aggregation=aggregation)
-        loss, stats = ppo_clip_token_loss(**padded, aggregation=aggregation)
-        torch.testing.assert_close(loss, reference.detach(), rtol=1e-15, atol=0)
-        assert stats["clip_fraction"].item() == 2 / 5
+    reference, _ = ppo_clip_token_loss(**case)
+    loss, stats = ppo_clip_token_loss(**padded)
+    torch.testing.assert_close(loss, reference.detach(), rtol=1e-15, atol=0)
+    assert stats["clip_fraction"].item() == 2 / 5
     loss.backward()
     assert torch.isfinite(padded["logprobs"].grad).all()
     assert padded["logprobs"].grad[2].tolist() == [0.0] * 4
     # nothing to learn from: zero loss, zero gradient, no NaN
     empty = {**case, "mask": torch.zeros(2, 4, dtype=torch.bool)}
     empty["logprobs"] = case["logprobs"].detach().clone().requires_grad_()
-    for aggregation in ("token-mean", "sequence-mean"):
-        loss, stats = ppo_clip_token_loss(**empty, aggregation=aggregation)
-        loss.backward()
-        assert loss.item() == 0.0 and stats["clip_fraction"].item() == 0.0
-        assert empty["logprobs"].grad.tolist() == [[0.0] * 4] * 2
+    loss, stats = ppo_clip_token_loss(**empty)
+    loss.backward()
+    assert loss.item() == 0.0 and stats["clip_fraction"].item() == 0.0
+    assert empty["logprobs"].grad.tolist() == [[0.0] * 4] * 2
 
 
 def test_ppo_kl_term_hand_computed() -> None:
@@ -444,8 +432,7 @@ def test_ppo_on_policy_gradient_is_reinforce() -> None:
     torch.testing.assert_close(logprobs.grad, expected, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("aggregation", ["token-mean", "sequence-mean"])
-def test_ppo_gradcheck(aggregation: str) -> None:
+def test_ppo_gradcheck() -> None:
     generator = torch.Generator().manual_seed(5)
     old = -torch.rand(3, 6, generator=generator, dtype=F64) - 0.1
     # log-ratios spread over [-0.5, 0.5] so some tokens sit on either side of the clip range (a measure-zero
@@ -456,9 +443,7 @@ def test_ppo_gradcheck(aggregation: str) -> None:
     advantages = f64([1.3, -0.7, 0.4])
 
     def loss_of(lp: torch.Tensor) -> torch.Tensor:
-        return ppo_clip_token_loss(lp, old, advantages, mask, ref_logprobs=ref, kl_beta=0.05, aggregation=aggregation)[
-            0
-        ]
+        return ppo_clip_token_loss(lp, old, advantages, mask, ref_logprobs=ref, kl_beta=0.05)[0]
 
     assert torch.autograd.gradcheck(loss_of, (logprobs,), eps=1e-6, atol=1e-8)
 
@@ -471,12 +456,10 @@ def test_ppo_rejects_bad_input() -> None:
         ppo_clip_token_loss(**{**case, "old_logprobs": torch.zeros(2, 3, dtype=F64)})
     with pytest.raises(ValueError, match="advantages"):
         ppo_clip_token_loss(**{**case, "advantages": torch.zeros(3, dtype=F64)})
-    with pytest.raises(ValueError, match="aggregation"):
-        ppo_clip_token_loss(**case, aggregation="sum")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="clip_eps"):
         ppo_clip_token_loss(**case, clip_eps=0.0)
     with pytest.raises(ValueError, match="num_tokens"):
-        ppo_clip_token_loss(**case, aggregation="sequence-mean", num_tokens=5)
+        ppo_clip_token_loss(**case, num_tokens=0)
 
 
 # --- sampler: REINFORCE and log-probabilities --------------------------------------------------------------

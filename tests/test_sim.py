@@ -14,7 +14,6 @@ import torch
 from typer.testing import CliRunner
 
 from msjoe.cli import app
-from msjoe.rl.stage1 import Stage1Config
 from msjoe.samplers import get_sampler
 from msjoe.samplers.usampler import USampler, USamplerConfig
 from msjoe.sim import variants
@@ -29,6 +28,7 @@ from msjoe.sim.protocol import (
     uniform_pass_rate,
 )
 from msjoe.sim.train import LOG_FILE, train_on_simulator
+from msjoe.train.stage1 import Stage1Config
 
 # A user's simulator, as a researcher would write it: one bump per item, the answer needs a frame inside it.
 USER_SIMULATOR = textwrap.dedent(

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from msjoe.rl.stage1 import Answerer, Stage1Config, Stage1Item, Stage1Trainer
 from msjoe.samplers import get_sampler
 from msjoe.samplers.usampler import USampler, USamplerConfig
 from msjoe.sim.planted import (
@@ -22,6 +21,7 @@ from msjoe.sim.planted import (
     generate_items,
     item_stream,
 )
+from msjoe.train.stage1 import Answerer, Stage1Config, Stage1Item, Stage1Trainer
 
 # Short videos keep the generation and the stage-1 smoke runs fast; the span caps still fit 7 spans.
 SMALL = SimulatorConfig(min_frames=64, max_frames=160)

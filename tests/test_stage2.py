@@ -6,17 +6,16 @@ rollouts' rewards by hand and call ``update``, which is exactly what ``step`` do
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from _stage2_helpers import OPTIONS, VIDEO_FPS, perturb_lora, small_config, with_rewards
 from _torchrun import TWO_PROCESSES
 from msjoe.data.schema import QAItem
 from msjoe.errors import NonFiniteLossError
@@ -27,13 +26,12 @@ from msjoe.mllm.transformers_backend import TransformersMLLM
 from msjoe.pipeline import preview_indices
 from msjoe.rl.losses import ppo_clip_token_loss
 from msjoe.rl.rewards import RewardWeights, informative_fraction, rollout_reward
-from msjoe.rl.stage2 import Rollout, Stage2Config, Stage2Trainer
 from msjoe.samplers.usampler import USampler, USamplerConfig
 from msjoe.synthetic_video import Event, event_color, read_frame_index, write_video
+from msjoe.train.config import ConfigError, run_config_from_dict
 from msjoe.train.examples import TrainExample
+from msjoe.train.stage2 import Rollout, Stage2Config, Stage2Trainer
 
-VIDEO_FPS = 4.0
-OPTIONS = ("red", "green", "blue", "grey")
 # The hand-computed GRPO case: mean 0.5, sample std sqrt((0.25 + 0.25 + 0) / 2) = 0.5, so A = (1, -1, 0).
 REWARDS = (1.0, 0.0, 0.5)
 ADVANTAGES = (1.0, -1.0, 0.0)
@@ -56,22 +54,11 @@ def example(tmp_path_factory: pytest.TempPathFactory, encoder: DualEncoder) -> T
     return TrainExample(qa=qa, features=features)
 
 
-def small_config(**overrides: object) -> Stage2Config:
-    settings: dict[str, object] = dict(
-        group_size=3, k=4, query_max_new_tokens=12, answer_max_new_tokens=6, warmup_steps=0, seed=0
-    )
-    return Stage2Config(**{**settings, **overrides})
-
-
 def make_trainer(qwen_dir: Path, encoder: DualEncoder, **overrides: object) -> Stage2Trainer:
     """A fresh trainer on freshly loaded models (the trainer adds adapters to its MLLM in place)."""
     mllm = TransformersMLLM(str(qwen_dir), dtype="float32")
     sampler = USampler(config=USamplerConfig(widths=(8, 16), query_width=4), seed=0)
     return Stage2Trainer(mllm, sampler, encoder, small_config(**overrides))
-
-
-def with_rewards(groups: list[list[Rollout]], rewards: tuple[float, ...]) -> list[list[Rollout]]:
-    return [[dataclasses.replace(r, reward=value) for r, value in zip(group, rewards, strict=True)] for group in groups]
 
 
 def trainable(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -80,15 +67,6 @@ def trainable(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def frozen(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in module.named_parameters() if not p.requires_grad}
-
-
-def perturb_lora(trainer: Stage2Trainer, seed: int = 0) -> None:
-    """LoRA's B starts at zero (so A gets no gradient); random B makes every adapter weight matter."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in trainer.policy_model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
 
 
 def images(messages: list) -> list[ImagePart]:
@@ -127,9 +105,10 @@ def test_config_round_trips_through_a_plain_mapping() -> None:
     config = Stage2Config(reward_weights=RewardWeights(accuracy=0.8), lora_target_modules=("q_proj", "v_proj"))
     data = json.loads(json.dumps(config.to_dict()))  # YAML/JSON-ready: lists and mappings only
     assert data["reward_weights"] == {"accuracy": 0.8, "format": 0.5, "info": 0.1}
-    assert Stage2Config.from_dict(data) == config
-    with pytest.raises(ValueError, match="unknown Stage2Config fields: \\['learning_rate'\\]"):
-        Stage2Config.from_dict({**data, "learning_rate": 1.0})
+    # A saved config loads back through the run config reader, as a run's config.yaml does.
+    assert run_config_from_dict({"stage": 2, "trainer": data}).trainer == config
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) trainer\.learning_rate"):
+        run_config_from_dict({"stage": 2, "trainer": {**data, "learning_rate": 1.0}})
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor() -> None:
@@ -594,8 +573,8 @@ def test_two_processes_train_on_the_global_token_mean_and_stay_identical(
     and after two updates both processes hold the same weights and report the same statistics. Then two PPO epochs
     without a KL term where only rank 0's group is tied: the processes score different numbers of turns (rank 0 only
     its synchronising one) and still step alike."""
-    command = [*TWO_PROCESSES, __file__]
-    command += ["--ddp-worker", str(tiny_qwen_dir), str(tiny_clip_dir), str(tmp_path)]
+    command = [*TWO_PROCESSES, str(Path(__file__).with_name("_two_process_stage2.py"))]
+    command += [str(tiny_qwen_dir), str(tiny_clip_dir), str(tmp_path)]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
@@ -609,95 +588,6 @@ def test_two_processes_train_on_the_global_token_mean_and_stay_identical(
     assert reports[0]["stats"]["kl"] is not None  # the reference (adapter disabled) was scored on both processes
     assert reports[0]["epochs"] == reports[1]["epochs"] and reports[0]["epochs"]["stats"]["tied_group_rate"] == 0.5
     assert reports[0]["epochs"]["weights"] != reports[0]["weights"]
-
-
-def _ddp_worker(qwen_dir: str, clip_dir: str, folder: str) -> None:
-    """One process of the two-process test (started by torch.distributed.run)."""
-    from accelerate import Accelerator
-    from accelerate.utils import gather_object
-
-    from msjoe.rl.advantages import group_advantages
-
-    torch.set_num_threads(1)
-    accelerator = Accelerator(cpu=True)
-    rank = accelerator.process_index
-    video = write_video(
-        Path(folder) / f"video{rank}.mp4", duration=6.0 + 2 * rank, fps=VIDEO_FPS, size=(128, 72),
-        events=[Event(2.0, 4.0, event_color(rank))],
-    )  # fmt: skip
-    encoder = DualEncoder.from_pretrained(clip_dir)
-    question = ("What colour is the background?", "Which shape moves?")[rank]
-    qa = QAItem(id=f"item-{rank}", video=str(video), question=question, options=OPTIONS, answer="A")
-    example = TrainExample(qa=qa, features=index_video(video, encoder, None, fps=1.0))
-    mllm = TransformersMLLM(qwen_dir, dtype="float32")
-    sampler = USampler(config=USamplerConfig(widths=(8, 16), query_width=4), seed=0, device=accelerator.device)
-    trainer = Stage2Trainer(mllm, sampler, encoder, small_config(kl_beta=0.1), accelerator=accelerator)
-    perturb_lora(trainer)  # same seed on both processes
-    groups = with_rewards(trainer.rollout([example]), ((1.0, 0.0, 0.5), (0.2, 0.9, 0.4))[rank])
-    everyone = gather_object([groups[0]])
-
-    trainer.mllm_optimizer.zero_grad(set_to_none=True)
-    trainer.mllm_backward(groups)
-    policy = trainer.policy_model
-    got = {name: p.grad.clone() for name, p in policy.named_parameters() if p.requires_grad}
-    trainer.sampler_optimizer.zero_grad(set_to_none=True)
-    trainer.sampler_backward(groups)
-    got_sampler = {name: p.grad.clone() for name, p in sampler.module.named_parameters()}
-
-    # The reference on the unwrapped modules (no synchronisation), over both processes' rollouts.
-    policy.zero_grad(set_to_none=True)
-    total_tokens = sum(r.num_tokens for group in everyone for r in group)
-    loss = torch.zeros(())
-    for group in everyone:
-        advantages = group_advantages(torch.tensor([r.reward for r in group], dtype=torch.float64)).tolist()
-        for r, advantage in zip(group, advantages, strict=True):
-            turns = [(r.query_messages, r.query_token_ids, r.query_ref_logprobs)]
-            turns.append((r.answer_messages, r.answer_token_ids, r.answer_ref_logprobs))
-            for messages, ids, reference in turns:
-                logprobs = mllm.token_logprobs(messages, ids, 1.0, model=policy)
-                log_ratio = reference - logprobs  # k3 KL to the base model
-                kl = (torch.exp(log_ratio) - log_ratio - 1).sum()
-                loss = loss + (-advantage * logprobs.sum() + 0.1 * kl) / total_tokens
-    loss.backward()
-    sampler.module.zero_grad(set_to_none=True)
-    draws = [r for group in everyone for r in group]
-    sampler_loss = sum(-r.reward * sampler.log_prob(r.sim, torch.tensor(r.draw_order)) for r in draws) / len(draws)
-    sampler_loss.backward()
-
-    def relative_error(got: dict[str, torch.Tensor], module: torch.nn.Module) -> float:
-        parameters = [(name, p) for name, p in module.named_parameters() if p.grad is not None]
-        return max(float((got[name] - p.grad).abs().max() / (p.grad.abs().max() + 1e-12)) for name, p in parameters)
-
-    report = {
-        "mllm_gradient_error": relative_error(got, policy),
-        "sampler_gradient_error": relative_error(got_sampler, sampler.module),
-        "gradient_norm": float(torch.cat([g.flatten() for g in got.values()]).norm()),
-    }
-    trainer.update(groups)
-    stats = trainer.step([example])
-    report["stats"] = {key: value for key, value in stats.to_dict().items() if not key.endswith("seconds")}
-    report["weights"] = [
-        float(sum(p.detach().double().sum() for p in module.parameters() if p.requires_grad))
-        for module in (policy, sampler.module)
-    ]
-
-    mllm = TransformersMLLM(qwen_dir, dtype="float32")
-    sampler = USampler(config=USamplerConfig(widths=(8, 16), query_width=4), seed=0, device=accelerator.device)
-    trainer = Stage2Trainer(mllm, sampler, encoder, small_config(ppo_epochs=2), accelerator=accelerator)
-    perturb_lora(trainer)
-    stats = trainer.update(with_rewards(trainer.rollout([example]), ((0.5, 0.5, 0.5), (0.2, 0.9, 0.4))[rank]))
-    report["epochs"] = {
-        "stats": {key: value for key, value in stats.to_dict().items() if not key.endswith("seconds")},
-        "weights": [
-            float(sum(p.detach().double().sum() for p in module.parameters() if p.requires_grad))
-            for module in (trainer.policy_model, sampler.module)
-        ],
-    }
-    (Path(folder) / f"rank{rank}.json").write_text(json.dumps(report))
-
-
-if __name__ == "__main__" and sys.argv[1:2] == ["--ddp-worker"]:
-    _ddp_worker(*sys.argv[2:5])
 
 
 @pytest.mark.parametrize("generation_batch_size", [None, 3])  # answer turns one at a time (CPU default) / batched

@@ -23,10 +23,10 @@ from msjoe.data.smoke import write_smoke_dataset
 from msjoe.features import DualEncoder
 from msjoe.mllm import GenerationConfig, load_mllm
 from msjoe.pipeline import answer_question, load_frames
-from msjoe.rl.stage1 import Answerer
 from msjoe.train.answerer import MLLMAnswerer, estimate_difficulty, fill_difficulty
 from msjoe.train.data import prepare_examples
 from msjoe.train.examples import TrainExample
+from msjoe.train.stage1 import Answerer
 
 FPS = 1.0
 DURATION = 10.0  # 10 one-second candidates a video

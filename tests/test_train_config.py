@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-from msjoe.rl.stage1 import Stage1Config
 from msjoe.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -32,6 +31,7 @@ from msjoe.train.config import (
 )
 from msjoe.train.metrics import METRICS_FILE, MetricsLogger, read_metrics
 from msjoe.train.run import batch_indices, resolve_resume
+from msjoe.train.stage1 import Stage1Config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -24,9 +24,10 @@ from msjoe.train.data import (
     PreparedData,
     QueryWriter,
     ReplyCache,
-    load_example_frames,
+    load_candidate_frames,
     prepare_examples,
 )
+from msjoe.train.examples import TrainExample
 
 FPS = 1.0
 DURATION = 10.0  # seconds per smoke video: 10 one-second candidates
@@ -224,13 +225,28 @@ def test_prepare_rejects_bad_arguments(smoke_items: list[QAItem], encoder: DualE
 # --- frames of an example ----------------------------------------------------------------------------------------
 
 
+def example_frames(example: TrainExample, indices: Any, max_pixels: int, **options: Any) -> np.ndarray:
+    """The candidate frames of ``example`` on its own grid, as the stage-1 answerer loads them."""
+    features = example.features
+    return load_candidate_frames(
+        example.qa.video,
+        features.timestamps,
+        indices,
+        max_pixels,
+        fps=features.fps,
+        max_frames=features.max_frames,
+        info=features.video_info,
+        **options,
+    )
+
+
 def test_example_frames_are_the_chosen_candidates(
     smoke_items: list[QAItem], encoder: DualEncoder, tmp_path: Path
 ) -> None:
     cache = FeatureCache(tmp_path / "cache")
     (example,) = prepare_examples(smoke_items[:1], encoder=encoder, cache=cache, fps=FPS).examples
     chosen = [7, 1, 4]
-    frames = load_example_frames(example, torch.tensor(chosen), 64 * 48)
+    frames = example_frames(example, torch.tensor(chosen), 64 * 48)
     assert frames.shape == (3, 48, 64, 3)
     # Each frame carries its index in the video as a barcode: candidate i is at i + 0.5 s (1 fps grid).
     expected = [round(example.features.timestamps[i] * VIDEO_FPS) for i in chosen]
@@ -240,12 +256,12 @@ def test_example_frames_are_the_chosen_candidates(
     store = FrameStore(tmp_path / "frames", max_pixels=64 * 48)
     (stored,) = prepare_examples(smoke_items[:1], encoder=encoder, cache=cache, fps=FPS, frame_store=store).examples
     assert store.has(stored.qa.video, fps=FPS, max_frames=stored.features.max_frames)
-    from_store = load_example_frames(stored, chosen, 64 * 48, frame_store=store)
+    from_store = example_frames(stored, chosen, 64 * 48, frame_store=store)
     assert [read_frame_index(frame) for frame in from_store] == expected
     assert np.abs(from_store.astype(int) - frames.astype(int)).mean() < 3
 
     with pytest.raises(IndexError, match="outside"):
-        load_example_frames(example, [10], 64 * 48)
+        example_frames(example, [10], 64 * 48)
 
 
 # --- queries of the frozen MLLM ----------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""Atomic whole-file writes (temp file beside the target, fsync, rename) and the cleanup of their leftovers;
-torch-free, so the data and evaluation layers can use it without importing the model stack. Cache entries go
-through :func:`msjoe.cache.atomic_writer`, which adds the cache's error messages.
+"""File safety, in one place: atomic whole-file writes (temp file beside the target, fsync, rename), the folder
+fsync that makes a rename durable, the cleanup of leftovers, and :class:`KeyedJsonlLog`, the crash-safe
+append-only JSONL file behind the evaluation's prediction logs and the training's reply caches. Torch-free, so the
+data and evaluation layers can use it without importing the model stack. Cache entries go through
+:func:`msjoe.cache.atomic_writer`, which adds the cache's error messages.
 
 Temporary files are created by :func:`create_temp_file`:
 
@@ -16,20 +18,25 @@ Temporary files are created by :func:`create_temp_file`:
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import re
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
 """Suffix of every temporary file of an atomic write (leftovers of a crash are recognised by it)."""
@@ -107,18 +114,22 @@ def atomic_file(
     finally:
         if lock_keeper is not None:
             os.close(lock_keeper)
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: str | Path, *, strict: bool = False) -> None:
+    """Make the renames and creations in ``folder`` durable (fsync its directory entry). Platforms without
+    directory descriptors (Windows) are skipped: a rename there is still atomic. A failing fsync is ignored (some
+    file systems refuse it on folders) unless ``strict``."""
     try:
         dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:
-        return  # platforms without directory fds (Windows): the rename is still atomic
+        return
     try:
         os.fsync(dir_fd)
     except OSError:
-        pass
+        if strict:
+            raise
     finally:
         os.close(dir_fd)
 
@@ -205,3 +216,127 @@ def apply_umask_to_files(folder: str | Path) -> None:
     for path in Path(folder).rglob("*"):
         if path.is_file() and not path.is_symlink():
             os.chmod(path, mode)
+
+
+class KeyedJsonlLog:
+    """An append-only JSONL file of records (JSON objects), each naming itself by a string field ``key``, that
+    survives crashes; later records of a key supersede earlier ones. :meth:`write` is thread-safe.
+
+    Each :meth:`write` is one ``write`` of whole lines on an ``O_APPEND`` descriptor: once it returns, the records
+    survive a crash of the process, and with ``durable`` (an fsync) a power loss too. Opening reads the file; a last
+    line without its newline is the trace of a crash mid-write: it is kept when it is a whole record (the crash hit
+    between the record and its newline) and cut off otherwise, with a warning ending in ``redo``. Any other
+    unreadable line is, when ``strict``, an error naming the file and line (the file was not written by this
+    class), else skipped with a warning (a lost line only costs redoing its work) and counted in
+    :attr:`skipped_lines`.
+
+    One writing process per file: a process repairing a torn last line could cut another's append. Other
+    processes' files are read with :meth:`read_other`, never repaired.
+
+    Args:
+        path: the file (its folder is created; the file on the first write); None keeps the records in memory only.
+        key: the field naming a record (``"id"``, ``"key"``).
+        what: what a record is, for error messages (``"prediction record"``).
+        redo: what a dropped line costs, for messages (``"its item is answered again"``).
+        durable: fsync every write and repair.
+        strict: an unreadable line (other than a torn last one) is an error instead of a warning.
+    """
+
+    def __init__(
+        self, path: str | Path | None, *, key: str, what: str, redo: str, durable: bool = False, strict: bool = False
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self.key = key
+        self.what = what
+        self.redo = redo
+        self.durable = durable
+        self.strict = strict
+        self.records: dict[str, dict[str, Any]] = {}
+        self.repaired = False
+        """Whether opening repaired a torn last line."""
+        self.skipped_lines = 0
+        self._lock = threading.Lock()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                self._load()
+
+    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append ``records`` (each with a string ``key`` field), one line each, with one write."""
+        if not records:
+            return
+        if self.path is None:
+            self.records.update({str(record[self.key]): dict(record) for record in records})
+            return
+        data = "".join(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n" for record in records)
+        encoded = data.encode("utf-8")
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, NEW_FILE_MODE)  # minus the umask
+            try:
+                written = os.write(fd, encoded)
+                while written < len(encoded):  # a short write (disk full): finish it, or the next line shares it
+                    written += os.write(fd, encoded[written:])
+                if self.durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.records.update({str(record[self.key]): dict(record) for record in records})
+
+    def read_other(self, paths: Sequence[str | Path]) -> None:
+        """Also read other processes' files (their complete lines; a torn last line is ignored, not repaired). Their
+        records come before this file's own: a key in both keeps this file's record."""
+        own, self.records = self.records, {}
+        for path in map(Path, paths):
+            self._read_lines(path, path.read_bytes().rpartition(b"\n")[0])
+        self.records.update(own)
+
+    def _load(self) -> None:
+        assert self.path is not None
+        data = self.path.read_bytes()
+        complete, newline, tail = data.rpartition(b"\n")
+        if tail.strip():
+            whole = self._parse(tail) is not None
+            with self.path.open("r+b") as file:
+                if whole:
+                    file.seek(0, os.SEEK_END)
+                    file.write(b"\n")
+                else:
+                    logger.warning("%s: dropping a partial last line (a crash mid-write); %s", self.path, self.redo)
+                    file.truncate(len(complete) + len(newline))
+                file.flush()
+                if self.durable:
+                    os.fsync(file.fileno())
+            self.repaired = True
+            data = self.path.read_bytes()
+        self._read_lines(self.path, data)
+
+    def _parse(self, line: bytes) -> dict[str, Any] | None:
+        """The record on ``line`` if it is a JSON object with the key field, else None."""
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        return record if isinstance(record, dict) and self.key in record else None
+
+    def _read_lines(self, path: Path, data: bytes) -> None:
+        for number, line in enumerate(data.splitlines(), start=1):
+            if not line.strip():
+                continue
+            record = self._parse(line)
+            if record is not None and isinstance(record[self.key], str):
+                self.records[record[self.key]] = record
+            elif self.strict:
+                self._raise_unreadable(path, number, line)
+            else:
+                self.skipped_lines += 1
+                logger.warning("%s:%d: skipping an unreadable %s line", path, number, self.what)
+
+    def _raise_unreadable(self, path: Path, number: int, line: bytes) -> None:
+        # Name the line and what deleting it costs: the other lines are finished work worth keeping.
+        fix = f"fix line {number} or delete that line alone ({self.redo}); keep the others"
+        try:
+            json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            reason = err.msg if isinstance(err, json.JSONDecodeError) else str(err)
+            raise ValueError(f"{path}:{number}: not a {self.what} ({reason}): {fix}") from None
+        raise ValueError(f"{path}:{number}: a {self.what} needs a string {self.key!r}: {fix}")

@@ -93,20 +93,23 @@ def key_digest(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:40]
 
 
-@dataclass(frozen=True)
-class CacheKey:
-    """What the cached embeddings depend on: the video's content, the encoder checkpoint and the frame sampling."""
+_CANONICAL_TYPES: dict[str, type] = {"float": float, "int": int}
 
-    fingerprint: str
-    model_id: str
-    revision: str
-    fps: float
-    max_frames: int
+
+@dataclass(frozen=True)
+class ContentKey:
+    """Base of the keys that name a stored entry (:class:`CacheKey`, :class:`msjoe.frame_store.FrameStoreKey`):
+    a frozen dataclass whose ``float`` and ``int`` fields are converted to those types, so ``fps=1`` and
+    ``fps=1.0`` name the same entry, and whose :attr:`digest` (the entry's file name stem) is
+    :func:`key_digest` of its fields."""
 
     def __post_init__(self) -> None:
-        # Canonical types, so CacheKey(fps=1) and CacheKey(fps=1.0) name the same entry.
-        object.__setattr__(self, "fps", float(self.fps))
-        object.__setattr__(self, "max_frames", int(self.max_frames))
+        for item in dataclasses.fields(self):
+            # The annotation is a string under PEP 563 (this module's), else the type itself.
+            annotation = item.type if isinstance(item.type, str) else getattr(item.type, "__name__", "")
+            canonical = _CANONICAL_TYPES.get(annotation)
+            if canonical is not None:
+                object.__setattr__(self, item.name, canonical(getattr(self, item.name)))
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,6 +117,17 @@ class CacheKey:
     @property
     def digest(self) -> str:
         return key_digest(self.as_dict())
+
+
+@dataclass(frozen=True)
+class CacheKey(ContentKey):
+    """What the cached embeddings depend on: the video's content, the encoder checkpoint and the frame sampling."""
+
+    fingerprint: str
+    model_id: str
+    revision: str
+    fps: float
+    max_frames: int
 
 
 @dataclass

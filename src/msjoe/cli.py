@@ -14,6 +14,7 @@ from rich.table import Table
 
 from msjoe import video as video_io
 from msjoe.cli_score import score as score_command
+from msjoe.cli_support import console, csv_list, fail, flag
 from msjoe.data.cli import app as data_app
 from msjoe.eval.explain_cli import explain_run as explain_command
 from msjoe.mllm import http_options
@@ -32,7 +33,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
 app.add_typer(train_app, name="train")
 app.add_typer(data_app, name="data")
 app.add_typer(sim_app, name="sim")
@@ -113,25 +113,6 @@ EXIT_ITEMS_FAILED = 3
 """``msjoe eval``'s exit status when the run finished but some items ended in an error (1: the run stopped)."""
 
 
-def _flag(name: str) -> str:
-    """The command-line flag of a keyword argument (``max_retries`` -> ``--max-retries``)."""
-    return "--" + name.replace("_", "-")
-
-
-def _fail(error: Exception | str, hint: str | None = None) -> typer.Exit:
-    """Print the error (and a hint) and return the exit to raise. Another process's failure, forwarded to this one
-    under ``accelerate launch``, is not printed again: the failed process prints it."""
-    from msjoe.distributed import PeerFailedError
-    from msjoe.errors import CacheError
-
-    if isinstance(error, CacheError) and error.remedy:  # the library's remedy names Python arguments
-        error, hint = error.problem, "choose a writable folder with --cache-dir or $MSJOE_CACHE"
-    if not isinstance(error, PeerFailedError):
-        message = str(error) + (f" ({hint})" if hint else "")
-        console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    return typer.Exit(code=1)
-
-
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False) -> None:
     logging.basicConfig(
@@ -201,7 +182,7 @@ def index(
                 what="indexing",
             )
         except (MsjoeError, ValueError) as error:  # per-video errors are in the report; these stop the whole batch
-            raise _fail(error) from error
+            raise fail(error) from error
         report = IndexReport.combine(all_results(state, report))
     if state.is_main_process:  # one line per failure, unwrapped, so the paths can be copied
         console.print(report.summary(), soft_wrap=True, markup=False, highlight=False)
@@ -286,7 +267,7 @@ def select(
             ).save(explain)
             console.print(f"explain view: {escape(str(explain))}", soft_wrap=True)
     except (MsjoeError, ValueError, OSError) as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     timestamps = [video_io.round_seconds(features.timestamps[i]) for i in chosen]
     best = sim[:, chosen].max(dim=0)
     if as_json:
@@ -362,7 +343,7 @@ def ask(
         if explain is not None:
             check_explain_path(explain)
         mllm_options = http_options(
-            mllm, _flag, model=model, timeout=timeout, max_retries=max_retries, api_key_env=api_key_env
+            mllm, flag, model=model, timeout=timeout, max_retries=max_retries, api_key_env=api_key_env
         )
         config = PipelineConfig(
             k=k,
@@ -382,7 +363,7 @@ def ask(
             answer.explain(explain)
             console.print(f"explain view: {escape(str(explain))}", soft_wrap=True)
     except (MsjoeError, ValueError, OSError) as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     if as_json:
         typer.echo(json.dumps({"video": str(video), "question": question, "options": option or [], **answer.to_dict()}))
         return
@@ -441,17 +422,6 @@ def _skipped_rows_summary(rows: list[dict[str, str]], out: Path, shown: int = 5)
     if len(rows) > shown:
         lines.append(f"  ... and {len(rows) - shown} more, all listed in {out / 'report.md'}")
     return "\n".join(lines)
-
-
-def _csv_list(text: str, what: str, convert: type = str) -> list:
-    """``"a,b"`` -> ``["a", "b"]`` (converted), rejecting empty entries with a message naming the option."""
-    parts = [part.strip() for part in text.split(",")]
-    if not all(parts):
-        raise ValueError(f"{what} must be a comma-separated list without empty entries, got {text!r}")
-    try:
-        return [convert(part) for part in parts]
-    except ValueError:
-        raise ValueError(f"{what} must be a comma-separated list of {convert.__name__}s, got {text!r}") from None
 
 
 @app.command("eval")
@@ -523,7 +493,7 @@ def evaluate(
         try:
             device = check_device(process_device(state, device))
             mllm_options = http_options(
-                mllm, _flag, model=model, timeout=timeout, max_retries=max_retries, api_key_env=api_key_env
+                mllm, flag, model=model, timeout=timeout, max_retries=max_retries, api_key_env=api_key_env
             )
             if workers > 1 and not is_http:
                 raise ValueError("--workers > 1 needs an HTTP --mllm: a local model answers one item at a time")
@@ -533,8 +503,8 @@ def evaluate(
                 annotations=annotations,
                 videos=videos,
                 output_dir=out,
-                samplers=_csv_list(sampler, "--sampler"),
-                budgets=_csv_list(frames, "--frames", int),
+                samplers=csv_list(sampler, "--sampler"),
+                budgets=csv_list(frames, "--frames", int),
                 sampler_checkpoint=str(sampler_checkpoint) if sampler_checkpoint else None,
                 limit=limit,
                 workers=workers,
@@ -560,7 +530,7 @@ def evaluate(
         except (MsjoeError, ValueError, FileNotFoundError) as error:
             # Only a failure of the model server stops a run part-way; anything else stopped it before it began.
             hint = f"finished items are saved in {out}; rerun to resume" if is_run_fatal(error) else None
-            raise _fail(error, hint=hint) from error
+            raise fail(error, hint=hint) from error
     if not state.is_main_process:
         return
     if entry["skipped_rows"]:  # on stderr, so --json output stays one document
@@ -571,7 +541,7 @@ def evaluate(
         try:
             console.print(f"explain views: {escape(str(explain_after_eval(qa, config, explain_items)))}")
         except (MsjoeError, ValueError, OSError) as error:
-            raise _fail(error) from error
+            raise fail(error) from error
     if as_json:
         typer.echo(json.dumps(entry))
         _exit_if_items_failed(entry, config)

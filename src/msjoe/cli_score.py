@@ -40,14 +40,14 @@ def score(
 ) -> None:
     """Score PREDICTIONS against a benchmark's annotations with a rule set, without loading any model; prints
     the headline and lists items without a reply and replies matching no item."""
-    from msjoe.cli import _fail
+    from msjoe.cli_support import fail
     from msjoe.errors import MsjoeError
     from msjoe.eval.rescore import rescore
 
     try:
         entry = rescore(benchmark, annotations, predictions, rules=rules, seed=seed, id_field=id_field, output_dir=out)
     except (MsjoeError, ValueError, FileNotFoundError) as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     if as_json:
         typer.echo(json.dumps(entry))
         return

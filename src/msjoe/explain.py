@@ -7,7 +7,7 @@ An :class:`Explanation` holds what a researcher needs to judge a selection: the 
 the parsed letter (and the ground truth for benchmark items); the queries the MLLM wrote and whether they fell
 back to the question; the similarity of each query to every candidate frame; the sampler's probabilities when it
 has them; the preview and key frames with their timestamps; per-stage timings; the models, sampler and K. It is
-built from an :class:`~msjoe.pipeline.Answer` (:meth:`Explanation.from_answer`), by ``msjoe select --explain``,
+built from an :class:`~msjoe.pipeline.Answer` (:meth:`~msjoe.pipeline.Answer.explain`), by ``msjoe select --explain``,
 and for benchmark items by :mod:`msjoe.eval.explain`.
 
 Rendering:
@@ -48,7 +48,6 @@ from msjoe.video import format_time
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from msjoe.pipeline import Answer
 
 logger = logging.getLogger(__name__)
 
@@ -140,34 +139,6 @@ class Explanation:
                 raise ValueError(f"{len(self.probabilities)} probabilities for {num_candidates} candidates")
         self.preview_timestamps = [float(t) for t in self.preview_timestamps]
         self.options = list(self.options)
-
-    # --- building -----------------------------------------------------------------------------------------------
-    @classmethod
-    def from_answer(cls, answer: Answer) -> Explanation:
-        """The view of one :class:`~msjoe.pipeline.Answer` (as :meth:`Answer.explain` returns it)."""
-        has_similarity = answer.similarity is not None
-        return cls(
-            candidate_timestamps=np.asarray(answer.candidate_timestamps),
-            chosen_indices=list(answer.chosen_indices),
-            video=answer.video,
-            queries=list(answer.queries),
-            similarity=answer.similarity.float().numpy() if has_similarity else None,
-            probabilities=None if answer.probabilities is None else answer.probabilities.double().numpy(),
-            preview_timestamps=list(answer.preview_timestamps),
-            question=answer.question,
-            options=list(answer.options),
-            reply=answer.reply,
-            letter=answer.letter,
-            status=answer.status,
-            queries_from_question=answer.queries_from_question,
-            query_reply=answer.query_reply,
-            timings=dict(answer.timings),
-            settings={
-                **answer.models,
-                "sampler": answer.sampler,
-                "k": answer.k if answer.k == answer.requested_k else f"{answer.k} (-k {answer.requested_k} asked)",
-            },
-        )
 
     @property
     def chosen_timestamps(self) -> list[float]:

@@ -13,7 +13,7 @@ What is stored
 --------------
 All candidate frames of one (video content, ``fps``, ``max_frames``) grid -- the same grid as the feature cache --
 at the size the pipeline's decode path would produce for the store's pixel budget: the native size if the frame
-fits ``max_pixels``, else :func:`~msjoe.mllm.base.fit_to_pixel_budget` with even sides (aspect kept). Frames are
+fits ``max_pixels``, else :func:`~msjoe.video.fit_to_pixel_budget` with even sides (aspect kept). Frames are
 JPEG-encoded at ``quality`` (90 by default, 4:2:0 chroma like the video itself). **JPEG is lossy**: a stored frame
 differs from the decode path's frame by compression errors (mean absolute error at quality 90: 0.02 levels in
 255 on the flat-coloured synthetic benchmark video, about 3 on textured, noisy frames), where the decode path is
@@ -48,8 +48,6 @@ import hashlib
 import io
 import json
 import logging
-import math
-import numbers
 import os
 import struct
 import zlib
@@ -66,18 +64,26 @@ from msjoe.cache import (
     CHECKSUM_SCOPE_FIELD,
     ENTRY_SUFFIX,
     STALE_TEMP_AGE_S,
+    ContentKey,
     FeatureCache,
     atomic_writer,
     covered_metadata,
     default_cache_dir,
-    key_digest,
     remove_stale_temp_files,
 )
 from msjoe.cache import fingerprint as content_fingerprint
+from msjoe.checks import check_int, check_sampling
 from msjoe.decode_worker import encode_jpegs
 from msjoe.errors import CacheError
-from msjoe.mllm.base import fit_to_pixel_budget
-from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VideoInfo, candidate_timestamps, iter_frames, probe
+from msjoe.video import (
+    DEFAULT_FPS,
+    DEFAULT_MAX_FRAMES,
+    VideoInfo,
+    candidate_timestamps,
+    fit_to_pixel_budget,
+    iter_frames,
+    probe,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -124,7 +130,7 @@ def budget_frame_size(height: int, width: int, max_pixels: int) -> tuple[int, in
 
 
 @dataclass(frozen=True)
-class FrameStoreKey:
+class FrameStoreKey(ContentKey):
     """What a stored entry depends on: the video's content, the candidate grid and how frames were stored.
 
     The format version is not part of the key (it is checked from the entry's metadata), so entries of an older
@@ -136,20 +142,6 @@ class FrameStoreKey:
     max_frames: int
     max_pixels: int
     quality: int
-
-    def __post_init__(self) -> None:
-        # Canonical types, so fps=1 and fps=1.0 name the same entry.
-        object.__setattr__(self, "fps", float(self.fps))
-        object.__setattr__(self, "max_frames", int(self.max_frames))
-        object.__setattr__(self, "max_pixels", int(self.max_pixels))
-        object.__setattr__(self, "quality", int(self.quality))
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def digest(self) -> str:
-        return key_digest(self.as_dict())
 
 
 class _CorruptEntry(Exception):
@@ -186,8 +178,8 @@ class FrameStore:
         self, root: str | Path | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = DEFAULT_QUALITY
     ) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir() / FRAMES_SUBDIR
-        _check_int("max_pixels", max_pixels, minimum=4)  # at least 2x2: stored sides are even
-        _check_int("quality", quality, minimum=1, maximum=95)  # libjpeg above 95 only grows files
+        check_int("max_pixels", max_pixels, minimum=4)  # at least 2x2: stored sides are even
+        check_int("quality", quality, minimum=1, maximum=95)  # libjpeg above 95 only grows files
         self.max_pixels = int(max_pixels)
         self.quality = int(quality)
 
@@ -214,7 +206,7 @@ class FrameStore:
 
         ``fingerprint``: the video's :func:`msjoe.cache.fingerprint` if already known (skips reading 3 MiB).
         """
-        _check_sampling(fps, max_frames)
+        check_sampling(fps, max_frames)
         fp = fingerprint if fingerprint is not None else content_fingerprint(video)
         return FrameStoreKey(fp, fps, max_frames, self.max_pixels, self.quality)
 
@@ -264,7 +256,7 @@ class FrameStore:
             CacheError: the entry exists but cannot be read (permissions, I/O error).
         """
         times = _check_times(timestamps)
-        _check_int("max_pixels", max_pixels, minimum=1)
+        check_int("max_pixels", max_pixels, minimum=1)
         key = self.key(video, fps=fps, max_frames=max_frames, fingerprint=fingerprint)
         return self._load(key, lambda file, index: _read_frames(file, index, times, int(max_pixels)))
 
@@ -319,7 +311,7 @@ class FrameStore:
             msjoe.errors.VideoError subclasses: the video is missing, not a video, empty, corrupt, ...
             CacheError: the store directory or the entry cannot be written.
         """
-        _check_int("threads", threads, minimum=0)
+        check_int("threads", threads, minimum=0)
         key = self.key(video, fps=fps, max_frames=max_frames, fingerprint=fingerprint)
         self.ensure_writable()  # fail before decoding, not after
         info = probe(video)
@@ -604,19 +596,6 @@ def _file_size(file: BinaryIO) -> int:
 
 def _video_to_dict(info: VideoInfo) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(info).items()}
-
-
-def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be an integer <= {maximum}, got {value!r}")
-
-
-def _check_sampling(fps: float, max_frames: int) -> None:
-    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
-    _check_int("max_frames", max_frames, minimum=1)
 
 
 def _check_times(timestamps: Sequence[float] | np.ndarray) -> np.ndarray:

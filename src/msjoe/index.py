@@ -29,7 +29,6 @@ import dataclasses
 import logging
 import math
 import multiprocessing
-import numbers
 import os
 import queue
 import time
@@ -43,6 +42,7 @@ import torch
 
 from msjoe import decode_worker
 from msjoe.cache import CacheKey, FeatureCache, FrameFeatures, fingerprint
+from msjoe.checks import check_int, check_sampling
 from msjoe.errors import CacheError, ModelLoadError
 from msjoe.features import DualEncoder
 from msjoe.frame_store import EntryWriter, FrameStore, FrameStoreKey, encode_jpegs
@@ -256,12 +256,8 @@ def index_videos(
 
 def _check_sampling(fps: float, max_frames: int, batch_size: int) -> None:
     # Checked up front: on a cache hit candidate_timestamps (which also checks) never runs.
-    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
-    if isinstance(max_frames, bool) or not isinstance(max_frames, numbers.Integral) or max_frames < 1:
-        raise ValueError(f"max_frames must be an integer >= 1, got {max_frames!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_sampling(fps, max_frames)
+    check_int("batch_size", batch_size, minimum=1)
 
 
 def _lookup(
@@ -286,8 +282,7 @@ def _with_path(video: VideoInfo | dict, path: str) -> VideoInfo | dict:
 
 def _check_workers(workers: int, threads: int) -> None:
     for name, value in (("workers", workers), ("threads", threads)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        check_int(name, value, minimum=0)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The MSJoE inference flow (DESIGN.md §1), one function per arrow, and :class:`VideoQA` that chains them.
+"""The MSJoE inference flow (docs/architecture.md), one function per arrow, and :class:`VideoQA` that chains them.
 
 ```
 video ─index─▶ candidate timestamps + frame embeddings (cached)
@@ -134,7 +134,29 @@ class Answer:
         self-contained ``.html`` page or a ``.png`` figure (by the suffix)."""
         from msjoe.explain import Explanation
 
-        explanation = Explanation.from_answer(self)
+        has_similarity = self.similarity is not None
+        explanation = Explanation(
+            candidate_timestamps=np.asarray(self.candidate_timestamps),
+            chosen_indices=list(self.chosen_indices),
+            video=self.video,
+            queries=list(self.queries),
+            similarity=self.similarity.float().numpy() if has_similarity else None,
+            probabilities=None if self.probabilities is None else self.probabilities.double().numpy(),
+            preview_timestamps=list(self.preview_timestamps),
+            question=self.question,
+            options=list(self.options),
+            reply=self.reply,
+            letter=self.letter,
+            status=self.status,
+            queries_from_question=self.queries_from_question,
+            query_reply=self.query_reply,
+            timings=dict(self.timings),
+            settings={
+                **self.models,
+                "sampler": self.sampler,
+                "k": self.k if self.k == self.requested_k else f"{self.k} (-k {self.requested_k} asked)",
+            },
+        )
         if path is not None:
             explanation.save(path)
         return explanation

@@ -49,6 +49,7 @@ import numpy as np
 from av.stream import Disposition
 from av.video.reformatter import Interpolation, VideoReformatter
 
+from msjoe.checks import check_int, check_sampling
 from msjoe.errors import (
     CorruptVideoError,
     EmptyVideoError,
@@ -64,6 +65,7 @@ __all__ = [
     "VideoInfo",
     "candidate_timestamps",
     "decode_frames",
+    "fit_to_pixel_budget",
     "format_time",
     "iter_frames",
     "iter_frames_at_sizes",
@@ -191,10 +193,7 @@ def candidate_timestamps(info: VideoInfo, fps: float = DEFAULT_FPS, max_frames: 
     Returns:
         float64 seconds relative to the video start, sorted and distinct.
     """
-    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
-    if isinstance(max_frames, bool) or not isinstance(max_frames, numbers.Integral) or max_frames < 1:
-        raise ValueError(f"max_frames must be an integer >= 1, got {max_frames!r}")
+    check_sampling(fps, max_frames)
     duration = float(info.duration)
     if not math.isfinite(duration) or duration < 0:
         raise ValueError(f"info.duration must be a finite number >= 0, got {info.duration!r} for {info.path}")
@@ -269,8 +268,8 @@ def iter_frames_at_sizes(
     if one_size or not isinstance(sizes, Sequence) or not sizes:
         raise ValueError(f"sizes must be a non-empty list of sizes (each as iter_frames' size), got {sizes!r}")
     checked = tuple(_check_size(size) for size in sizes)
-    _check_int("threads", threads, minimum=0)
-    _check_int("batch_size", batch_size, minimum=1)
+    check_int("threads", threads, minimum=0)
+    check_int("batch_size", batch_size, minimum=1)
     return _iter_batches(path, times, checked, threads, batch_size)
 
 
@@ -285,7 +284,7 @@ def decode_frames(
     path = existing_video_file(path)
     times = _check_timestamps(timestamps)
     size = _check_size(size)
-    _check_int("threads", threads, minimum=0)
+    check_int("threads", threads, minimum=0)
     if len(times) == 0:
         info = probe(path)
         height, width = _output_hw((info.height, info.width), size)
@@ -790,6 +789,21 @@ def _check_size(size: Size) -> Size:
     raise ValueError(f"size must be None, an int (shorter side) or a (height, width) pair of ints >= 1, got {size!r}")
 
 
-def _check_int(name: str, value: int, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def fit_to_pixel_budget(height: int, width: int, max_pixels: int, multiple: int = 1) -> tuple[int, int]:
+    """Size ``(h, w)`` close to ``height x width`` in aspect ratio, with both sides multiples of ``multiple``
+    and ``h * w <= max_pixels`` (never below ``multiple x multiple``). Images within budget are not enlarged
+    beyond rounding to the nearest multiple."""
+    if height <= 0 or width <= 0 or max_pixels <= 0 or multiple <= 0:
+        raise ValueError(f"fit_to_pixel_budget needs positive sizes, got {height=} {width=} {max_pixels=} {multiple=}")
+    scale = min(1.0, math.sqrt(max_pixels / (height * width)))
+    new_height = max(multiple, round(height * scale / multiple) * multiple)
+    new_width = max(multiple, round(width * scale / multiple) * multiple)
+    if new_height * new_width > max_pixels:  # rounding went over budget: round down instead
+        new_height = max(multiple, math.floor(height * scale / multiple) * multiple)
+        new_width = max(multiple, math.floor(width * scale / multiple) * multiple)
+    if new_height * new_width > max_pixels:  # one side was raised to `multiple` (extreme aspect): cut the other
+        if new_height == multiple:
+            new_width = max(multiple, max_pixels // new_height // multiple * multiple)
+        else:
+            new_height = max(multiple, max_pixels // new_width // multiple * multiple)
+    return new_height, new_width

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from msjoe.checks import is_int
 from msjoe.data.replies import ReplyCache, VideoFingerprints, answer_key, describe_mllm, prompt_version
 from msjoe.data.schema import QAItem, write_qa_jsonl
 from msjoe.distributed import SingleProcess, all_results, main_process_first, my_share, on_every_process
@@ -83,7 +84,7 @@ class CalibrationConfig:
     def __post_init__(self) -> None:
         for name in ("k", "samples", "max_frames", "frame_max_pixels", "batch_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps must be a finite number > 0, got {self.fps!r}")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from msjoe.atomic import write_text_atomically
+from msjoe.checks import is_number
 from msjoe.data.benchmarks import available_benchmarks, get_benchmark
 from msjoe.data.benchmarks.base import (
     LoadResult,
@@ -188,7 +189,7 @@ def _number(value: Any, path: str) -> float:
             value = float(value)
         except ValueError:
             raise RowError(f"field {path!r} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         raise RowError(f"field {path!r} must be a number, got {value!r}")
     return float(value)
 

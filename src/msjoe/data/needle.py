@@ -42,6 +42,7 @@ from typing import Any, Literal
 import numpy as np
 
 from msjoe.atomic import atomic_file, write_text_atomically
+from msjoe.checks import is_int
 from msjoe.data.schema import QAItem, write_qa_jsonl
 from msjoe.errors import VideoError
 from msjoe.mllm.prompts import format_clock, option_letters
@@ -91,7 +92,7 @@ class NeedleConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+        if not is_int(self.count) or self.count < 1:
             raise ValueError(f"count must be a positive int, got {self.count!r}")
         for name in ("duration", "haystack_clip", "max_needle", "fps", "gop_seconds"):
             value = getattr(self, name)

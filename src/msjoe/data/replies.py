@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from msjoe.atomic import NEW_FILE_MODE
+from msjoe.atomic import KeyedJsonlLog
 from msjoe.cache import fingerprint, key_digest
 from msjoe.data.schema import QAItem
 from msjoe.features import folder_revision
@@ -127,21 +127,23 @@ class ReplyCache:
     rank anyway), since a rank repairing a torn last line could cut another rank's append. ``also_read`` names
     other processes' files to read as well, never to repair or write (a torn last line there is ignored).
 
-    With ``path=None`` the cache lives in memory only (for one run).
+    With ``path=None`` the cache lives in memory only (for one run). The file is a
+    :class:`msjoe.atomic.KeyedJsonlLog` (not durable, not strict).
     """
 
     def __init__(self, path: str | Path | None, also_read: Sequence[str | Path] = ()) -> None:
         self.path = Path(path).expanduser() if path is not None else None
-        self.records: dict[str, dict[str, Any]] = {}
-        self.skipped_lines = 0
-        for other in also_read:
-            other = Path(other).expanduser()
-            if other != self.path and other.is_file():
-                self._read_lines(other, other.read_bytes().rpartition(b"\n")[0])
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.exists():
-                self._load()
+        self._log = KeyedJsonlLog(self.path, key="key", what="cache", redo="that reply will be asked again")
+        others = [Path(other).expanduser() for other in also_read]
+        self._log.read_other([other for other in others if other != self.path and other.is_file()])
+
+    @property
+    def records(self) -> dict[str, dict[str, Any]]:
+        return self._log.records
+
+    @property
+    def skipped_lines(self) -> int:
+        return self._log.skipped_lines
 
     def __len__(self) -> int:
         return len(self.records)
@@ -159,57 +161,7 @@ class ReplyCache:
 
     def put(self, key: str, record: Mapping[str, Any]) -> None:
         """Store ``record`` under ``key`` in memory and append it to the file."""
-        full = {"key": key, **record}
-        if self.path is None:
-            self.records[key] = full
-            return
-        line = (json.dumps(full, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, NEW_FILE_MODE)  # minus the umask
-        try:
-            written = os.write(fd, line)
-            if written != len(line):  # a short write (disk full): finish it, or the next record shares the line
-                os.write(fd, line[written:])
-        finally:
-            os.close(fd)
-        self.records[key] = full
-
-    def _load(self) -> None:
-        assert self.path is not None
-        data = self.path.read_bytes()
-        body, newline, tail = data.rpartition(b"\n")
-        if tail.strip():
-            record = _parse_record(tail)
-            with self.path.open("r+b") as file:
-                if record is not None:  # the crash hit between the record and its newline
-                    file.seek(0, os.SEEK_END)
-                    file.write(b"\n")
-                else:
-                    logger.warning(
-                        "%s: dropping a partial last line (a crash mid-write); that reply will be asked again",
-                        self.path,
-                    )
-                    file.truncate(len(body) + len(newline))
-            data = self.path.read_bytes()
-        self._read_lines(self.path, data)
-
-    def _read_lines(self, path: Path, data: bytes) -> None:
-        for number, line in enumerate(data.splitlines(), start=1):
-            if not line.strip():
-                continue
-            record = _parse_record(line)
-            if record is None:
-                self.skipped_lines += 1
-                logger.warning("%s:%d: skipping an unreadable cache line", path, number)
-                continue
-            self.records[record["key"]] = record
-
-
-def _parse_record(line: bytes) -> dict[str, Any] | None:
-    try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("key"), str) else None
+        self._log.write([{"key": key, **record}])
 
 
 def answer_key(

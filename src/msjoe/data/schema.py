@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from msjoe.atomic import write_text_atomically
+from msjoe.checks import is_number
 from msjoe.mllm.prompts import option_letters
 
 MIN_OPTIONS = 2
@@ -180,7 +181,7 @@ def _check_text(value: object, name: str) -> None:
 
 
 def _check_number(value: object, name: str, *, low: float, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         raise QAFormatError(f"must be a number, got {type(value).__name__}", field=name)
     if not math.isfinite(value) or not low <= value <= high:
         bounds = f">= {low:g}" if math.isinf(high) else f"in [{low:g}, {high:g}]"

@@ -24,6 +24,7 @@ import math
 import random
 from pathlib import Path
 
+from msjoe.checks import is_int
 from msjoe.data.schema import QAItem, write_qa_jsonl
 from msjoe.mllm.prompts import option_letters
 from msjoe.synthetic_video import Event, write_video
@@ -77,7 +78,7 @@ def write_smoke_dataset(
 
     Takes well under a second per video at the default size.
     """
-    if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1:
+    if not is_int(num_items) or num_items < 1:
         raise ValueError(f"num_items must be a positive int, got {num_items!r}")
     if not (math.isfinite(duration) and duration >= 8.0):
         raise ValueError(f"duration must be at least 8 seconds (two flashes and gaps), got {duration!r}")

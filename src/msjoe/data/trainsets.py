@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from msjoe.checks import is_int
 from msjoe.data.benchmarks.base import LoadResult, RowError, SkippedRow, VideoFinder, require, split_by_video
 from msjoe.data.records import FileFormatError, Record, read_records
 from msjoe.data.schema import QAFormatError, QAItem
@@ -175,7 +176,7 @@ def _perception_item(
     answer_id = question.get("answer_id")
     answer = None
     if answer_id is not None and answer_id != -1:
-        if isinstance(answer_id, bool) or not isinstance(answer_id, int) or not 0 <= answer_id < len(options):
+        if not is_int(answer_id) or not 0 <= answer_id < len(options):
             raise RowError(f"field 'answer_id' must be an option index 0..{len(options) - 1}, got {answer_id!r}")
         answer = option_letters(len(options))[answer_id]
     categories: dict[str, Any] = {}

@@ -44,7 +44,7 @@ def explain_run(
     into OUT/explain/, with OUT/explain/index.html linking them. Similarities are recomputed from the feature
     cache with the run's encoder, so no MLLM is loaded."""
     from msjoe.cache import FeatureCache
-    from msjoe.cli import _csv_list, _fail
+    from msjoe.cli_support import csv_list, fail
     from msjoe.errors import MsjoeError
     from msjoe.eval.explain import explain_items, find_runs
     from msjoe.features import DualEncoder
@@ -54,8 +54,8 @@ def explain_run(
         runs = find_runs(
             out,
             benchmark=benchmark,
-            samplers=_csv_list(sampler, "--sampler") if sampler else None,
-            budgets=_csv_list(frames, "--frames", int) if frames else None,
+            samplers=csv_list(sampler, "--sampler") if sampler else None,
+            budgets=csv_list(frames, "--frames", int) if frames else None,
         )
         if not runs:
             raise MsjoeError(f"no matching runs under {out / 'predictions'}")
@@ -86,5 +86,5 @@ def explain_run(
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
     except (MsjoeError, ValueError, OSError) as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     console.print(f"explain views: {escape(str(index))}", soft_wrap=True)

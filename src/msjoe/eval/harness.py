@@ -40,8 +40,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -49,7 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from msjoe.atomic import write_text_atomically
+from msjoe.atomic import KeyedJsonlLog, write_text_atomically
+from msjoe.checks import is_int
 from msjoe.data.benchmarks import get_benchmark
 from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult, UnrunnableRow
 from msjoe.data.schema import QAItem
@@ -123,7 +122,7 @@ class EvalConfig:
                 if "usampler" in self.samplers
                 else "a sampler checkpoint is only used with the usampler sampler"
             )
-        if not self.budgets or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.budgets):
+        if not self.budgets or any(not is_int(k) or k < 1 for k in self.budgets):
             raise ValueError(f"budgets must be positive integers, got {list(self.budgets)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 (or None for all items), got {self.limit}")
@@ -143,78 +142,25 @@ def predictions_path(output_dir: str | Path, benchmark: str, sampler: str, k: in
     return Path(output_dir) / "predictions" / benchmark / f"{sampler}_k{k}.jsonl"
 
 
-class PredictionLog:
-    """An append-only JSONL file of per-item records that survives crashes.
-
-    Opening reads the existing records; a last line without its newline is the trace of a crash mid-write: it is
-    kept when it is a whole JSON record (the crash hit between the record and its newline) and cut off otherwise.
-    Any other unreadable line is an error naming the file and line, since it was not written by this class.
-    Later records of an id supersede earlier ones (a retried error). :meth:`append` is thread-safe.
+class PredictionLog(KeyedJsonlLog):
+    """An append-only JSONL file of per-item records (keyed by ``"id"``) that survives crashes, power losses
+    included (every write is fsynced): :class:`msjoe.atomic.KeyedJsonlLog`, strict (a damaged line other than a
+    torn last one was not written here: it is an error naming the file and line). Later records of an id supersede
+    earlier ones (a retried error). :meth:`append` is thread-safe.
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.records: dict[str, dict[str, Any]] = {}
-        self.repaired = False
-        self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            self._load()
-
-    def _load(self) -> None:
-        data = self.path.read_bytes()
-        complete, newline, tail = data.rpartition(b"\n")
-        if tail:
-            try:
-                record = json.loads(tail)
-                whole = isinstance(record, dict) and "id" in record
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                whole = False
-            with self.path.open("r+b") as file:
-                if whole:
-                    file.seek(0, os.SEEK_END)
-                    file.write(b"\n")
-                else:
-                    logger.warning(
-                        "%s: dropping a partial last line (a crash mid-write); that item is redone", self.path
-                    )
-                    file.truncate(len(complete) + len(newline))
-                file.flush()
-                os.fsync(file.fileno())
-            self.repaired = True
-            data = self.path.read_bytes()
-        for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            # Name the line and what deleting it costs: the other lines are finished answers worth keeping.
-            fix = f"fix line {number} or delete that line alone (its item is answered again); keep the others"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{self.path}:{number}: not a prediction record ({err.msg}): {fix}") from None
-            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-                raise ValueError(f"{self.path}:{number}: a prediction record needs a string 'id': {fix}")
-            self.records[record["id"]] = record
+        super().__init__(
+            path, key="id", what="prediction record", redo="its item is answered again", durable=True, strict=True
+        )
 
     def append(self, record: Mapping[str, Any]) -> None:
-        """Write one record as one line, flush and fsync: once this returns, the record survives a crash."""
-        line = json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
-        with self._lock, self.path.open("a", encoding="utf-8") as file:
-            file.write(line)
-            file.flush()
-            os.fsync(file.fileno())
-            self.records[str(record["id"])] = dict(record)
+        """Write one record as one line and fsync it: once this returns, the record survives a crash."""
+        self.write([record])
 
     def extend(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Append several records with one write and one fsync (merging shards)."""
-        if not records:
-            return
-        text = "".join(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n" for record in records)
-        with self._lock, self.path.open("a", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-            self.records.update({str(record["id"]): dict(record) for record in records})
+        self.write(records)
 
     def done_ids(self, *, retry_errors: bool = False) -> set[str]:
         """Ids with a record (without those that ended in an error, when they are to be retried)."""

@@ -1,6 +1,6 @@
 """msjoe as an lmms-eval model: ``lmms-eval --model msjoe --model_args mllm=...,clip=...,sampler=bolt,frames=32``.
 
-Each ``generate_until`` request runs msjoe's pipeline (DESIGN.md §1) on the request's video: the MLLM writes
+Each ``generate_until`` request runs msjoe's pipeline (docs/architecture.md) on the request's video: the MLLM writes
 queries from the question and K/2 preview frames, CLIP scores every candidate frame against them, the sampler
 picks K key frames, and the MLLM answers from those frames. lmms-eval's task then scores the reply with its own
 rules, so the numbers are comparable with any other lmms-eval model on the same task.

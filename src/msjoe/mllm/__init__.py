@@ -10,12 +10,12 @@ Third-party backends register with ``@register_backend("name")`` on an :class:`M
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
 from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message
 from msjoe.mllm.errors import UnknownBackendError
+from msjoe.registry import Registry
 
 __all__ = [
     "MLLM",
@@ -30,36 +30,31 @@ __all__ = [
     "register_backend",
 ]
 
-_REGISTRY: dict[str, type[MLLM]] = {}
-# name -> module whose import registers it (lazy: torch and transformers load only when needed).
-_BUILTIN_MODULES = {"transformers": "msjoe.mllm.transformers_backend", "openai": "msjoe.mllm.http_backend"}
+# Built-in backends register when their module is imported (lazily: torch and transformers load only when needed).
+_REGISTRY: Registry[type[MLLM]] = Registry(
+    "MLLM backend",
+    unknown_error=UnknownBackendError,
+    lazy={"transformers": "msjoe.mllm.transformers_backend", "openai": "msjoe.mllm.http_backend"},
+)
 
 
 def register_backend(name: str) -> Callable[[type[MLLM]], type[MLLM]]:
     """Class decorator registering an :class:`MLLM` subclass under ``name`` for :func:`get_backend`."""
 
     def decorate(cls: type[MLLM]) -> type[MLLM]:
-        registered = _REGISTRY.get(name)
-        if registered is not None and registered.__qualname__ != cls.__qualname__:
-            raise ValueError(f"MLLM backend name {name!r} is already taken by {registered.__qualname__}")
-        _REGISTRY[name] = cls
-        return cls
+        return _REGISTRY.add(name, cls)
 
     return decorate
 
 
 def available_backends() -> list[str]:
     """Names :func:`get_backend` accepts."""
-    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
+    return _REGISTRY.names()
 
 
 def get_backend(name: str, **options: Any) -> MLLM:
     """Instantiate the backend registered as ``name`` with ``options`` (its constructor's keyword arguments)."""
-    if name not in _REGISTRY and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _REGISTRY:
-        raise UnknownBackendError(f"unknown MLLM backend {name!r}; available: {', '.join(available_backends())}")
-    return _REGISTRY[name](**options)
+    return _REGISTRY.get(name)(**options)
 
 
 def is_http_spec(spec: str) -> bool:

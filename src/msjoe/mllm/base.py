@@ -6,7 +6,6 @@ A chat is a list of :class:`Message`; each message's ``content`` is a list of pa
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,6 +13,8 @@ from typing import ClassVar, Literal
 
 import numpy as np
 from PIL import Image
+
+from msjoe.video import fit_to_pixel_budget
 
 Role = Literal["system", "user", "assistant"]
 
@@ -51,26 +52,6 @@ class ImagePart:
             return self.pixels
         image = Image.fromarray(self.pixels).resize((new_width, new_height), Image.Resampling.BICUBIC)
         return np.array(image)  # a writable copy: torch warns on read-only arrays
-
-
-def fit_to_pixel_budget(height: int, width: int, max_pixels: int, multiple: int = 1) -> tuple[int, int]:
-    """Size ``(h, w)`` close to ``height x width`` in aspect ratio, with both sides multiples of ``multiple``
-    and ``h * w <= max_pixels`` (never below ``multiple x multiple``). Images within budget are not enlarged
-    beyond rounding to the nearest multiple."""
-    if height <= 0 or width <= 0 or max_pixels <= 0 or multiple <= 0:
-        raise ValueError(f"fit_to_pixel_budget needs positive sizes, got {height=} {width=} {max_pixels=} {multiple=}")
-    scale = min(1.0, math.sqrt(max_pixels / (height * width)))
-    new_height = max(multiple, round(height * scale / multiple) * multiple)
-    new_width = max(multiple, round(width * scale / multiple) * multiple)
-    if new_height * new_width > max_pixels:  # rounding went over budget: round down instead
-        new_height = max(multiple, math.floor(height * scale / multiple) * multiple)
-        new_width = max(multiple, math.floor(width * scale / multiple) * multiple)
-    if new_height * new_width > max_pixels:  # one side was raised to `multiple` (extreme aspect): cut the other
-        if new_height == multiple:
-            new_width = max(multiple, max_pixels // new_height // multiple * multiple)
-        else:
-            new_height = max(multiple, max_pixels // new_width // multiple * multiple)
-    return new_height, new_width
 
 
 Part = str | ImagePart

@@ -34,7 +34,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from msjoe.mllm.prompts import MAX_QUERIES, QUERY_TAG, normalize_options, option_letters
+from msjoe.limits import MAX_QUERIES
+from msjoe.mllm.prompts import QUERY_TAG, normalize_options, option_letters
 
 MAX_QUERY_WORDS = 30  # longer "queries" are prose; CLIP's 77-token context holds about 50 words anyway
 _MAX_JSON_STARTS = 64

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from msjoe.limits import MAX_QUERIES
 from msjoe.mllm.base import ImagePart, Message
-from msjoe.samplers.base import MAX_QUERIES
 
 # Paper: preview frames cost about 32 visual tokens each. A Qwen2.5-VL visual token covers 28x28 pixels
 # (14x14 patches merged 2x2), so the pixel cap is 32 * 28 * 28.

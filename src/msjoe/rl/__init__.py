@@ -1,9 +1,12 @@
-"""Pure functions of MSJoE training: rewards, advantages and losses (no I/O, no models).
+"""Pure functions of MSJoE training: rewards, advantages, losses, lr schedule, seeding (no I/O, no models).
+
+The trainers that use them are in :mod:`msjoe.train` (``stage1``, ``stage2``).
 
 - :mod:`msjoe.rl.rewards`: the stage-1 difficulty-aware advantage and the stage-2 rollout reward
   ``r = r_acc + r_format + r_info``;
 - :mod:`msjoe.rl.advantages`: GRPO group normalisation and the sampler's advantage;
-- :mod:`msjoe.rl.losses`: the MLLM's PPO-clip token loss and the sampler's REINFORCE loss.
+- :mod:`msjoe.rl.losses`: the MLLM's PPO-clip token loss and the sampler's REINFORCE loss;
+- :mod:`msjoe.rl.schedule`: the learning-rate schedules; :mod:`msjoe.rl.seeding`: per-process seeds.
 """
 
 from msjoe.rl.advantages import group_advantages, sampler_advantages

@@ -9,15 +9,12 @@ as in the GRPO paper and TRL. Only the MLLM's own tokens count (``mask``): the q
 and the answer in the second, never the prompt, the frames or padding. With ``old_logprobs = logprobs.detach()``
 (one update per batch of rollouts) the ratio is 1 and the gradient is REINFORCE's ``-A ∇log pi``.
 
-Aggregation over tokens (ours: ``"token-mean"`` by default):
-
-- ``"sequence-mean"`` (GRPO paper, TRL's ``loss_type="grpo"``): mean over each rollout's tokens, then over
-  rollouts. A long reply's tokens each weigh less, so a long *wrong* reply is penalised less per token — the
-  length bias Dr. GRPO and DAPO point out.
-- ``"token-mean"`` (DAPO; TRL's ``loss_type="bnpo"``): one mean over all tokens of the batch, every token
-  weighs the same. MSJoE's replies differ in length (a reply that rambles instead of giving a letter is the
-  failure the format reward targets), so we take this one. With gradient accumulation or several processes,
-  pass ``num_tokens`` = the token count of the whole optimiser batch so each micro-batch is scaled alike.
+Aggregation over tokens (ours): one mean over all tokens of the batch, every token weighing the same (DAPO; TRL's
+``loss_type="bnpo"``). The GRPO paper's sequence mean (each rollout's tokens, then over rollouts) makes a long
+reply's tokens weigh less, so a long *wrong* reply is penalised less per token — the length bias Dr. GRPO and DAPO
+point out; MSJoE's replies differ in length (a reply that rambles instead of giving a letter is the failure the
+format reward targets). With gradient accumulation or several processes, pass ``num_tokens`` = the token count of
+the whole optimiser batch so each micro-batch is scaled alike.
 
 Sampler (paper): ``loss = -A · log P(selected frames)``, averaged over the batch, where ``log P`` is either the
 paper's ``sum_k log p(x_k)`` or the exact Plackett–Luce log-probability of the ordered draw (ours, default): the
@@ -28,15 +25,11 @@ process, which makes the REINFORCE gradient unbiased. The two agree when K << T 
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 
 from msjoe.samplers import policy
-from msjoe.samplers.selection import independent_log_prob
-
-Aggregation = Literal["token-mean", "sequence-mean"]
-LogProbEstimator = Literal["plackett_luce", "independent"]
+from msjoe.samplers.selection import Estimator, independent_log_prob
 
 
 def ppo_clip_token_loss(
@@ -48,7 +41,6 @@ def ppo_clip_token_loss(
     clip_eps: float = 0.2,
     ref_logprobs: torch.Tensor | None = None,
     kl_beta: float = 0.0,
-    aggregation: Aggregation = "token-mean",
     num_tokens: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip surrogate loss over generated tokens, with an optional k3 KL penalty to a reference model.
@@ -63,9 +55,7 @@ def ppo_clip_token_loss(
         ref_logprobs: ``[B, L]`` log-probabilities under the reference model (constants); needed when
             ``kl_beta > 0``, and reported in the stats whenever given.
         kl_beta: weight of the KL penalty (paper: configurable; default 0, no reference model needed).
-        aggregation: ``"token-mean"`` (default) or ``"sequence-mean"``; see the module docstring. In
-            ``"sequence-mean"`` a rollout without any token (an all-zero mask row) is left out of the mean.
-        num_tokens: ``"token-mean"`` only: the denominator to use instead of this batch's token count (for
+        num_tokens: the denominator to use instead of this batch's token count (for
             gradient accumulation across micro-batches or processes).
 
     Returns:
@@ -89,10 +79,6 @@ def ppo_clip_token_loss(
         raise ValueError(f"kl_beta must be a finite number >= 0, got {kl_beta!r}")
     if kl_beta > 0 and ref_logprobs is None:
         raise ValueError(f"kl_beta = {kl_beta} needs ref_logprobs (the reference model's token log-probabilities)")
-    if aggregation not in ("token-mean", "sequence-mean"):
-        raise ValueError(f"aggregation must be 'token-mean' or 'sequence-mean', got {aggregation!r}")
-    if num_tokens is not None and aggregation != "token-mean":
-        raise ValueError("num_tokens applies to aggregation='token-mean' only")
 
     own = mask.bool() if mask.dtype != torch.bool else mask
     zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
@@ -116,16 +102,10 @@ def ppo_clip_token_loss(
             per_token = per_token + kl_beta * kl
     per_token = torch.where(own, per_token, zero)
 
-    if aggregation == "token-mean":
-        denominator = own.sum().clamp_min(1) if num_tokens is None else torch.as_tensor(num_tokens)
-        if num_tokens is not None and not float(denominator) > 0:
-            raise ValueError(f"num_tokens must be positive, got {num_tokens!r}")
-        loss = per_token.sum() / denominator
-    else:
-        tokens_per_rollout = own.sum(-1)
-        per_rollout = per_token.sum(-1) / tokens_per_rollout.clamp_min(1)
-        has_tokens = tokens_per_rollout > 0
-        loss = torch.where(has_tokens, per_rollout, zero).sum() / has_tokens.sum().clamp_min(1)
+    denominator = own.sum().clamp_min(1) if num_tokens is None else torch.as_tensor(num_tokens)
+    if num_tokens is not None and not float(denominator) > 0:
+        raise ValueError(f"num_tokens must be positive, got {num_tokens!r}")
+    loss = per_token.sum() / denominator
 
     with torch.no_grad():
         count = own.sum().clamp_min(1).to(logprobs.dtype)
@@ -157,7 +137,7 @@ def reinforce_loss(log_prob: torch.Tensor, advantages: torch.Tensor) -> torch.Te
 
 
 def sampler_log_prob(
-    logits: torch.Tensor, order: torch.Tensor, estimator: LogProbEstimator = "plackett_luce", width: int = 0
+    logits: torch.Tensor, order: torch.Tensor, estimator: Estimator = "plackett_luce", width: int = 0
 ) -> torch.Tensor:
     """Log-probability of the sampler's draw ``order`` from ``softmax(logits)``; differentiable in ``logits``.
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from msjoe.registry import Registry
 from msjoe.samplers.base import MAX_QUERIES, Sampler, check_similarity
 
-_REGISTRY: dict[str, type[Sampler]] = {}
+_REGISTRY: Registry[type[Sampler]] = Registry("sampler")
 S = TypeVar("S", bound=type[Sampler])
 
 
@@ -16,10 +17,8 @@ def register_sampler(name: str) -> Callable[[S], S]:
     """Class decorator: make a :class:`Sampler` subclass available as ``get_sampler(name)``."""
 
     def decorate(cls: S) -> S:
-        if name in _REGISTRY:
-            raise ValueError(f"sampler {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        _REGISTRY.add(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return decorate
@@ -27,22 +26,17 @@ def register_sampler(name: str) -> Callable[[S], S]:
 
 def available_samplers() -> list[str]:
     """Names accepted by :func:`get_sampler`, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_sampler(name: str, **options: Any) -> Sampler:
     """Build the sampler registered as ``name`` with keyword ``options`` (see each class for what it takes)."""
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(available_samplers())}") from None
-    return cls(**options)
+    return _REGISTRY.get(name)(**options)
 
 
 __all__ = ["MAX_QUERIES", "Sampler", "available_samplers", "check_similarity", "get_sampler", "register_sampler"]
 
 # Registrations: one line per sampler module.
-# (filled in as sampler modules land)
 from msjoe.samplers import aks as aks  # noqa: E402
 from msjoe.samplers import binmax as binmax  # noqa: E402
 from msjoe.samplers import bolt as bolt  # noqa: E402

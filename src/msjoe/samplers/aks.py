@@ -20,6 +20,7 @@ from typing import Literal, get_args
 
 import torch
 
+from msjoe.checks import is_int
 from msjoe.samplers import register_sampler
 from msjoe.samplers.base import Sampler, all_frames, check_similarity
 from msjoe.samplers.selection import topk_indices
@@ -121,9 +122,9 @@ class AKSSampler(Sampler):
         scores: AKSScores = "minmax",
         match_threshold: float = 3.0,
     ) -> None:
-        if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0:
+        if not is_int(max_depth) or max_depth < 0:
             raise ValueError(f"AKS max_depth must be a non-negative integer, got {max_depth!r}")
-        if top_m is not None and (isinstance(top_m, bool) or not isinstance(top_m, int) or top_m < 1):
+        if top_m is not None and (not is_int(top_m) or top_m < 1):
             raise ValueError(f"AKS top_m must be a positive integer or None, got {top_m!r}")
         if scores not in get_args(AKSScores):
             raise ValueError(f"AKS scores must be one of {', '.join(map(repr, get_args(AKSScores)))}, got {scores!r}")

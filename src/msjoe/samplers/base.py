@@ -12,9 +12,8 @@ from typing import ClassVar
 
 import torch
 
-MAX_QUERIES = 4
-"""Paper: the MLLM writes at most 4 visual queries, so S has 1 to 4 rows (the one definition: prompts, parsing,
-the pipeline and the trainers import it)."""
+from msjoe.checks import is_int
+from msjoe.limits import MAX_QUERIES
 
 
 class Sampler(ABC):
@@ -67,7 +66,7 @@ def check_similarity(sim: torch.Tensor, k: int) -> torch.Tensor:
     if not torch.isfinite(sim).all():
         bad = (~torch.isfinite(sim)).nonzero()[0].tolist()
         raise ValueError(f"similarity matrix holds NaN or infinite values (first at query {bad[0]}, frame {bad[1]})")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+    if not is_int(k, numbers.Integral) or k < 1:
         raise ValueError(f"frame budget k must be a positive integer, got {k!r}")
     return sim.float()
 

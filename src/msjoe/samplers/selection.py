@@ -17,8 +17,13 @@ of frames returns distinct indices sorted by time.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+
+Estimator = Literal["plackett_luce", "independent"]
+"""How a draw's log-probability is computed: :func:`plackett_luce_log_prob` or :func:`independent_log_prob`."""
+ESTIMATORS: tuple[Estimator, ...] = ("plackett_luce", "independent")
 
 
 def gumbel_topk(logits: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
@@ -37,6 +37,8 @@ from msjoe.errors import ModelLoadError
 from msjoe.samplers import policy, register_sampler
 from msjoe.samplers.base import Sampler, all_frames, check_similarity
 from msjoe.samplers.selection import (
+    ESTIMATORS,
+    Estimator,
     default_nms_radius,
     independent_log_prob,
     quantile_indices,
@@ -48,8 +50,6 @@ from msjoe.samplers.unet1d import FEATURES, UNet1D, count_parameters
 logger = logging.getLogger(__name__)
 
 INFERENCE_RULES = ("policy", "nms", "topk", "quantile")
-ESTIMATORS = ("plackett_luce", "independent")
-Estimator = Literal["plackett_luce", "independent"]
 
 CHECKPOINT_FORMAT = "msjoe-usampler"
 # 2: every linear map of the U-Net reads a normalised input (see msjoe.samplers.unet1d); version-1 weights (the

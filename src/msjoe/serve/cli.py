@@ -75,7 +75,7 @@ def serve(
     Clients index videos found under the --video-root folders (by relative path; nothing outside them, no
     symbolic links) or uploaded, then ask questions and get each answer with its explain view.
     """
-    from msjoe.cli import _fail
+    from msjoe.cli_support import fail
     from msjoe.errors import MsjoeError
 
     try:
@@ -84,7 +84,7 @@ def serve(
         from msjoe.pipeline import PipelineConfig, VideoQA
         from msjoe.serve import ServeConfig, VideoService, create_app
     except ImportError as error:
-        raise _fail(f"{error.name} is missing", hint="pip install 'msjoe[serve]'") from error
+        raise fail(f"{error.name} is missing", hint="pip install 'msjoe[serve]'") from error
 
     try:
         if model and not mllm.startswith(("http://", "https://")):
@@ -118,7 +118,7 @@ def serve(
             )
         app = create_app(VideoService(qa, serve_config), token=token or None)
     except (MsjoeError, ValueError, OSError) as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     if not token and not _is_loopback(host):
         console.print(
             f"[yellow]warning:[/] listening on {escape(host)} without a token: anyone who reaches this port can "

@@ -63,9 +63,9 @@ def train_command(
 ) -> None:
     """Stage-1 training of a fresh U-Sampler on the simulator's items; the folder loads with
     `--sampler usampler --sampler-checkpoint DIR` and `get_sampler("usampler", checkpoint=DIR)`."""
-    from msjoe.rl.stage1 import Stage1Config
     from msjoe.sim.protocol import load_simulator
     from msjoe.sim.train import train_on_simulator
+    from msjoe.train.stage1 import Stage1Config
 
     try:
         loaded = load_simulator(simulator, budget=k)

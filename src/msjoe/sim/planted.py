@@ -228,7 +228,7 @@ class Span:
 class SimulatedItem:
     """One simulated question: similarities, where the evidence and the look-alikes are, and the answer model.
 
-    ``sim`` and ``difficulty`` are what a stage-1 trainer sees (:class:`msjoe.rl.stage1.Stage1Item`); the rest is
+    ``sim`` and ``difficulty`` are what a stage-1 trainer sees (:class:`msjoe.train.stage1.Stage1Item`); the rest is
     the ground truth the simulated answerer and the metrics use.
     """
 
@@ -343,7 +343,7 @@ class SimulatedAnswerer:
     """The simulated MLLM: answers correctly with :meth:`SimulatedItem.answer_probability`, by a seeded coin.
 
     Implements the stage-1 answerer interface ``answer_correct(item, chosen_indices) -> bool``
-    (:class:`msjoe.rl.stage1.Answerer`). Its generator is its own, so its coin flips do not depend on the
+    (:class:`msjoe.train.stage1.Answerer`). Its generator is its own, so its coin flips do not depend on the
     trainer's sampling and vice versa.
     """
 

@@ -168,7 +168,7 @@ def uniform_pass_rate(item: SimItem, k: int, *, draws: int = 32, seed: int = 0) 
 
 @dataclass(frozen=True, eq=False)
 class TrainingItem:
-    """A protocol item as stage 1 sees it (:class:`msjoe.rl.stage1.Stage1Item`): ``sim`` and ``difficulty``."""
+    """A protocol item as stage 1 sees it (:class:`msjoe.train.stage1.Stage1Item`): ``sim`` and ``difficulty``."""
 
     item: SimItem
     difficulty: float

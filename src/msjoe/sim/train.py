@@ -1,6 +1,6 @@
 """Stage-1 training of the U-Sampler on a simulator (``msjoe sim train``).
 
-The loop is :class:`msjoe.rl.stage1.Stage1Trainer` unchanged; this module feeds it protocol items
+The loop is :class:`msjoe.train.stage1.Stage1Trainer` unchanged; this module feeds it protocol items
 (:mod:`msjoe.sim.protocol`) and makes the run resumable: every ``save_every`` steps the sampler is saved to the
 output folder (a normal U-Sampler checkpoint) with the trainer's state beside it, and a rerun into the same folder
 continues from there, skipping the items already consumed (items are a pure function of their seed).
@@ -20,9 +20,9 @@ import torch
 
 from msjoe.atomic import write_bytes_atomically, write_text_atomically
 from msjoe.progress import progress_bar
-from msjoe.rl.stage1 import Stage1Config, Stage1StepStats, Stage1Trainer
 from msjoe.samplers.usampler import USampler, USamplerConfig
 from msjoe.sim.protocol import ProtocolAnswerer, Simulator, TrainingItem, check_item, item_difficulty
+from msjoe.train.stage1 import Stage1Config, Stage1StepStats, Stage1Trainer
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The frozen MLLM as stage 1's answerer, and the difficulty ``c`` of training items.
 
-:class:`MLLMAnswerer` implements :class:`msjoe.rl.stage1.Answerer` over :class:`~msjoe.train.examples.TrainExample`:
+:class:`MLLMAnswerer` implements :class:`msjoe.train.stage1.Answerer` over :class:`~msjoe.train.examples.TrainExample`:
 it shows the MLLM the chosen candidate frames with the question (the answer turn of
 :func:`msjoe.pipeline.answer_question`), parses the option letter and compares it with the gold one. With greedy
 decoding the answer to a given (item, frame set) never changes, so it is cached on disk: a sampler that draws the
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from msjoe.checks import is_int
 from msjoe.data.replies import ReplyCache, VideoFingerprints, answer_key, describe_mllm, prompt_version
 from msjoe.data.schema import QAItem
 from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore
@@ -114,7 +115,7 @@ class MLLMAnswerer:
         generation: GenerationConfig | None = None,
         model_id: str | None = None,
     ) -> None:
-        if isinstance(frame_max_pixels, bool) or not isinstance(frame_max_pixels, int) or frame_max_pixels < 1:
+        if not is_int(frame_max_pixels) or frame_max_pixels < 1:
             raise ValueError(f"frame_max_pixels must be a positive int, got {frame_max_pixels!r}")
         self.mllm = mllm
         self.frame_max_pixels = frame_max_pixels
@@ -291,9 +292,9 @@ def uniform_pass_rate(
     used). With sampling, the mean over ``samples`` answers seeded ``seed + 0 .. seed + samples - 1``
     (``seed = answerer.generation.seed``, 0 if unset), so the estimate is reproducible.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+    if not is_int(samples) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
     chosen = uniform_indices(len(candidate_timestamps), k).tolist()
     if not answerer.sampling:

@@ -2,8 +2,8 @@
 
 A checkpoint is a folder ``<output_dir>/checkpoints/step-00000100/`` holding:
 
-- what ``accelerate.Accelerator.save_state`` writes: every prepared model and optimiser (sharded the FSDP /
-  DeepSpeed way when those are used) and each process's Python / NumPy / torch RNG states;
+- what ``accelerate.Accelerator.save_state`` writes: every prepared model and optimiser and each process's
+  Python / NumPy / torch RNG states;
 - ``trainer_state_rank{R}.pt``: each process's trainer state (step count, its own sampling generators, the lr
   scheduler), from ``trainer.state_dict()``;
 - for a ``peft`` model, only its adapter (``adapter_<i>/``), not the frozen base weights;
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from msjoe.atomic import apply_umask_to_files
+from msjoe.atomic import apply_umask_to_files, fsync_folder
 from msjoe.errors import MsjoeError
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def save_checkpoint(
             replaced = root / f"{_INCOMPLETE}replaced-{checkpoint_name(step)}"
             os.replace(final, replaced)
         os.replace(temporary, final)
-        _fsync_dir(root)
+        fsync_folder(root, strict=True)
         if replaced is not None:
             shutil.rmtree(replaced, ignore_errors=True)
         if keep_last > 0:  # the oldest go (names sort by step); the checkpoint just written always stays
@@ -296,14 +296,3 @@ def _is_peft(model: Any) -> bool:
     except ImportError:
         return False
     return isinstance(model, PeftModel)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

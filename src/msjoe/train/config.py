@@ -5,7 +5,7 @@ A run config has four sections, each a dataclass with documented defaults::
     stage: 1                 # or 2
     models:  ModelsConfig    # which MLLM, dual encoder and U-Sampler to start from
     data:    DataConfig      # the training QA file and how candidate frames are made
-    trainer: Stage1Config | Stage2Config   # the algorithm's hyper-parameters (msjoe.rl.stage1 / msjoe.rl.stage2)
+    trainer: Stage1Config | Stage2Config   # the algorithm's hyper-parameters (msjoe.train.stage1 / msjoe.train.stage2)
     run:     RunConfig       # output folder, checkpoints, logging, resume
 
 Unknown keys and values of the wrong type are errors naming the key's full path (``trainer.learning_rate``), so a
@@ -25,8 +25,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from msjoe.rl.stage1 import Stage1Config
-from msjoe.rl.stage2 import Stage2Config
+from msjoe.checks import is_int, is_number
+from msjoe.train.stage1 import Stage1Config
+from msjoe.train.stage2 import Stage2Config
 from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
 
 
@@ -289,7 +290,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be true or false, got {value!r}")
         return value
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
         return value
     if hint is float:
@@ -298,7 +299,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not is_number(value):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         return float(value)
     if hint is str:

@@ -18,7 +18,7 @@ frames with greedy decoding, exactly as at inference). Written queries are cache
 (:class:`ReplyCache`), so a rerun or a second run on the same data asks the MLLM nothing. Stage 2 writes its own
 queries in every rollout: pass ``queries=None`` for examples with features only.
 
-Frames of an example are loaded with :func:`load_example_frames` (the example's candidate grid, an optional
+Candidate frames are loaded with :func:`load_candidate_frames` (a candidate grid, an optional
 :class:`~msjoe.frame_store.FrameStore`). The reply caches and cache-key helpers live in :mod:`msjoe.data.replies`
 (``msjoe data calibrate`` shares them) and are re-exported here.
 """
@@ -36,14 +36,16 @@ import numpy as np
 import torch
 
 from msjoe.cache import FeatureCache, FrameFeatures
+from msjoe.checks import is_int
 from msjoe.data.replies import ReplyCache, VideoFingerprints, describe_mllm, prompt_version, question_digest
 from msjoe.data.schema import QAItem
 from msjoe.errors import VideoError
 from msjoe.features import DualEncoder
 from msjoe.frame_store import FrameStore
 from msjoe.index import index_video
+from msjoe.limits import MAX_QUERIES
 from msjoe.mllm import MLLM, GenerationConfig
-from msjoe.mllm.prompts import MAX_QUERIES, PREVIEW_MAX_PIXELS
+from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS
 from msjoe.pipeline import load_frames, preview_indices, query_similarity, write_queries
 from msjoe.progress import progress_bar
 from msjoe.train.examples import TrainExample
@@ -57,7 +59,6 @@ __all__ = [
     "VideoFingerprints",
     "describe_mllm",
     "load_candidate_frames",
-    "load_example_frames",
     "prepare_examples",
     "prompt_version",
     "question_digest",
@@ -106,29 +107,6 @@ def load_candidate_frames(
     )
 
 
-def load_example_frames(
-    example: TrainExample,
-    indices: Sequence[int] | torch.Tensor,
-    max_pixels: int,
-    *,
-    frame_store: FrameStore | None = None,
-    fingerprint: str | None = None,
-) -> np.ndarray:
-    """The candidate frames ``indices`` of ``example``'s video at ``max_pixels`` (see :func:`load_candidate_frames`;
-    the grid is the example's features' ``fps`` / ``max_frames``). ``fingerprint`` saves the store a 3 MiB read."""
-    return load_candidate_frames(
-        example.qa.video,
-        example.features.timestamps,
-        indices,
-        max_pixels,
-        fps=example.features.fps,
-        max_frames=example.features.max_frames,
-        frame_store=frame_store,
-        fingerprint=fingerprint,
-        info=example.features.video_info,
-    )
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Queries of the frozen MLLM (stage 1)
 # --------------------------------------------------------------------------------------------------------------
@@ -167,7 +145,7 @@ class QueryWriter:
     cache_hits: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+        if not is_int(self.k) or self.k < 1:
             raise ValueError(f"QueryWriter.k must be a positive int (the training budget K), got {self.k!r}")
         if not 1 <= self.max_queries <= MAX_QUERIES:
             raise ValueError(f"QueryWriter.max_queries must be 1 to {MAX_QUERIES}, got {self.max_queries!r}")
@@ -323,7 +301,7 @@ def prepare_examples(
     """
     if queries is not None and queries != "question" and not isinstance(queries, QueryWriter):
         raise ValueError(f"queries must be 'question', a QueryWriter or None, got {queries!r}")
-    if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
+    if not is_int(min_frames) or min_frames < 1:
         raise ValueError(f"min_frames must be a positive int, got {min_frames!r}")
     prepared = PreparedData()
 

@@ -6,9 +6,8 @@ The run is the same for both stages::
 
 Each process takes its own slice of every global batch (:func:`batch_indices`: a seeded permutation per epoch, so
 the data position is a pure function of the step and a resumed run sees exactly the batches it would have seen);
-gradients are averaged by the distributed engine accelerate sets up (DDP / FSDP / DeepSpeed, from
-``accelerate config`` or ``accelerate launch`` flags). A NaN or infinite loss stops the run with the batch saved
-under ``bad_batches/``.
+gradients are averaged by DDP (``accelerate launch --multi_gpu``); FSDP, DeepSpeed and Megatron set-ups are
+refused before any model loads. A NaN or infinite loss stops the run with the batch saved under ``bad_batches/``.
 """
 
 from __future__ import annotations
@@ -381,13 +380,13 @@ def train_stage1(
     accelerator: Any = None,
     on_step: Callable[[int, Any], None] | None = None,
 ) -> RunSummary:
-    """Stage 1: train the U-Sampler against the frozen MLLM (DESIGN.md §4) on ``config.data.train``.
+    """Stage 1: train the U-Sampler against the frozen MLLM on ``config.data.train`` (:mod:`msjoe.train.stage1`).
 
     ``on_step(step, trainer)`` is called on every process after every update (to inspect or interrupt a run).
     """
-    from msjoe.rl.stage1 import Stage1Trainer
     from msjoe.train.answerer import MLLMAnswerer
     from msjoe.train.data import QueryWriter
+    from msjoe.train.stage1 import Stage1Trainer
 
     run = _start(config, accelerator)
     encoder, mllm, sampler = on_every_process(run.accelerator, lambda: _load_models(run), what="loading the models")
@@ -442,13 +441,13 @@ def train_stage2(
     accelerator: Any = None,
     on_step: Callable[[int, Any], None] | None = None,
 ) -> RunSummary:
-    """Stage 2: joint GRPO (the MLLM's queries and answers) and REINFORCE (the U-Sampler), DESIGN.md §4.
+    """Stage 2: joint GRPO (the MLLM's queries and answers) and REINFORCE (the U-Sampler), :mod:`msjoe.train.stage2`.
 
     Writes, besides checkpoints, ``sampler/`` (the U-Sampler), ``mllm_adapter/`` (the LoRA adapter, with
     ``finetune: lora``) and ``mllm/`` (a full model with its processor, LoRA merged: ``msjoe ask --mllm`` and
     vLLM load it as they load the base model).
     """
-    from msjoe.rl.stage2 import Stage2Trainer
+    from msjoe.train.stage2 import Stage2Trainer
 
     run = _start(config, accelerator)
     encoder, mllm, sampler = on_every_process(run.accelerator, lambda: _load_models(run), what="loading the models")

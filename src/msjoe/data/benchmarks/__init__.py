@@ -14,29 +14,24 @@ with :func:`register_benchmark` in the list at the bottom of this file.
 from __future__ import annotations
 
 from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult, SkippedRow
+from msjoe.registry import Registry
 
-_REGISTRY: dict[str, BenchmarkSpec] = {}
+_REGISTRY: Registry[BenchmarkSpec] = Registry("benchmark")
 
 
 def register_benchmark(spec: BenchmarkSpec) -> BenchmarkSpec:
     """Make ``spec`` available as ``get_benchmark(spec.name)``."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"benchmark {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return _REGISTRY.add(spec.name, spec)
 
 
 def available_benchmarks() -> list[str]:
     """Names accepted by :func:`get_benchmark`, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_benchmark(name: str) -> BenchmarkSpec:
     """The benchmark registered as ``name``."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of: {', '.join(available_benchmarks())}") from None
+    return _REGISTRY.get(name)
 
 
 __all__ = ["BenchmarkSpec", "LoadResult", "SkippedRow", "available_benchmarks", "get_benchmark", "register_benchmark"]

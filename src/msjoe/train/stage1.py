@@ -37,12 +37,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 
+from msjoe.checks import is_int
 from msjoe.errors import NonFiniteLossError
 from msjoe.rl.losses import reinforce_loss
 from msjoe.rl.rewards import difficulty_advantage
 from msjoe.rl.schedule import LR_SCHEDULES, LRSchedule, lr_factor
 from msjoe.rl.seeding import derive_seed
-from msjoe.samplers.usampler import ESTIMATORS, USampler
+from msjoe.samplers.selection import ESTIMATORS
+from msjoe.samplers.usampler import USampler
+from msjoe.train.trainer_base import TrainerBase
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -86,11 +89,8 @@ class Answerer(Protocol):
 class Stage1Config:
     """Hyper-parameters of stage-1 sampler training (saved with checkpoints; see :meth:`to_dict`).
 
-    The defaults are the recipe measured with ``bench/bench_simulator.py`` (about 3 minutes on one CPU core for the
-    default 2M-parameter U-Sampler). Stability note: on the simulator, the default U-Sampler's logits diverged
-    (entropy collapse onto position artefacts, within a few dozen steps once it starts) with a constant rate of
-    1e-3 after 300-450 steps, and with a cosine schedule peaking at 2e-3 (600 steps) or at 1e-3 over 900 steps;
-    the defaults (1e-3, cosine over 600 steps, 8 draws per item) trained without divergence for seeds 0, 1 and 2.
+    The defaults are the recipe measured with ``bench/bench_simulator.py``; the runs that chose them (including the
+    settings that diverged) are in bench/RESULTS.md.
     """
 
     learning_rate: float = 1e-3
@@ -99,7 +99,7 @@ class Stage1Config:
     """AdamW weight decay."""
     lr_schedule: LRSchedule = "cosine"
     """``"constant"`` or ``"cosine"`` (decay to ``min_lr_ratio`` of the peak over ``steps``); both after warmup.
-    Cosine, because the runs that diverged did so in the second half at a constant rate (see the class note)."""
+    Cosine, because the runs that diverged did so in the second half at a constant rate (bench/RESULTS.md)."""
     warmup_steps: int = 20
     """Linear warmup from 0 to ``learning_rate`` over this many steps."""
     min_lr_ratio: float = 0.1
@@ -140,13 +140,13 @@ class Stage1Config:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         for name in ("steps", "k", "batch_size", "samples_per_item"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "steps" else 1):
+            if not is_int(value) or value < (0 if name == "steps" else 1):
                 raise ValueError(
                     f"{name} must be a {'non-negative' if name == 'steps' else 'positive'} int, got {value!r}"
                 )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
@@ -162,7 +162,7 @@ class Stage1Config:
             raise ValueError(f"advantage_clip must be a positive number, got {self.advantage_clip!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be None or > 0, got {self.max_grad_norm!r}")
-        if isinstance(self.log_interval, bool) or not isinstance(self.log_interval, int) or self.log_interval < 0:
+        if not is_int(self.log_interval) or self.log_interval < 0:
             raise ValueError(f"log_interval must be a non-negative int, got {self.log_interval!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,7 +204,7 @@ class Stage1StepStats:
     """This process's drawn frames as fractions of their video, ``(index + 0.5) / T`` (for histograms)."""
 
 
-class Stage1Trainer:
+class Stage1Trainer(TrainerBase):
     """REINFORCE over a frozen answerer: draw K frames per rollout, ask the answerer, update the sampler.
 
     ``trainer.train(items)`` runs ``config.steps`` steps over an iterable of :class:`Stage1Item` (an endless
@@ -218,7 +218,6 @@ class Stage1Trainer:
         sampler: USampler,
         answerer: Answerer,
         config: Stage1Config | None = None,
-        optimizer: torch.optim.Optimizer | None = None,
         accelerator: Accelerator | None = None,
     ) -> None:
         if not isinstance(answerer, Answerer):
@@ -226,13 +225,13 @@ class Stage1Trainer:
         self.sampler = sampler
         self.answerer = answerer
         self.config = config or Stage1Config()
-        self.optimizer = optimizer or torch.optim.AdamW(
+        self.optimizer = torch.optim.AdamW(
             sampler.module.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
         )
         # Not prepared by accelerate: its scheduler wrapper would step num_processes times per update.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.config.lr_factor)
         self.accelerator = accelerator
-        # ``model`` runs the forward pass: the network itself, or its DDP/FSDP wrapper under accelerate.
+        # ``model`` runs the forward pass: the network itself, or its DDP wrapper under accelerate.
         self.model: torch.nn.Module = sampler.module
         rank = 0
         if accelerator is not None:
@@ -284,16 +283,8 @@ class Stage1Trainer:
             loss = loss - config.entropy_coef * entropy
 
         self.optimizer.zero_grad(set_to_none=True)
-        if self.accelerator is not None:
-            self.accelerator.backward(loss)
-        else:
-            loss.backward()
-        parameters = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = config.max_grad_norm if config.max_grad_norm is not None else math.inf
-        if self.accelerator is not None:
-            grad_norm = float(self.accelerator.clip_grad_norm_(parameters, max_norm))
-        else:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+        self._backward(loss)
+        grad_norm = self._clip(self.model, config.max_grad_norm)
         raw = torch.cat(raw_advantages)
         mean_item_difficulty = sum(float(item.difficulty) for item in items) / len(items)
         local = torch.tensor(
@@ -342,12 +333,6 @@ class Stage1Trainer:
             seconds=time.perf_counter() - started,
             frame_positions=tuple(positions),
         )
-
-    def _mean_over_processes(self, values: torch.Tensor) -> list[float]:
-        """Means over processes of per-process statistics (each process runs the same number of items)."""
-        if self.accelerator is not None and self.accelerator.num_processes > 1:
-            values = self.accelerator.reduce(values.to(self.accelerator.device), reduction="mean").cpu()
-        return [float(v) for v in values]
 
     def train(
         self, items: Iterable[Stage1Item], callback: Callable[[Stage1StepStats], None] | None = None

@@ -1,14 +1,7 @@
 """Stage 2 of MSJoE: joint evolution of the MLLM (GRPO) and the U-Sampler (REINFORCE) on shared rollouts.
 
-For every training item the trainer runs a group of G rollouts (DESIGN.md §4)::
-
-    question + K/2 low-res previews ─MLLM samples─▶ query reply ─parse─▶ queries (the question if none parse)
-    queries ─frozen text tower─▶ S = cos(queries, cached frame embeddings)   [Nq, T]
-    S ─U-Sampler─▶ logits ─Gumbel-top-k─▶ K frames (without replacement)
-    K frames (time-ordered, timestamped) + question ─MLLM samples─▶ answer reply
-    reward r = w_acc · r_acc + w_format · r_format + w_info · r_info           (msjoe.rl.rewards.rollout_reward)
-
-and then updates both models from the same rollouts:
+The G rollouts of each item are made by :mod:`msjoe.train.stage2_rollout`, with the hyper-parameters of
+:mod:`msjoe.train.stage2_config`; this module updates both models from the same rollouts:
 
 - MLLM (paper: GRPO): ``A_i = (r_i - mean(r)) / (std(r) + eps)`` within the group, and the PPO-clip surrogate over
   the MLLM's *own* tokens in both turns (the query reply and the answer reply), one token-mean over all tokens of
@@ -30,26 +23,19 @@ tower once (:meth:`~msjoe.mllm.transformers_backend.TransformersMLLM.token_logpr
 (K frames) and by default go one a pass, or as a right-padded batch of their own frames with a larger budget.
 Results equal one pass per rollout and turn up to float rounding.
 
-Choices of ours, beyond the paper:
+Distribution (``accelerate``, DDP or one device; :mod:`msjoe.train.run` refuses FSDP, DeepSpeed and Megatron, since
+generation runs on the unwrapped model): each process runs its own items; the trainer prepares the U-Sampler
+network and the policy model (in that order: peft models last, see msjoe.train.checkpoint) and both optimisers.
+DDP sees exactly one synchronised forward/backward per model and optimiser step: every MLLM forward pass (one turn
+of one group) is backpropagated on its own inside ``accelerator.no_sync`` except the very last one (which also
+bounds memory: one batch's graph at a time), and the U-Sampler scores all rollouts in one batched forward. Only
+those gradient passes run through the prepared module. Generation and the no-grad scoring passes (reference and old
+log-probabilities) run on the unwrapped model: a DDP forward is a collective (buffer broadcast) and their number
+differs between processes (a process whose groups are all tied scores nothing). All scoring runs under the
+accelerator's autocast, as the prepared module's forward does. The token-mean denominator is the token count of the
+whole step over all processes, so the averaged gradient is exactly the global token mean.
 
-- The PPO ratio uses the temperature-scaled softmax (as the sampler did), also when ``top_p < 1`` truncates the
-  sampling distribution (TRL does the same); keep ``top_p = 1`` for an exact on-policy ratio.
-- A rollout whose query reply parses to no query searches with the question (as at inference), and its
-  ``r_info`` is 0: the MLLM wrote no query that could be informative. Its format reward is 0 anyway.
-- Frame positions are reported as ``(index + 0.5) / T``: the fraction of the candidate timeline (uniform in time
-  at a fixed candidate fps), for histograms of where the sampler looks.
-
-Distribution (``accelerate``): each process runs its own items; the trainer prepares the U-Sampler network and the
-policy model (in that order: peft models last, see msjoe.train.checkpoint) and both optimisers. DDP sees exactly
-one synchronised forward/backward per model and optimiser step: every MLLM forward pass (one turn of one group)
-is backpropagated on its own inside ``accelerator.no_sync`` except the very last one (which also bounds memory: one
-batch's graph at a time), and the U-Sampler scores all rollouts in one batched forward. Only those gradient passes run
-through the prepared module. Generation and the no-grad scoring passes (reference and old log-probabilities) run on
-the unwrapped model: a DDP forward is a collective (buffer broadcast) and their number differs between processes (a
-process whose groups are all tied scores nothing). All scoring runs under the accelerator's autocast, as the
-prepared module's forward does. The token-mean denominator is the token count of the whole step over all processes, so
-the averaged gradient is exactly the global token mean. Only DDP (and single-device) training is supported:
-FSDP / DeepSpeed ZeRO-3 would need gathered weights for generation.
+The choices beyond the paper, and why: docs/decisions.md ("Training runs").
 """
 
 from __future__ import annotations
@@ -62,28 +48,24 @@ import re
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 
 from msjoe.errors import NonFiniteLossError
 from msjoe.features import DualEncoder
-from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore
-from msjoe.mllm.base import GenerationConfig, Message
-from msjoe.mllm.parsing import answer_follows_format, parse_answer, parse_queries, queries_follow_format
-from msjoe.mllm.prompts import MAX_QUERIES, PREVIEW_MAX_PIXELS, answer_prompt, query_prompt
+from msjoe.frame_store import FrameStore
+from msjoe.mllm.base import Message
 from msjoe.mllm.transformers_backend import TransformersMLLM
-from msjoe.pipeline import load_frames, preview_indices, query_similarity
-from msjoe.rl.advantages import SamplerAdvantageMode, group_advantages, sampler_advantages
-from msjoe.rl.losses import LogProbEstimator, ppo_clip_token_loss, reinforce_loss
-from msjoe.rl.rewards import DEFAULT_INFO_THRESHOLD, RewardWeights, answer_is_correct, informative_fraction
-from msjoe.rl.rewards import rollout_reward as compute_rollout_reward
-from msjoe.rl.schedule import LR_SCHEDULES, LRSchedule, lr_factor
+from msjoe.rl.advantages import group_advantages, sampler_advantages
+from msjoe.rl.losses import ppo_clip_token_loss, reinforce_loss
 from msjoe.rl.seeding import derive_seed
-from msjoe.samplers.usampler import ESTIMATORS, USampler
+from msjoe.samplers.usampler import USampler
 from msjoe.train.examples import TrainExample
+from msjoe.train.stage2_config import LORA_TARGET_MODULES, Stage2Config
+from msjoe.train.stage2_rollout import Rollout, RolloutContext, Turn, rollout_group
+from msjoe.train.trainer_base import TrainerBase
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -98,324 +80,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Finetune = Literal["lora", "full"]
-FINETUNE_MODES = ("lora", "full")
-SAMPLER_ADVANTAGE_MODES = ("raw", "group")
-
-LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-"""The attention and MLP projections of Qwen2/Llama-style language models."""
-VISION_MODULES = ("visual", "vision_tower", "vision_model")
-"""Sub-module names of the vision tower in transformers' VLMs (Qwen2/2.5-VL: ``visual``; LLaVA: ``vision_tower``)."""
-
 
 # --------------------------------------------------------------------------------------------------------------
-# Configuration
+# Statistics
 # --------------------------------------------------------------------------------------------------------------
-@dataclass
-class Stage2Config:
-    """Hyper-parameters of stage-2 joint training (saved with checkpoints; see :meth:`to_dict`).
-
-    Values marked "paper" come from MSJoE; the others are ours and documented. Per-process quantities
-    (``batch_size``) multiply by the number of processes under ``accelerate``.
-    """
-
-    # --- schedule -------------------------------------------------------------------------------------------
-    steps: int = 500
-    """Optimiser steps of a run (also the length of the cosine schedule)."""
-    batch_size: int = 2
-    """Training items per step *per process*; each gets ``group_size`` rollouts."""
-    group_size: int = 8
-    """G: rollouts per item, the GRPO group (paper-like; at least 2, a group of one has no advantage)."""
-    seed: int = 0
-    """Seeds the trainer's generators (generation seeds, the sampler's draws, the LoRA initialisation); each process
-    derives its own streams from it."""
-
-    # --- rollouts -------------------------------------------------------------------------------------------
-    k: int = 32
-    """K: frames the U-Sampler draws for the answer turn (paper's main table: 32 and 64)."""
-    max_queries: int = MAX_QUERIES
-    """Most queries the MLLM may write (paper: 4)."""
-    preview_max_pixels: int = PREVIEW_MAX_PIXELS
-    """Pixel budget of each of the K/2 preview frames of the query turn (paper: about 32 visual tokens)."""
-    frame_max_pixels: int = DEFAULT_MAX_PIXELS
-    """Pixel budget of each key frame of the answer turn (the pipeline's default)."""
-    temperature: float = 1.0
-    """Sampling temperature of both MLLM turns (> 0: GRPO needs diverse rollouts and defined probabilities)."""
-    top_p: float = 1.0
-    """Nucleus mass of both turns. The PPO ratio ignores the truncation (see the module notes): keep 1.0 for an exact
-    on-policy ratio."""
-    query_max_new_tokens: int = 128
-    """Token budget of the query reply (the pipeline's default)."""
-    answer_max_new_tokens: int = 32
-    """Token budget of the answer reply (the pipeline's default)."""
-    generation_batch_size: int | None = None
-    """Rollouts generated in one batched ``generate`` call per turn. None: the whole group, except the answer turn
-    on a CPU, one at a time: its G prompts differ (one prompt sampled G times in the query turn), and the padding
-    mask of a batch moves CPU attention off its fused kernel, 2.4x slower at K = 32 (bench/RESULTS.md). Lower it when
-    a group of answer prompts (K frames each) does not fit in memory at once."""
-    scoring_max_tokens: int | None = None
-    """Most positions (rows x longest row, prompts with their image tokens included) in one scoring forward pass,
-    like verl's ``ppo_max_token_len_per_gpu``: the rollouts of one turn of a group are batched while they fit, a
-    longer row goes alone. None (default): the longest turn being scored, so no pass is larger than scoring one turn
-    at a time needs anyway (the memory of the update's passes, whose activations live until their backward, stays
-    that of one long turn): a group's short query turns share passes, long answer turns go one at a time. Raise it
-    (e.g. 16384) to batch answer turns when memory allows: on GPUs that uses the device better; on the tiny CPU
-    models of bench/bench_stage2.py it is not faster. Results do not depend on it beyond float rounding."""
-
-    # --- rewards and advantages -----------------------------------------------------------------------------
-    reward_weights: RewardWeights = field(default_factory=RewardWeights)
-    """Weights of r_acc, r_format and r_info (see :class:`~msjoe.rl.rewards.RewardWeights`)."""
-    info_threshold: float = DEFAULT_INFO_THRESHOLD
-    """Prominence (robust sigmas) a query's similarity peak needs to count as informative (r_info)."""
-    info_min_gap: float = 0.0
-    """Optional absolute floor on a peak's height above the row median (r_info)."""
-    advantage_eps: float = 1e-6
-    """Added to the group's reward standard deviation in the GRPO advantage."""
-    sampler_advantage: SamplerAdvantageMode = "raw"
-    """The sampler's advantage: ``"raw"`` (paper: the total reward) or ``"group"`` (group-normalised)."""
-    estimator: LogProbEstimator = "plackett_luce"
-    """``log P(draw)`` of the sampler: ``"plackett_luce"`` (exact for draws without replacement) or
-    ``"independent"`` (the paper's ``sum_k log p(x_k)``)."""
-
-    # --- MLLM update ----------------------------------------------------------------------------------------
-    clip_epsilon: float = 0.2
-    """PPO clip range."""
-    kl_beta: float = 0.0
-    """Weight of the k3 KL to the reference model (paper: configurable, default 0). With LoRA the reference is the
-    base model (adapter disabled, no extra memory); with full fine-tuning a frozen copy of the starting weights."""
-    ppo_epochs: int = 1
-    """Optimiser steps of the MLLM on each batch of rollouts (1: on-policy, the ratio is 1 at the gradient)."""
-    finetune: Finetune = "lora"
-    """``"lora"`` (``peft`` adapters on the language model) or ``"full"`` (every language-model weight)."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: float = 32.0
-    """LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``)."""
-    lora_dropout: float = 0.0
-    """Dropout on the LoRA input. 0 by default: with several PPO epochs, dropout makes the ratios differ from 1 by
-    noise (the old log-probabilities are scored in eval mode)."""
-    lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES
-    """Names of the linear layers that get adapters (matched as the last component of a module's name)."""
-    frozen_modules: tuple[str, ...] = VISION_MODULES
-    """Sub-modules never trained, matched as a component of a module's name: the vision tower (with its
-    projector/merger) by default. LoRA excludes them from its targets; full fine-tuning freezes them."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (saves memory on large models, costs about one more forward)."""
-    mllm_learning_rate: float = 1e-5
-    """AdamW peak learning rate of the MLLM's trainable weights (ours; LoRA. Full fine-tuning wants ~1e-6)."""
-    mllm_weight_decay: float = 0.0
-    """AdamW weight decay of the MLLM's trainable weights."""
-    mllm_max_grad_norm: float | None = 1.0
-    """Clip the MLLM's global gradient norm (None: no clipping)."""
-
-    # --- sampler update -------------------------------------------------------------------------------------
-    sampler_learning_rate: float = 1e-4
-    """AdamW peak learning rate of the U-Sampler (ours: a tenth of stage 1's, which this stage continues)."""
-    sampler_weight_decay: float = 0.0
-    """AdamW weight decay of the U-Sampler."""
-    sampler_max_grad_norm: float | None = 1.0
-    """Clip the U-Sampler's global gradient norm (None: no clipping)."""
-
-    # --- learning-rate schedule (both optimisers) ------------------------------------------------------------
-    lr_schedule: LRSchedule = "constant"
-    """``"constant"`` or ``"cosine"`` (to ``min_lr_ratio`` of the peak over ``steps``); both after warmup."""
-    warmup_steps: int = 10
-    """Linear warmup from 0 to the peak over this many steps."""
-    min_lr_ratio: float = 0.1
-    """Final learning rate of the cosine schedule as a fraction of the peak."""
-
-    def __post_init__(self) -> None:
-        # YAML gives lists and mappings: normalise them so configs compare equal and stay hashable.
-        if isinstance(self.reward_weights, dict):
-            self.reward_weights = RewardWeights(**self.reward_weights)
-        if not isinstance(self.reward_weights, RewardWeights):
-            raise ValueError(f"reward_weights must be a RewardWeights or a mapping, got {self.reward_weights!r}")
-        self.lora_target_modules = _names(self.lora_target_modules, "lora_target_modules", allow_empty=False)
-        self.frozen_modules = _names(self.frozen_modules, "frozen_modules", allow_empty=True)
-        for name in (
-            "steps",
-            "batch_size",
-            "group_size",
-            "k",
-            "max_queries",
-            "preview_max_pixels",
-            "frame_max_pixels",
-            "query_max_new_tokens",
-            "answer_max_new_tokens",
-            "ppo_epochs",
-            "lora_r",
-            "warmup_steps",
-            "seed",
-        ):
-            value = getattr(self, name)
-            minimum = 0 if name in ("steps", "warmup_steps", "seed") else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2 (GRPO normalises rewards within a group), got {self.group_size}")
-        if self.max_queries > MAX_QUERIES:
-            raise ValueError(f"max_queries must be at most {MAX_QUERIES}, got {self.max_queries}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be > 0 (rollouts are sampled), got {self.temperature!r}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
-        for name in ("info_threshold", "info_min_gap", "advantage_eps", "kl_beta", "mllm_weight_decay",
-                     "sampler_weight_decay"):  # fmt: skip
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not 0 < self.clip_epsilon < 1:
-            raise ValueError(f"clip_epsilon must lie in (0, 1), got {self.clip_epsilon!r}")
-        if self.sampler_advantage not in SAMPLER_ADVANTAGE_MODES:
-            raise ValueError(
-                f"sampler_advantage must be one of {SAMPLER_ADVANTAGE_MODES}, got {self.sampler_advantage!r}"
-            )
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        if self.finetune not in FINETUNE_MODES:
-            raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}")
-        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
-            raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha!r}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout!r}")
-        for name in ("mllm_learning_rate", "sampler_learning_rate"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name in ("generation_batch_size", "scoring_max_tokens"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
-        for name in ("mllm_max_grad_norm", "sampler_max_grad_norm"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be None or a positive number, got {value!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain, YAML/JSON-ready mapping (tuples as lists, the reward weights as a mapping)."""
-        data = asdict(self)
-        data["lora_target_modules"] = list(self.lora_target_modules)
-        data["frozen_modules"] = list(self.frozen_modules)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Stage2Config:
-        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown Stage2Config fields: {unknown}")
-        return cls(**data)
-
-    def lr_factor(self, step: int) -> float:
-        """Multiplier of both peak learning rates for update number ``step`` (0-based)."""
-        return lr_factor(
-            step,
-            warmup_steps=self.warmup_steps,
-            total_steps=self.steps,
-            schedule=self.lr_schedule,
-            min_lr_ratio=self.min_lr_ratio,
-        )
-
-
-def _names(value: Any, name: str, *, allow_empty: bool) -> tuple[str, ...]:
-    if isinstance(value, str) or not all(isinstance(item, str) and item for item in value):
-        raise ValueError(f"{name} must be a list of module names, got {value!r}")
-    names = tuple(value)
-    if not names and not allow_empty:
-        raise ValueError(f"{name} must name at least one module")
-    return names
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Rollouts and statistics
-# --------------------------------------------------------------------------------------------------------------
-@dataclass(eq=False)
-class Rollout:
-    """One joint rollout: what the MLLM and the sampler did, what it earned, and what the update needs.
-
-    Token tensors are on the CPU. ``*_messages`` hold the chats (with their frames) the replies answer; they are
-    what the update re-scores and are left out of :meth:`to_dict`.
-    """
-
-    example_id: str
-    index: int
-    """Position in its item's group (0 .. G-1)."""
-    query_seed: int
-    """Seed of the batched ``generate`` call that wrote the query reply (shared by its generation batch)."""
-    answer_seed: int
-    # query turn
-    query_reply: str
-    query_token_ids: list[int]
-    query_prompt_tokens: int
-    """Length of the query prompt in the MLLM's input (text and image tokens): sizes the scoring batches."""
-    queries: list[str]
-    queries_from_question: bool
-    """No query parsed from the reply: the question itself was the search query."""
-    # sampler
-    sim: torch.Tensor = field(repr=False)
-    """``[Nq, T]`` similarities of the queries to the candidate frames."""
-    draw_order: list[int]
-    """The sampler's K draws in draw order (what the Plackett–Luce log-probability needs)."""
-    chosen_indices: list[int]
-    """The same frames in time order (what the MLLM saw)."""
-    chosen_timestamps: list[float]
-    num_candidates: int
-    sampler_entropy: float
-    """Entropy (nats) of the sampler's distribution over the T candidates for this rollout's ``sim``."""
-    # answer turn
-    answer_reply: str
-    answer_token_ids: list[int]
-    answer_prompt_tokens: int
-    answer_letter: str | None
-    answer_status: str
-    # reward
-    correct: bool
-    queries_well_formed: bool
-    answer_well_formed: bool
-    info_fraction: float
-    reward_accuracy: float
-    reward_format: float
-    reward_info: float
-    reward: float
-    """The total reward (sum of the three weighted parts)."""
-    query_old_logprobs: torch.Tensor | None = None
-    """``[Lq]`` log-probabilities of the query tokens (temperature-scaled) under the policy that generated them: the
-    PPO ratio's denominator. None until an update scores the rollout, which fills it in (a rollout of a group with
-    zero advantages and no KL term is never scored); values set beforehand are used as given."""
-    answer_old_logprobs: torch.Tensor | None = None
-    query_ref_logprobs: torch.Tensor | None = None
-    """``[Lq]`` log-probabilities under the reference model (scored by :meth:`Stage2Trainer.rollout` when
-    ``kl_beta > 0``, else None)."""
-    answer_ref_logprobs: torch.Tensor | None = None
-    query_messages: list[Message] = field(default_factory=list, repr=False)
-    answer_messages: list[Message] = field(default_factory=list, repr=False)
-
-    @property
-    def num_tokens(self) -> int:
-        """The MLLM's own tokens in both turns (what the PPO loss averages over)."""
-        return len(self.query_token_ids) + len(self.answer_token_ids)
-
-    def frame_positions(self) -> list[float]:
-        """Where the chosen frames lie, as fractions ``(index + 0.5) / T`` of the candidate timeline."""
-        return [(index + 0.5) / self.num_candidates for index in self.chosen_indices]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready record for logs and for inspecting a bad batch (no frames, no similarity matrix)."""
-        record: dict[str, Any] = {}
-        for item in fields(self):
-            if item.name in ("query_messages", "answer_messages", "sim"):
-                continue
-            value = getattr(self, item.name)
-            record[item.name] = value.tolist() if isinstance(value, torch.Tensor) else value
-        record["sim_shape"] = list(self.sim.shape)
-        return record
-
-
 @dataclass(frozen=True)
 class Stage2StepStats:
     """What one stage-2 step saw, over all processes (plain floats; per-rollout means unless said otherwise)."""
@@ -482,7 +150,7 @@ class Stage2StepStats:
 # --------------------------------------------------------------------------------------------------------------
 # The trainer
 # --------------------------------------------------------------------------------------------------------------
-class Stage2Trainer:
+class Stage2Trainer(TrainerBase):
     """GRPO for the MLLM and REINFORCE for the U-Sampler on shared joint rollouts.
 
     ``trainer.step(examples)`` runs ``group_size`` rollouts per example and updates both models; the pieces are
@@ -623,148 +291,26 @@ class Stage2Trainer:
         self.policy_model_wrapped.eval()
         return [self._rollout_group(example) for example in examples]
 
+    def _rollout_context(self) -> RolloutContext:
+        return RolloutContext(
+            config=self.config,
+            mllm=self.mllm,
+            sampler=self.sampler,
+            encoder=self.encoder,
+            frame_store=self.frame_store,
+            next_seeds=self._next_seeds,
+            draw_generator=self.draw_generator,
+        )
+
     def _rollout_group(self, example: TrainExample) -> list[Rollout]:
-        config = self.config
-        qa, features = example.qa, example.features
-        if qa.answer is None:
-            raise ValueError(f"item {qa.id!r} has no answer: stage 2 rewards need the correct option")
-        candidates = np.asarray(features.timestamps, dtype=np.float64)
-        num_candidates = len(candidates)
-        frame_source = {
-            "store": self.frame_store,
-            "fps": features.fps,
-            "max_frames": features.max_frames,
-            "info": features.video_info,
-        }
-
-        preview_ts = [float(candidates[i]) for i in preview_indices(num_candidates, config.k)]
-        preview = load_frames(qa.video, preview_ts, config.preview_max_pixels, **frame_source)
-        query_messages = query_prompt(
-            qa.question,
-            list(qa.options),
-            list(preview),
-            preview_ts,
-            max_queries=config.max_queries,
-            preview_max_pixels=config.preview_max_pixels,
-        )
-        query_batches, answer_batches = self._generation_batches("query"), self._generation_batches("answer")
-        query_seeds, answer_seeds = self._next_seeds(len(query_batches)), self._next_seeds(len(answer_batches))
-
-        # Turn 1, batched: the group's query replies to the same prompt.
-        queries_seeded = []
-        for (start, stop), seed in zip(query_batches, query_seeds, strict=True):
-            generation = self._generation(config.query_max_new_tokens, seed)
-            replies = self.mllm.complete_batch([query_messages], generation, samples_per_chat=stop - start)
-            queries_seeded += [(reply, seed) for reply in replies]
-
-        # The sampler's draws: one policy draw per rollout from the logits of its own queries.
-        drafts = []
-        for query, query_seed in queries_seeded:
-            queries = parse_queries(query.text, max_queries=config.max_queries)
-            from_question = not queries
-            if from_question:
-                queries = [qa.question]
-            sim = query_similarity(self.encoder, queries, features)
-            with torch.no_grad():
-                logits = self.sampler.logits(sim).float()
-            order = [int(i) for i in self.sampler.draw(logits, config.k, generator=self.draw_generator).cpu()]
-            log_p = torch.log_softmax(logits, dim=-1)
-            entropy = float(-(log_p.exp() * log_p).sum())
-            drafts.append((query, query_seed, queries, from_question, sim, order, entropy))
-
-        # Key frames: the union of the group's draws, decoded once; then turn 2, batched.
-        union = sorted({i for *_, order, _ in drafts for i in order})
-        union_frames = load_frames(
-            qa.video, [float(candidates[i]) for i in union], config.frame_max_pixels, **frame_source
-        )
-        frame_of = dict(zip(union, union_frames, strict=True))
-        answer_chats = []
-        for *_, order, _ in drafts:
-            chosen = sorted(order)
-            frames = [frame_of[i] for i in chosen]
-            timestamps = [float(candidates[i]) for i in chosen]
-            answer_chats.append(
-                answer_prompt(
-                    qa.question, list(qa.options), frames, timestamps, frame_max_pixels=config.frame_max_pixels
-                )
-            )
-        answers_seeded = []
-        for (start, stop), seed in zip(answer_batches, answer_seeds, strict=True):
-            generation = self._generation(config.answer_max_new_tokens, seed)
-            answers_seeded += [
-                (reply, seed) for reply in self.mllm.complete_batch(answer_chats[start:stop], generation)
-            ]
-
-        group = []
-        for index, (draft, answer_messages, (answer, answer_seed)) in enumerate(
-            zip(drafts, answer_chats, answers_seeded, strict=True)
-        ):
-            query, query_seed, queries, from_question, sim, order, entropy = draft
-            chosen = sorted(order)
-            parsed = parse_answer(answer.text, list(qa.options))
-            correct = answer_is_correct(answer.text, list(qa.options), qa.answer)
-            queries_ok = queries_follow_format(query.text, max_queries=config.max_queries)
-            answer_ok = answer_follows_format(answer.text, list(qa.options))
-            info = (
-                0.0
-                if from_question
-                else float(informative_fraction(sim, threshold=config.info_threshold, min_gap=config.info_min_gap))
-            )
-            reward = compute_rollout_reward(correct, queries_ok, answer_ok, info, config.reward_weights)
-            group.append(
-                Rollout(
-                    example_id=qa.id,
-                    index=index,
-                    query_seed=query_seed,
-                    answer_seed=answer_seed,
-                    query_reply=query.text,
-                    query_token_ids=list(query.token_ids),
-                    query_prompt_tokens=query.prompt_tokens,
-                    queries=list(queries),
-                    queries_from_question=from_question,
-                    sim=sim.detach().cpu(),
-                    draw_order=order,
-                    chosen_indices=chosen,
-                    chosen_timestamps=[float(candidates[i]) for i in chosen],
-                    num_candidates=num_candidates,
-                    sampler_entropy=entropy,
-                    answer_reply=answer.text,
-                    answer_token_ids=list(answer.token_ids),
-                    answer_prompt_tokens=answer.prompt_tokens,
-                    answer_letter=parsed.letter,
-                    answer_status=parsed.status,
-                    correct=correct,
-                    queries_well_formed=queries_ok,
-                    answer_well_formed=answer_ok,
-                    info_fraction=info,
-                    reward_accuracy=float(reward.accuracy),
-                    reward_format=float(reward.format),
-                    reward_info=float(reward.info),
-                    reward=float(reward.total),
-                    query_messages=query_messages,  # the same list for the whole group: encoded once when scored
-                    answer_messages=answer_messages,
-                )
-            )
-        if config.kl_beta > 0:
+        group = rollout_group(example, self._rollout_context())
+        if self.config.kl_beta > 0:
             self._record_reference_logprobs(group)
         return group
-
-    def _generation_batches(self, turn: Literal["query", "answer"]) -> list[tuple[int, int]]:
-        """``(start, stop)`` ranges of the group's rollouts whose ``turn`` is generated together."""
-        size = self.config.generation_batch_size
-        if size is None:
-            on_cpu = turn == "answer" and torch.device(self.mllm.device).type == "cpu"
-            size = 1 if on_cpu else self.config.group_size
-        return [(start, min(start + size, self.config.group_size)) for start in range(0, self.config.group_size, size)]
 
     def _next_seeds(self, count: int) -> list[int]:
         """``count`` generation seeds from the trainer's generator."""
         return [int(seed) for seed in torch.randint(0, 2**62, (count,), generator=self.generator).tolist()]
-
-    def _generation(self, max_new_tokens: int, seed: int) -> GenerationConfig:
-        return GenerationConfig(
-            max_new_tokens=max_new_tokens, temperature=self.config.temperature, top_p=self.config.top_p, seed=seed
-        )
 
     # --- scoring ------------------------------------------------------------------------------------------
     def _scoring_batches(
@@ -1016,41 +562,6 @@ class Stage2Trainer:
         if len(sizes) != 1 or min(sizes) < 2:
             raise ValueError(f"every group needs the same number (>= 2) of rollouts, got sizes {sorted(sizes)}")
 
-    @property
-    def _num_processes(self) -> int:
-        return self.accelerator.num_processes if self.accelerator is not None else 1
-
-    def _sum_over_processes(self, values: torch.Tensor) -> list[float]:
-        if self.accelerator is not None and self.accelerator.num_processes > 1:
-            values = self.accelerator.reduce(values.double().to(self.accelerator.device), reduction="sum").cpu()
-        return [float(value) for value in values]
-
-    def _gather(self, values: list[Any]) -> list[Any]:
-        """Concatenate per-process lists (all processes must call it)."""
-        if self.accelerator is not None and self.accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            return list(gather_object(values))
-        return values
-
-    def _no_sync(self, module: torch.nn.Module, skip_sync: bool) -> contextlib.AbstractContextManager[Any]:
-        if skip_sync and self.accelerator is not None:
-            return self.accelerator.no_sync(module)
-        return contextlib.nullcontext()
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        if self.accelerator is not None:
-            self.accelerator.backward(loss)
-        else:
-            loss.backward()
-
-    def _clip(self, module: torch.nn.Module, max_norm: float | None) -> float:
-        parameters = [p for p in module.parameters() if p.grad is not None]
-        limit = math.inf if max_norm is None else max_norm
-        if self.accelerator is not None:
-            return float(self.accelerator.clip_grad_norm_(parameters, limit))
-        return float(torch.nn.utils.clip_grad_norm_(parameters, limit))
-
     def _raise_if_not_finite(self, values: dict[str, float], groups: Sequence[Sequence[Rollout]], epoch: int) -> None:
         """Stop (on every process: the values are already reduced) before any optimiser step of this epoch."""
         bad = {name: value for name, value in values.items() if not math.isfinite(value)}
@@ -1082,71 +593,52 @@ class Stage2Trainer:
         update_seconds: float,
     ) -> Stage2StepStats:
         advantages = self.mllm_advantages(groups)
+        # Per rollout, under the name of the statistic that is its mean over every rollout of every process.
         local = [
             {
                 "reward": r.reward,
                 "reward_accuracy": r.reward_accuracy,
                 "reward_format": r.reward_format,
                 "reward_info": r.reward_info,
-                "correct": float(r.correct),
-                "format": float(r.queries_well_formed and r.answer_well_formed),
-                "query_format": float(r.queries_well_formed),
-                "answer_format": float(r.answer_well_formed),
-                "info": r.info_fraction,
-                "fallback": float(r.queries_from_question),
-                "advantage_abs": abs(a),
-                "sampler_advantage": s,
-                "entropy": r.sampler_entropy,
-                "entropy_ratio": r.sampler_entropy / math.log(r.num_candidates) if r.num_candidates > 1 else 1.0,
+                "accuracy": float(r.correct),
+                "format_rate": float(r.queries_well_formed and r.answer_well_formed),
+                "query_format_rate": float(r.queries_well_formed),
+                "answer_format_rate": float(r.answer_well_formed),
+                "info_rate": r.info_fraction,
+                "question_fallback_rate": float(r.queries_from_question),
+                "advantage_abs_mean": abs(a),
+                "sampler_advantage_mean": s,
+                "sampler_entropy": r.sampler_entropy,
+                "sampler_entropy_ratio": _entropy_ratio(r),
                 "query_tokens": float(len(r.query_token_ids)),
                 "answer_tokens": float(len(r.answer_token_ids)),
-                "positions": r.frame_positions(),
             }
             for r, a, s in zip(rollouts, advantages, sampler_stats["advantages"], strict=True)
         ]
+        positions = [p for r in rollouts for p in r.frame_positions()]
         tied = [float(len({r.reward for r in group}) == 1) for group in groups]
-        timing = [(rollout_seconds, update_seconds)]
-        everything = self._gather(local)
-        tied, timing = self._gather(tied), self._gather(timing)
-
-        def mean(key: str) -> float:
-            return sum(record[key] for record in everything) / len(everything)
+        everything, positions = self._gather(local), self._gather(positions)
+        tied, timing = self._gather(tied), self._gather([(rollout_seconds, update_seconds)])
 
         def std(key: str) -> float:
-            values = torch.tensor([record[key] for record in everything], dtype=torch.float64)
-            return float(values.std(correction=0))
+            return float(torch.tensor([record[key] for record in everything], dtype=torch.float64).std(correction=0))
 
         return Stage2StepStats(
+            **{key: sum(record[key] for record in everything) / len(everything) for key in local[0]},
             step=self.step_count,
             num_rollouts=len(everything),
             mllm_loss=mllm_loss,
             sampler_loss=sampler_stats["loss"],
-            reward=mean("reward"),
             reward_std=std("reward"),
-            reward_accuracy=mean("reward_accuracy"),
-            reward_format=mean("reward_format"),
-            reward_info=mean("reward_info"),
-            accuracy=mean("correct"),
-            format_rate=mean("format"),
-            query_format_rate=mean("query_format"),
-            answer_format_rate=mean("answer_format"),
-            info_rate=mean("info"),
-            question_fallback_rate=mean("fallback"),
-            advantage_abs_mean=mean("advantage_abs"),
             tied_group_rate=sum(tied) / len(tied),
-            sampler_advantage_mean=mean("sampler_advantage"),
-            sampler_advantage_std=std("sampler_advantage"),
-            sampler_entropy=mean("entropy"),
-            sampler_entropy_ratio=mean("entropy_ratio"),
+            sampler_advantage_std=std("sampler_advantage_mean"),
             kl=kl,
             clip_fraction=clip_fraction,
-            query_tokens=mean("query_tokens"),
-            answer_tokens=mean("answer_tokens"),
             mllm_grad_norm=mllm_grad_norm,
             sampler_grad_norm=sampler_grad_norm,
             mllm_learning_rate=float(self.mllm_scheduler.get_last_lr()[0]),
             sampler_learning_rate=float(self.sampler_scheduler.get_last_lr()[0]),
-            frame_positions=tuple(p for record in everything for p in record["positions"]),
+            frame_positions=tuple(positions),
             rollout_seconds=max(t[0] for t in timing),
             update_seconds=max(t[1] for t in timing),
             seconds=max(t[0] + t[1] for t in timing),
@@ -1174,7 +666,6 @@ class Stage2Trainer:
         self.sampler_scheduler.load_state_dict(state["sampler_scheduler"])
 
 
-Turn = Literal["query", "answer"]
 TURNS: tuple[Turn, ...] = ("query", "answer")
 
 
@@ -1207,6 +698,11 @@ class _ScoringBatch:
         for rollout, value in zip(self.rollouts, values, strict=True):
             if not (keep_existing and getattr(rollout, name) is not None):
                 setattr(rollout, name, value)
+
+
+def _entropy_ratio(rollout: Rollout) -> float:
+    """The sampler's entropy over ``log T`` (1: uniform over the candidates)."""
+    return rollout.sampler_entropy / math.log(rollout.num_candidates) if rollout.num_candidates > 1 else 1.0
 
 
 def _padded(rows: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,43 @@
+"""What every ``msjoe`` command shares: the error console, printing a failure, flag names, comma-separated lists.
+
+Below :mod:`msjoe.cli` and the commands kept beside their code (``score``, ``explain``, ``serve``), so those
+commands need not import the main CLI module back.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+console = Console(stderr=True)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a keyword argument (``max_retries`` -> ``--max-retries``)."""
+    return "--" + name.replace("_", "-")
+
+
+def fail(error: Exception | str, hint: str | None = None) -> typer.Exit:
+    """Print the error (and a hint) and return the exit to raise. Another process's failure, forwarded to this one
+    under ``accelerate launch``, is not printed again: the failed process prints it."""
+    from msjoe.distributed import PeerFailedError
+    from msjoe.errors import CacheError
+
+    if isinstance(error, CacheError) and error.remedy:  # the library's remedy names Python arguments
+        error, hint = error.problem, "choose a writable folder with --cache-dir or $MSJOE_CACHE"
+    if not isinstance(error, PeerFailedError):
+        message = str(error) + (f" ({hint})" if hint else "")
+        console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+def csv_list(text: str, what: str, convert: type = str) -> list:
+    """``"a,b"`` -> ``["a", "b"]`` (converted), rejecting empty entries with a message naming the option."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise ValueError(f"{what} must be a comma-separated list without empty entries, got {text!r}")
+    try:
+        return [convert(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"{what} must be a comma-separated list of {convert.__name__}s, got {text!r}") from None
