@@ -177,7 +177,10 @@ def main() -> None:
         )
     )
     for num_frames in args.long:
-        for mode, label in (("inference", "forward + select (default rule)"), ("training", "forward + sample + backward")):
+        for mode, label in (
+            ("inference", "forward + select (default rule)"),
+            ("training", "forward + sample + backward"),
+        ):
             result = long_input_case(args, num_frames, mode)
             memory = f"+{result['growth_mb']:.0f} MB (process {result['peak_mb']:.0f} MB)"
             rows.append((f"{label} (T={num_frames:,}, K={k})", result["median"], result["p90"], memory))
