@@ -165,8 +165,8 @@ def main() -> None:
     mix = [run_folder(recipe, "validation", seed).name for seed in (0, 1)]
     per_variant = [run_folder(recipe, name, 0).name for name in validation]
     suppression = RECIPES[recipe][1].suppression
-    untrained = f"untrained:{suppression}"
-    selectors = mix + per_variant + [untrained, *BASELINES]
+    untrained = [f"untrained:{suppression}:{seed}" for seed in (0, 1)]  # where training seeds 0 and 1 start
+    selectors = mix + per_variant + untrained + list(BASELINES)
     report = evaluate_all(selectors, args.items, args.jobs)
     (CACHE / "report.json").write_text(json.dumps(report))
     print_tables(report, recipe, mix, per_variant, untrained, validation, held_out)
