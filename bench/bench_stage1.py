@@ -56,8 +56,6 @@ from msjoe.features import DualEncoder
 from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore
 from msjoe.mllm import GenerationConfig
 from msjoe.mllm.transformers_backend import TransformersMLLM
-from msjoe.rl.losses import sampler_log_prob
-from msjoe.samplers.selection import gumbel_topk
 from msjoe.samplers.usampler import USampler
 from msjoe.train.answerer import MLLMAnswerer
 from msjoe.train.data import prepare_examples
@@ -149,10 +147,8 @@ def sampler_alone(args: argparse.Namespace) -> list[tuple[str, float, float]]:
     def forward_backward() -> None:
         sampler.module.zero_grad(set_to_none=True)
         logits = sampler.logits_batch(sims)
-        orders = [gumbel_topk(row.detach(), defaults.k, generator=generator) for row in logits]
-        loss = -torch.stack(
-            [sampler_log_prob(row, order, "plackett_luce") for row, order in zip(logits, orders, strict=True)]
-        )
+        orders = [sampler.draw(row.detach(), defaults.k, generator=generator) for row in logits]
+        loss = -torch.stack([sampler.sequence_log_prob(row, order) for row, order in zip(logits, orders, strict=True)])
         loss.sum().backward()
 
     trainer = Stage1Trainer(USampler(seed=0), InstantAnswerer(), Stage1Config(warmup_steps=0, log_interval=0))

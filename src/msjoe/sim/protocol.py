@@ -190,14 +190,6 @@ def item_difficulty(item: SimItem, k: int, *, seed: int = 0) -> float:
     return float(difficulty)
 
 
-def training_items(items: Sequence[SimItem], k: int, *, id_prefix: str = "item") -> list[TrainingItem]:
-    """Wrap items for stage 1 with their :func:`item_difficulty` at ``k``."""
-    return [
-        TrainingItem(item, item_difficulty(item, k, seed=index), f"{id_prefix}-{index}")
-        for index, item in enumerate(items)
-    ]
-
-
 class ProtocolAnswerer:
     """Stage 1's answerer over protocol items.
 

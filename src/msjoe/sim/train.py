@@ -8,6 +8,7 @@ continues from there, skipping the items already consumed (items are a pure func
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
@@ -58,17 +59,19 @@ def train_on_simulator(
         "stage1": config.to_dict(),
         "sampler": (sampler_config or USamplerConfig()).to_dict(),
     }
-    sampler = USampler(config=sampler_config, seed=config.seed)
-    answerer = ProtocolAnswerer(reward=reward, seed=config.seed)
-    trainer = Stage1Trainer(sampler, answerer, config)
-    if (out / STATE_FILE).is_file():
+    resuming = (out / STATE_FILE).is_file()
+    if resuming:
         previous = json.loads((out / RUN_FILE).read_text())
         if previous != run:
             changed = sorted(key for key in run if previous.get(key) != run[key])
             raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)}); choose another --out")
-        state = torch.load(out / STATE_FILE, weights_only=False)
         sampler = USampler.from_pretrained(out)
-        trainer = Stage1Trainer(sampler, answerer, config)
+    else:
+        sampler = USampler(config=sampler_config, seed=config.seed)
+    answerer = ProtocolAnswerer(reward=reward, seed=config.seed)
+    trainer = Stage1Trainer(sampler, answerer, config)
+    if resuming:
+        state = torch.load(out / STATE_FILE, weights_only=False)
         trainer.load_state_dict(state["trainer"])
         answerer.generator.set_state(state["answerer_generator"])
         logger.info("resuming %s at step %d of %d", out, trainer.step_count, config.steps)
@@ -135,8 +138,6 @@ def _truncate_log(path: Path, steps: int) -> None:
 
 
 def _to_bytes(state: dict[str, Any]) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
