@@ -74,11 +74,9 @@ def difficulty_advantage(
         where = outside.nonzero()[0]
         location = f" at index {tuple(where.tolist())}" if pass_rate.ndim else ""
         raise ValueError(f"difficulty must be a pass rate in [0, 1], got {pass_rate[tuple(where)].item()!r}{location}")
-    probability = torch.as_tensor(correct).to(device=pass_rate.device)
-    probability = probability.to(pass_rate.dtype) if probability.dtype == torch.bool else probability
-    if not ((probability >= 0) & (probability <= 1)).all():
+    probability = torch.as_tensor(correct).to(device=pass_rate.device, dtype=pass_rate.dtype)
+    if not ((probability >= 0) & (probability <= 1)).all():  # written so that NaN counts as outside
         raise ValueError(f"correct must be a bool or a probability in [0, 1], got {probability.tolist()!r}")
-    probability = probability.to(pass_rate.dtype)
     # 1/0 = inf and -1/0 = -inf are exact in IEEE arithmetic; the clamp turns them into +-clip.
     if_correct = (1.0 / pass_rate).clamp(-clip, clip)
     if_wrong = (-1.0 / (1.0 - pass_rate)).clamp(-clip, clip)

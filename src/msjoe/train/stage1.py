@@ -1,7 +1,8 @@
 """Stage 1 of MSJoE: pre-train the U-Sampler with REINFORCE and the difficulty-aware reward, the MLLM frozen.
 
 For each item (a similarity matrix ``S`` and a difficulty ``c``, the base MLLM's pass rate with uniform frames),
-the sampler draws K frames without replacement from ``p = softmax(logits)``, a frozen answerer answers from them,
+the sampler draws K frames from its policy (:mod:`msjoe.samplers.policy`: sequential draws from ``softmax(logits)``
+with temporal suppression), a frozen answerer answers from them,
 and the sampler is pushed towards the draws that led to a correct answer (paper)::
 
     A    = 1 / c if correct, -1 / (1 - c) if wrong            (msjoe.rl.rewards.difficulty_advantage, |A| <= clip)
@@ -15,7 +16,7 @@ signal. Two choices are ours (both configurable in :class:`Stage1Config`):
   is reduced by the mean advantage of its item's group (the standard REINFORCE variance reduction; it removes the
   item-level luck — an item the sampler already solves, or cannot solve — and keeps only "this draw was better
   than the other draws of the same item"). ``samples_per_item=1, baseline="none"`` is the paper's form.
-- the log-probability is the exact Plackett–Luce one by default (``estimator="independent"``: the paper's sum).
+- the log-probability is the policy's exact one by default (``estimator="independent"``: the paper's sum).
 
 The answerer is an interface, :class:`Answerer` (``answer_correct(item, chosen_indices) -> bool``), so the same
 loop trains against :class:`msjoe.sim.planted.SimulatedAnswerer` on CPU or against a real MLLM. Items are any
