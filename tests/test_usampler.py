@@ -378,6 +378,8 @@ def test_registry_builds_it_and_reports_untrained() -> None:
         ({"kernel_size": 4}, "odd"),
         ({"temperature": 0.0}, "temperature"),
         ({"nms_radius": -1}, "nms_radius"),
+        ({"suppression": -0.5}, "suppression"),
+        ({"suppression": float("nan")}, "suppression"),
     ],
 )
 def test_config_rejects_bad_values(changes: dict, message: str) -> None:
@@ -520,3 +522,17 @@ def test_network_learns_to_put_mass_on_a_planted_span() -> None:
         optimizer.step()
     assert mass(1) > 0.9, (target_before, mass(1))
     assert mass(2) < 0.05
+
+
+def test_a_checkpoint_saved_before_the_policy_loads_with_its_old_sampling(tmp_path: Path) -> None:
+    """Pre-policy config.json files have no `suppression`: those weights were trained by plain sampling without
+    replacement, so they load with suppression 0 (log-probabilities unchanged) and keep their saved rule."""
+    folder = USampler(config=USamplerConfig(widths=(8,), inference_rule="nms"), seed=0).save_pretrained(
+        tmp_path / "old"
+    )
+    meta = json.loads((folder / "config.json").read_text())
+    del meta["config"]["suppression"]
+    (folder / "config.json").write_text(json.dumps(meta))
+    loaded = USampler.from_pretrained(folder)
+    assert loaded.config.suppression == 0.0 and loaded.config.inference_rule == "nms"
+    assert loaded.suppression_width(3600, 8) == 0
