@@ -482,6 +482,15 @@ def test_lmms_eval_samples_and_videomme_results_are_read(tmp_path):
     assert read_predictions(results) == {"001-1": "Answer: C. Disappointed."}
 
 
+def test_msjoe_prediction_ids_are_strings_or_integers_not_flags(tmp_path):
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text(json.dumps({"id": 7, "reply": "A"}) + "\n")
+    assert read_predictions(predictions) == {"7": "A"}
+    predictions.write_text(json.dumps({"id": True, "reply": "A"}) + "\n")
+    with pytest.raises(ValueError, match="field 'id' must be a string or an integer, got bool"):
+        read_predictions(predictions)
+
+
 def test_cli_score_writes_the_eval_reports_and_lists_unmatched_ids(tmp_path):
     write_videomme(tmp_path / "ann")
     predictions = tmp_path / "uniform_k8.jsonl"
