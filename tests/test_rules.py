@@ -16,6 +16,7 @@ file's format, with invented texts.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import random
 import re
@@ -30,7 +31,7 @@ from msjoe.cli import app
 from msjoe.data.benchmarks import longvideobench, lvbench, mlvu, videomme
 from msjoe.data.schema import QAItem
 from msjoe.eval.predictions import read_predictions
-from msjoe.rules import available_rules, get_rules
+from msjoe.rules import available_rules, get_rules, register_rules
 from msjoe.rules.score import score_replies
 
 
@@ -62,6 +63,19 @@ def test_registry_defaults_are_the_current_official_code_and_cite_a_commit():
                 assert f"{source.repository} {source.path} @ {source.commit[:8]}" in rules.heading()
     with pytest.raises(ValueError, match="unknown rule set 'official' for mlvu; choose one of: mlvu, mlvu_video"):
         get_rules("mlvu", "official")
+    with pytest.raises(ValueError, match="no rule sets for benchmark 'mvbench'"):
+        get_rules("mvbench", "msjoe")
+
+
+def test_a_taken_rule_set_name_or_default_is_refused_and_the_same_rule_set_again_is_a_no_op():
+    official = get_rules("videomme")
+    assert register_rules(official, default=True) is official  # a module imported twice registers again
+    with pytest.raises(ValueError, match="videomme rule set 'videomme' is already registered"):
+        register_rules(dataclasses.replace(official, summary="another"))
+    with pytest.raises(ValueError, match="'videomme' already has a default rule set, 'videomme'"):
+        register_rules(dataclasses.replace(official, name="videomme_next"), default=True)
+    assert available_rules("videomme") == ["videomme", "videomme_legacy", "videomme_lmms_eval", "msjoe"]
+    assert get_rules("videomme") is official
 
 
 # --------------------------------------------------------------------------------------------------------------
