@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 Baseline = Literal["none", "group_mean"]
 BASELINES = ("none", "group_mean")
+AnswerReward = Literal["correct", "gold_probability"]
+ANSWER_REWARDS = ("correct", "gold_probability")
 
 
 @runtime_checkable
@@ -125,6 +127,12 @@ class Stage1Config:
     (the paper's ``sum_k log p(x_k)``)."""
     advantage_clip: float = 10.0
     """``|A|`` bound of the difficulty-aware advantage (paper: A = 10 for c = 0)."""
+    answer_reward: AnswerReward = "correct"
+    """What ``msjoe train stage1`` asks the frozen MLLM: ``"correct"`` (paper): is its greedy answer from the drawn
+    frames the gold letter (1/0)? ``"gold_probability"``: its probability of starting the reply with the gold letter,
+    renormalised over the option letters (one forward pass, no decoding), used as an expected reward: the same
+    mean signal without the coin flip's noise (worth about +0.015 recall on the simulators, bench/RESULTS.md
+    "Simulator family"). Needs a backend that reads next-token probabilities (the transformers one)."""
     max_grad_norm: float | None = 20.0
     """Clip the global gradient norm to this (None: no clipping). A safety net against rare large steps, not a
     normaliser: stage-1 gradient norms sit at 2-6 on the simulator, so a bound of 1 clipped every step (it scored the
@@ -159,6 +167,8 @@ class Stage1Config:
             raise ValueError("baseline='group_mean' needs samples_per_item >= 2 (a group of one has zero advantage)")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.answer_reward not in ANSWER_REWARDS:
+            raise ValueError(f"answer_reward must be one of {ANSWER_REWARDS}, got {self.answer_reward!r}")
         if not (math.isfinite(self.advantage_clip) and self.advantage_clip > 0):
             raise ValueError(f"advantage_clip must be a positive number, got {self.advantage_clip!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -188,7 +198,8 @@ class Stage1StepStats:
     """The step number after this update (1 for the first)."""
     loss: float
     accuracy: float
-    """Fraction of this step's rollouts answered correctly."""
+    """Fraction of this step's rollouts answered correctly (the mean probability of a correct answer when the
+    answerer returns probabilities)."""
     mean_advantage: float
     """Mean difficulty-aware advantage before any baseline (> 0 on average means better than uniform)."""
     advantage_abs_mean: float
