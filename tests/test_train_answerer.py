@@ -21,7 +21,7 @@ from msjoe.cache import FeatureCache
 from msjoe.data import QAItem, read_qa_jsonl
 from msjoe.data.smoke import write_smoke_dataset
 from msjoe.features import DualEncoder
-from msjoe.mllm import GenerationConfig, load_mllm
+from msjoe.mllm import MLLM, GenerationConfig, Message, load_mllm
 from msjoe.pipeline import answer_question, load_frames, score_options
 from msjoe.train.answerer import MLLMAnswerer, estimate_difficulty, fill_difficulty
 from msjoe.train.data import prepare_examples
@@ -215,13 +215,16 @@ def test_gold_probability_reward_is_the_gold_letters_probability_and_is_cached(
     assert 0 < record["letter_mass"] <= 1
 
 
-def test_gold_probability_needs_a_backend_that_scores_options(server: Any) -> None:
-    from msjoe.mllm.http_backend import HTTPMLLM
+def test_gold_probability_needs_a_backend_that_scores_options() -> None:
+    class TextOnly(MLLM):  # a backend that decodes but cannot read next-token probabilities
+        def chat(self, messages: list[Message], generation: GenerationConfig | None = None) -> str:
+            return "A"
 
-    with HTTPMLLM(server.url, model="scripted") as remote, pytest.raises(ValueError, match="does not give"):
-        MLLMAnswerer(remote, reward="gold_probability")
+    with pytest.raises(ValueError, match="TextOnly backend does not give"):
+        MLLMAnswerer(TextOnly(), reward="gold_probability")
     with pytest.raises(ValueError, match="reward must be one of"):
-        MLLMAnswerer(remote, reward="likelihood")
+        MLLMAnswerer(TextOnly(), reward="likelihood")
+    assert MLLMAnswerer(TextOnly()).reward == "correct"
 
 
 def test_bad_calls_are_refused(mllm: Any, examples: list[TrainExample]) -> None:
