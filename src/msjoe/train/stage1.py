@@ -133,7 +133,7 @@ class Stage1Config:
     renormalised over the option letters (one forward pass, no decoding), used as an expected reward: the same
     mean signal without the coin flip's noise (worth about +0.015 recall on the simulators, bench/RESULTS.md
     "Simulator family"). Needs a backend that reads next-token probabilities: transformers, or an OpenAI-compatible
-    server that returns `top_logprobs` (vLLM, SGLang)."""
+    server that returns ``top_logprobs`` (vLLM, SGLang)."""
     max_grad_norm: float | None = 20.0
     """Clip the global gradient norm to this (None: no clipping). A safety net against rare large steps, not a
     normaliser: stage-1 gradient norms sit at 2-6 on the simulator, so a bound of 1 clipped every step (it scored the
