@@ -130,10 +130,11 @@ class Stage1Config:
     answer_reward: AnswerReward = "correct"
     """What ``msjoe train stage1`` asks the frozen MLLM: ``"correct"`` (paper): is its greedy answer from the drawn
     frames the gold letter (1/0)? ``"gold_probability"``: its probability of starting the reply with the gold letter,
-    renormalised over the option letters (one forward pass, no decoding), used as an expected reward: the same
-    mean signal without the coin flip's noise (worth about +0.015 recall on the simulators, bench/RESULTS.md
-    "Simulator family"). Needs a backend that reads next-token probabilities: transformers, or an OpenAI-compatible
-    server that returns ``top_logprobs`` (vLLM, SGLang)."""
+    renormalised over the option letters (one forward pass, no decoding), used as an expected reward: the mean
+    reward of answers sampled at temperature 1 that start with their letter, smooth where the greedy 0/1 jumps. (An
+    expected reward beat a sampled one by about +0.015 recall on the simulators, bench/RESULTS.md "Simulator
+    family"; on real MLLMs it is unmeasured.) Needs a backend that reads next-token probabilities: transformers, or
+    an OpenAI-compatible server that returns ``top_logprobs`` (vLLM, SGLang)."""
     max_grad_norm: float | None = 20.0
     """Clip the global gradient norm to this (None: no clipping). A safety net against rare large steps, not a
     normaliser: stage-1 gradient norms sit at 2-6 on the simulator, so a bound of 1 clipped every step (it scored the
