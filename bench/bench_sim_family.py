@@ -11,7 +11,8 @@ Protocol (issue #11):
 - ``--stage report``: scores every trained checkpoint and the baselines on every variant; writes
   ``bench/.cache/sim_family/report.json`` and the markdown tables for bench/RESULTS.md.
 
-Training runs are resumable folders under ``bench/.cache/sim_family/runs``; rerunning skips finished ones.
+Training runs are resumable folders under ``bench/.cache/sim_family/runs``; rerunning skips finished ones. The
+report keeps the scores already in report.json (same item count) and scores only the selectors it lacks.
 Run: ``python bench/bench_sim_family.py --stage ablate --jobs 2`` (then final, then report).
 """
 
@@ -36,7 +37,7 @@ from msjoe.train.stage1 import Stage1Config
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "sim_family"
 RUNS = CACHE / "runs"
-BASELINES = ("binmax", "uniform", "bolt", "aks", "qframe", "topk")
+BASELINES = ("binmax", "binmax-z", "uniform", "bolt", "aks", "qframe", "topk", "topk-z")
 KS = (4, 8, 16)
 SEED_OF_ROLE = {"validation": 1, "held-out": 2}
 
@@ -117,6 +118,17 @@ def evaluate_all(selectors: list[str], items: int, workers: int, names: list[str
     return merged
 
 
+def scored_already(path: Path, items: int) -> dict:
+    """The report saved by an earlier run, without the selectors scored on another number of items."""
+    if not path.exists():
+        return {}
+    report = json.loads(path.read_text())
+    return {
+        variant: {s: by_k for s, by_k in by_selector.items() if len(next(iter(by_k.values()))["recall"]) == items}
+        for variant, by_selector in report.items()
+    }
+
+
 def scores_of(report: dict, variant: str, selector: str, k: int) -> ItemScores:
     entry = report[variant][selector][str(k)]
     return ItemScores(np.asarray(entry["recall"]), np.asarray(entry["accuracy"]))
@@ -167,8 +179,13 @@ def main() -> None:
     suppression = RECIPES[recipe][1].suppression
     untrained = [f"untrained:{suppression}:{seed}" for seed in (0, 1)]  # where training seeds 0 and 1 start
     selectors = mix + per_variant + untrained + list(BASELINES)
-    report = evaluate_all(selectors, args.items, args.jobs)
-    (CACHE / "report.json").write_text(json.dumps(report))
+    report = scored_already(CACHE / "report.json", args.items)
+    missing = [s for s in selectors if any(s not in report.get(v, {}) for v in validation + held_out)]
+    if missing:
+        print(f"scoring {len(missing)} selectors: {', '.join(missing)}", flush=True)
+        for name, by_selector in evaluate_all(missing, args.items, args.jobs).items():
+            report.setdefault(name, {}).update(by_selector)
+        (CACHE / "report.json").write_text(json.dumps(report))
     print_tables(report, recipe, mix, per_variant, untrained, validation, held_out)
 
 
@@ -182,19 +199,24 @@ def print_tables(report, recipe, mix, per_variant, untrained, validation, held_o
         print(f"| {selector} | " + " | ".join(row) + " |")
 
     print("\n## Targets on held-out variants (paired differences in evidence recall, mean ± s.e. over items)\n")
-    print("| variant | seed | K | trained − binmax | trained − untrained | trained at K/2 − best baseline at K |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| variant | seed | K | trained − binmax | trained − binmax-z | trained − untrained "
+        "| trained at K/2 − best baseline at K |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for v in held_out:
         for seed, folder in enumerate(mix):
             for k in (8, 16):
                 trained = scores_of(report, v, folder, k).recall
                 binmax = scores_of(report, v, "binmax", k).recall
+                binmax_z = scores_of(report, v, "binmax-z", k).recall
                 start = scores_of(report, v, untrained[seed], k).recall
                 best = max(BASELINES, key=lambda b: scores_of(report, v, b, k).mean_recall)
                 half = scores_of(report, v, folder, k // 2).recall
                 best_scores = scores_of(report, v, best, k).recall
                 print(
                     f"| {v} | {seed} | {k} | {fmt(paired_difference(trained, binmax))} | "
+                    f"{fmt(paired_difference(trained, binmax_z))} | "
                     f"{fmt(paired_difference(trained, start))} | {fmt(paired_difference(half, best_scores))} ({best}) |"
                 )
 

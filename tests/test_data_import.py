@@ -106,6 +106,59 @@ def test_perception_test_questions_with_durations_from_metadata(tmp_path: Path) 
     ]
 
 
+def llava_turns(*pairs: tuple[str, str]) -> list[dict[str, str]]:
+    return [turn for human, gpt in pairs for turn in ({"from": "human", "value": human}, {"from": "gpt", "value": gpt})]
+
+
+INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
+def test_llava_video_conversations_give_one_question_per_pair(tmp_path: Path) -> None:
+    """LLaVA-Video-178K's layout: several human/gpt pairs per video, the media tag on the first human turn."""
+    entries = [
+        {"id": "v_abc", "video": "academic_source/clip_abc.mp4", "data_source": "0_30_s_academic_v0_1",
+         "conversations": llava_turns(
+             (f"<image>\nWhat does the man hold?\nA. A cup.\nB. A phone.\nC. A pen.\nD. Nothing.\n{INSTRUCTION}",
+              "B."),
+             (f"Which colour is the door?\nOptions:\n(A) red\n(B) green\n{INSTRUCTION}", "(A) red"),
+             ("What happens at the end?", "The man leaves the room."),  # open-ended: rejected
+             (f"Where is he?\nA. inside\nB. outside\n{INSTRUCTION}", "E."),  # no option E
+         )},
+        {"id": "v_gone", "video": "academic_source/gone.mp4",
+         "conversations": llava_turns((f"<image>\nWhy?\nA. x\nB. y\n{INSTRUCTION}", "A"))},
+        ["not", "an", "entry"],
+        {"id": "v_novideo", "conversations": []},
+    ]  # fmt: skip
+    annotations = tmp_path / "0_30_s_academic_mc_v0_1_qa_processed.json"
+    annotations.write_text(json.dumps(entries, indent=1))
+    make_video(tmp_path / "subset" / "academic_source" / "clip_abc.mp4", 2.5)
+    result = import_annotations("llava_video", annotations, video_root=tmp_path / "subset")
+
+    first, second = result.items
+    assert (first.id, first.question, first.options, first.answer) == (
+        "v_abc-0", "What does the man hold?", ("A cup.", "A phone.", "A pen.", "Nothing."), "B")  # fmt: skip
+    assert (second.id, second.question, second.options, second.answer) == (
+        "v_abc-1", "Which colour is the door?", ("red", "green"), "A")  # fmt: skip
+    assert first.video == str(tmp_path / "subset" / "academic_source" / "clip_abc.mp4")
+    assert first.duration == pytest.approx(2.5, abs=0.3) and first.source == "llava_video"  # probed
+    assert first.categories == {"subset": "0_30_s_academic_v0_1"}
+    assert [item.id for item in result.missing] == ["v_gone-0"]
+    reasons = {row.location.split(" ", 1)[-1] if " " in row.location else row.location: row.reason
+               for row in result.skipped}  # fmt: skip
+    assert reasons["conversations[4]"].startswith("open-ended question")
+    assert reasons["conversations[6]"] == "the answer 'E.' does not start with one of the letters A-B"
+    assert any("expected a conversation entry" in r.reason for r in result.skipped)
+    assert any("field 'video' must be a non-empty path" in r.reason for r in result.skipped)
+    assert all(row.location.startswith(annotations.name + ":") for row in result.skipped)
+
+    # The command line takes the format by name and writes the items and the report.
+    output = tmp_path / "train.jsonl"
+    cli = runner.invoke(app, ["data", "import", str(annotations), "--format", "llava_video", "--video-root",
+                              str(tmp_path / "subset"), "--output", str(output)])  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    assert [item.id for item in read_qa_jsonl(output)] == ["v_abc-0", "v_abc-1"]
+
+
 def test_a_benchmark_imports_through_its_loader_with_evidence_spans(tmp_path: Path) -> None:
     record = {
         "key": "abc", "type": "cartoon", "video_info": {"duration_minutes": 1.5},

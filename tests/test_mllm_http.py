@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from PIL import Image
 from _chat_server import (
     Behaviour,
     ScriptedServer,
+    completion,
     drop_mid_reply,
     echo,
     raw,
@@ -256,6 +258,37 @@ def test_chat_many_raises_the_first_failure(server: ScriptedServer) -> None:
     chats = [[Message("user", [f"q{i}"])] for i in range(4)]
     with pytest.raises(BackendHTTPError, match="bad request"):
         client(server, max_concurrency=1).chat_many(chats)
+
+
+def logprob_reply(alternatives: list[tuple[str, float]]) -> dict[str, Any]:
+    reply = completion(alternatives[0][0] if alternatives else "")
+    first = {"token": reply["choices"][0]["message"]["content"], "logprob": math.log(0.5),
+             "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in alternatives]}  # fmt: skip
+    reply["choices"][0]["logprobs"] = {"content": [first]}
+    return reply
+
+
+def test_option_probabilities_read_the_first_tokens_top_logprobs(server: ScriptedServer) -> None:
+    # "B" and " B" are the same letter; "The" is not a letter; C and D are not listed (probability 0).
+    server.script.append(status(200, logprob_reply([("B", 0.5), ("A", 0.2), ("The", 0.15), (" B", 0.1)])))
+    scores = client(server).option_probabilities([Message("user", ["Which?", image(32, 32)])], ["A", "B", "C", "D"])
+    assert scores.letter_mass == pytest.approx(0.8)
+    assert scores.probabilities == pytest.approx({"A": 0.25, "B": 0.75, "C": 0.0, "D": 0.0})
+    (_, path, _, body) = server.requests[-1]
+    assert path.endswith("/chat/completions") and body["logprobs"] is True and body["top_logprobs"] == 20
+    assert body["max_tokens"] == 1 and body["temperature"] == 0
+    assert body["messages"][0]["content"][-1]["type"] == "image_url"
+
+
+def test_option_probabilities_without_any_letter_or_without_logprobs(server: ScriptedServer) -> None:
+    server.script.append(status(200, logprob_reply([("The", 0.6), ("I", 0.3)])))
+    scores = client(server).option_probabilities([Message("user", ["Which?"])], ["A", "B"])
+    assert scores.letter_mass == 0.0 and scores.probabilities == {"A": 0.5, "B": 0.5}
+    server.script.append(status(200, completion("A")))  # a server that ignores logprobs
+    with pytest.raises(MalformedReplyError, match="top_logprobs"):
+        client(server).option_probabilities([Message("user", ["Which?"])], ["A", "B"])
+    with pytest.raises(ValueError, match="distinct"):
+        client(server).option_probabilities([Message("user", ["Which?"])], [])
 
 
 def test_http_backend_does_not_import_torch() -> None:

@@ -198,6 +198,30 @@ def test_token_logprobs_of_text_match_a_manual_forward_at_temperature(mllm: Tran
     torch.testing.assert_close(from_text, scored[:-1])  # text is scored without the end token
 
 
+def test_option_probabilities_are_the_first_token_logprobs_renormalised(mllm: TransformersMLLM) -> None:
+    """Checked against an independent path: token_logprobs of each one-letter completion (same forward)."""
+    messages = ask(frame(max_pixels=3136), "Which option? A. red B. blue C. green D. black")
+    scores = mllm.option_probabilities(messages, ["A", "B", "C", "D"])
+    with torch.no_grad():
+        raw = {letter: math.exp(float(mllm.token_logprobs(messages, letter)[0])) for letter in "ABCD"}
+    mass = sum(raw.values())
+    assert scores.letter_mass == pytest.approx(mass, rel=1e-4)
+    assert 0 < scores.letter_mass < 1  # random weights spread mass over the whole vocabulary
+    assert sum(scores.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+    for letter in "ABCD":
+        assert scores.probabilities[letter] == pytest.approx(raw[letter] / mass, rel=1e-4)
+    two = mllm.option_probabilities(messages, ["A", "B"])  # fewer options: renormalised over those only
+    assert two.probabilities["A"] == pytest.approx(raw["A"] / (raw["A"] + raw["B"]), rel=1e-4)
+
+
+def test_option_probabilities_refuse_bad_letters(mllm: TransformersMLLM) -> None:
+    messages = ask("Which option?")
+    with pytest.raises(ValueError, match="distinct and non-empty"):
+        mllm.option_probabilities(messages, ["A", "A"])
+    with pytest.raises(ValueError, match="expected one"):
+        mllm.option_probabilities(messages, ["A", "option B"])
+
+
 def test_token_logprobs_carry_gradients_only_when_autograd_is_on(mllm: TransformersMLLM) -> None:
     messages = ask(frame(max_pixels=3136), "Which option?")
     with torch.no_grad():

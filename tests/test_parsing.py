@@ -239,6 +239,9 @@ ANSWER_REPLIES = [
     ("The answer is (A) or (B).", AMBIGUOUS),
     ("Answer: B/C", AMBIGUOUS),
     ("It is either (A) or (C).", AMBIGUOUS),
+    ("(A) or (C)", AMBIGUOUS),  # a leading letter offered with an alternative
+    ("B. or D, hard to say", AMBIGUOUS),
+    ("(C) / A", AMBIGUOUS),
     ("Option A shows a dog and option B a car.", AMBIGUOUS),
     ("A. a dog\nB. a red car\nC. a man is walking\nD. the sky", AMBIGUOUS),
     ("The answer is a red car or the sky.", AMBIGUOUS),  # no letter, two option texts

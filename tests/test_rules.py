@@ -223,7 +223,7 @@ LVB_REPLIES = [
     ("", None, None, None),
     ("The best option is (C)", "C", "C", "C"),
     ("b", None, None, "B"),
-    ("(A) or (C)", "A", "C", "A"),  # MMMU: the last bracketed letter
+    ("(A) or (C)", "A", "C", None),  # MMMU: the last bracketed letter; msjoe: two alternatives, never guess
     ("I choose B", "B", "B", "B"),
     ("Correct: C.", "C", "C", "C"),  # the "C" of "Correct", which is also C
     ("All of them", "A", None, None),
@@ -429,7 +429,7 @@ MLVU_REPLIES = [
     ("d)", "d", "d", None, "D"),
     ("", None, None, None, None),
     (")D", None, None, "D", "D"),  # nothing before the first ")"
-    ("A) or D)", "A", "A", "A", "A"),
+    ("A) or D)", "A", "A", "A", None),  # msjoe: two alternatives, never guess
     ("(1->2->3->4) is D", "4", "(1->2->3->4", "D", "D"),
     ("D\n", "D\n", "D", "D", "D"),
     (" D", " D", "D", "D", "D"),

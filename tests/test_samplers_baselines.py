@@ -11,6 +11,7 @@ from msjoe.samplers import MAX_QUERIES, available_samplers, get_sampler
 from msjoe.samplers.aks import AKSSampler, Segment, min_max_normalise
 from msjoe.samplers.binmax import bin_edges
 from msjoe.samplers.bolt import bolt_levels, bolt_probabilities
+from msjoe.samplers.unet1d import row_zscores
 from msjoe.samplers.uniform import uniform_indices
 
 # The U-Sampler needs a trained network and has its own tests; every other sampler builds with no options.
@@ -187,6 +188,54 @@ def test_bin_edges(num_frames: int, num_bins: int, expected: list[int]) -> None:
 )
 def test_binmax_hand_cases(sim: list[list[float]], k: int, expected: list[int]) -> None:
     assert get_sampler("binmax").select(torch.tensor(sim), k).tolist() == expected
+
+
+# --- standardised rows (binmax-z, topk-z) -------------------------------------------------------------------
+
+# Query A has a small peak at frame 1 (and a bump at 2) on a high band; query B a large, lone peak at frame 4 on a low
+# band. Raw maxima follow A's band everywhere; standardised rows let B's peak win.
+TWO_BANDS = [[0.30, 0.32, 0.31, 0.30, 0.30, 0.30], [0.10, 0.10, 0.10, 0.10, 0.20, 0.10]]
+
+
+def test_row_zscores_by_hand() -> None:
+    """(s - mean) / (population std + 0.001), clipped to +-8, row by row."""
+    rows = torch.tensor(TWO_BANDS, dtype=torch.float64)
+    expected = []
+    for row in TWO_BANDS:
+        mean = sum(row) / len(row)
+        std = math.sqrt(sum((x - mean) ** 2 for x in row) / len(row))
+        expected.append([max(-8.0, min(8.0, (x - mean) / (std + 1e-3))) for x in row])
+    assert torch.allclose(row_zscores(rows), torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+    assert torch.equal(row_zscores(torch.full((1, 5), 0.3)), torch.zeros(1, 5))  # a flat row carries nothing
+    spike = torch.zeros(1, 1000)
+    spike[0, 0] = 1.0
+    assert row_zscores(spike)[0, 0] == 8.0  # sqrt(999) would be 31.6: clipped
+
+
+@pytest.mark.parametrize(
+    ("name", "k", "expected"),
+    [("topk", 1, [1]), ("topk-z", 1, [4]), ("binmax", 2, [1, 3]), ("binmax-z", 2, [1, 4]), ("topk-z", 2, [1, 4])],
+)
+def test_standardised_rows_let_a_low_band_query_win(name: str, k: int, expected: list[int]) -> None:
+    # z of A at 1: 0.015 / (0.00764 + 0.001) = 1.74; z of B at 4: 0.0833 / (0.0373 + 0.001) = 2.18
+    assert get_sampler(name).select(torch.tensor(TWO_BANDS), k).tolist() == expected
+
+
+@pytest.mark.parametrize("name", ["binmax-z", "topk-z"])
+def test_standardised_samplers_ignore_each_rows_band(name: str) -> None:
+    """Shifting one query's cosines and widening another's changes nothing once rows are standardised (the floor
+    of 0.001 on the std is small next to these spreads)."""
+    sim = random_similarity(3, 200, seed=4) * 10
+    moved = sim * torch.tensor([[1.0], [3.0], [0.5]]) + torch.tensor([[5.0], [-2.0], [0.0]])
+    sampler = get_sampler(name)
+    for k in (4, 16):
+        assert torch.equal(sampler.select(moved, k), sampler.select(sim, k)), k
+
+
+def test_rows_option_is_checked_when_the_sampler_is_built() -> None:
+    with pytest.raises(ValueError, match="rows must be 'raw' or 'zscore', got 'robust'"):
+        get_sampler("binmax", rows="robust")
+    assert get_sampler("topk", rows="zscore").select(torch.tensor(TWO_BANDS), 1).tolist() == [4]
 
 
 # --- BOLT --------------------------------------------------------------------------------------------------

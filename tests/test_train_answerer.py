@@ -21,8 +21,8 @@ from msjoe.cache import FeatureCache
 from msjoe.data import QAItem, read_qa_jsonl
 from msjoe.data.smoke import write_smoke_dataset
 from msjoe.features import DualEncoder
-from msjoe.mllm import GenerationConfig, load_mllm
-from msjoe.pipeline import answer_question, load_frames
+from msjoe.mllm import MLLM, GenerationConfig, Message, load_mllm
+from msjoe.pipeline import answer_question, load_frames, score_options
 from msjoe.train.answerer import MLLMAnswerer, estimate_difficulty, fill_difficulty
 from msjoe.train.data import prepare_examples
 from msjoe.train.examples import TrainExample
@@ -182,6 +182,49 @@ def test_sampling_disables_the_cache_and_resumes_its_seeds(
     resumed.load_state_dict(json.loads(json.dumps(first_half.state_dict())))
     assert [resumed.answer(example, [1, 3, 6]).reply for _ in range(2)] == replies[2:]
     assert resumed.stats.answers == 4
+
+
+def test_gold_probability_reward_is_the_gold_letters_probability_and_is_cached(
+    mllm: Any, examples: list[TrainExample], tmp_path: Path, generate_calls: list[int]
+) -> None:
+    path = tmp_path / "answers.jsonl"
+    sampling = GenerationConfig(max_new_tokens=16, temperature=1.0, seed=5)  # unused: nothing is decoded
+    answerer = MLLMAnswerer(mllm, frame_max_pixels=PIXELS, cache_path=path, generation=sampling,
+                            reward="gold_probability")  # fmt: skip
+    example = examples[0]
+    reward = answerer.answer_correct(example, torch.tensor([6, 1, 3]))
+    # By hand: the answer turn on the frames in time order, scored by the model's first-token distribution.
+    times = [float(example.features.timestamps[i]) for i in (1, 3, 6)]
+    frames = load_frames(example.qa.video, times, PIXELS, fps=FPS)
+    expected = score_options(mllm, example.qa.question, example.qa.options, list(frames), times,
+                             frame_max_pixels=PIXELS)  # fmt: skip
+    assert isinstance(reward, float) and reward == pytest.approx(expected.probabilities[example.qa.answer], abs=1e-6)
+    assert 0 < reward < 1 and generate_calls == []
+    outcome = answerer.answer(example, [1, 3, 6])
+    assert outcome.cached and outcome.gold_probability == reward and outcome.reply == ""
+    assert outcome.letter == max(expected.probabilities, key=expected.probabilities.get)
+    assert outcome.correct == (outcome.letter == example.qa.answer)
+
+    # Restarted: read from the file. A decoding answerer on the same file never reads these records as replies.
+    restarted = MLLMAnswerer(mllm, frame_max_pixels=PIXELS, cache_path=path, reward="gold_probability")
+    assert restarted.answer_correct(example, [1, 3, 6]) == reward and restarted.stats.model_calls == 0
+    decoding = MLLMAnswerer(mllm, frame_max_pixels=PIXELS, cache_path=path, generation=GREEDY)
+    assert isinstance(decoding.answer_correct(example, [1, 3, 6]), bool) and len(generate_calls) == 1
+    (record, _) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert list(record["probabilities"]) == list("ABCDEFGH"[: len(example.qa.options)])
+    assert 0 < record["letter_mass"] <= 1
+
+
+def test_gold_probability_needs_a_backend_that_scores_options() -> None:
+    class TextOnly(MLLM):  # a backend that decodes but cannot read next-token probabilities
+        def chat(self, messages: list[Message], generation: GenerationConfig | None = None) -> str:
+            return "A"
+
+    with pytest.raises(ValueError, match="TextOnly backend does not give"):
+        MLLMAnswerer(TextOnly(), reward="gold_probability")
+    with pytest.raises(ValueError, match="reward must be one of"):
+        MLLMAnswerer(TextOnly(), reward="likelihood")
+    assert MLLMAnswerer(TextOnly()).reward == "correct"
 
 
 def test_bad_calls_are_refused(mllm: Any, examples: list[TrainExample]) -> None:

@@ -108,6 +108,26 @@ def test_stage1_run_writes_metrics_checkpoints_and_a_trained_sampler(
     assert USampler(checkpoint=again.exported["sampler"]).training_steps == 4  # restored, not recounted
 
 
+def test_stage1_run_with_the_gold_probability_reward(
+    smoke_train_file: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    """The expected reward: no decoding, a probability per rollout, so the group baseline has something to
+    centre even when the random model would answer a whole group alike."""
+    out = tmp_path / "run"
+    raw = _config(smoke_train_file, tiny_clip_dir, tiny_qwen_dir, out, tmp_path / "cache",
+                  answer_reward="gold_probability", baseline="group_mean", steps=2)  # fmt: skip
+    summary = train_stage1(run_config_from_dict(raw))
+    assert summary.steps_done == 2
+    records = read_metrics(out / METRICS_FILE)
+    for record in records:  # the mean gold probability of 4 rollouts: not a multiple of 1/4 as 0/1 answers give
+        assert 0 < record["accuracy"] < 1 and (record["accuracy"] * 4) % 1 != 0
+        assert record["advantage_abs_mean"] > 0
+    answers = [json.loads(line) for path in (out / "answer_cache").glob("*.jsonl") for line in path.open()]
+    assert answers and all(a["reply"] == "" and 0 < a["letter_mass"] <= 1 for a in answers)
+    assert all(abs(sum(a["probabilities"].values()) - 1) < 1e-5 for a in answers)
+    assert USampler(checkpoint=summary.exported["sampler"]).training_steps == 2
+
+
 def _cli(config_path: Path) -> list[str]:
     return [sys.executable, "-m", "msjoe", "train", "stage1", "--config", str(config_path)]
 

@@ -40,7 +40,14 @@ from msjoe.data.benchmarks.base import (
 )
 from msjoe.data.records import FileFormatError, Record, read_records
 from msjoe.data.schema import QAFormatError, QAItem, write_qa_jsonl
-from msjoe.data.trainsets import NEXTQA, PERCEPTIONTEST, load_nextqa, load_perceptiontest
+from msjoe.data.trainsets import (
+    LLAVA_VIDEO,
+    NEXTQA,
+    PERCEPTIONTEST,
+    load_llava_video,
+    load_nextqa,
+    load_perceptiontest,
+)
 from msjoe.errors import VideoError
 from msjoe.mllm.prompts import normalize_options, option_letters
 
@@ -64,6 +71,7 @@ IMPORT_FORMATS: dict[str, str] = {
     **{name: f"benchmark: {get_benchmark(name).description}" for name in available_benchmarks()},
     NEXTQA: "NExT-QA CSV (video, question, answer, qid, type, a0..a4) + map_vid_vidorID.json",
     PERCEPTIONTEST: "Perception Test JSON (per video: metadata, mc_question list)",
+    LLAVA_VIDEO: "LLaVA conversation JSON (LLaVA-Video-178K's *_mc_*qa_processed.json): one question per turn pair",
     GENERIC: "any JSON / JSONL / CSV / parquet with a field map (--map NAME=FIELD)",
 }
 """Format name -> one line for listings."""
@@ -375,6 +383,8 @@ def import_annotations(
         result, locations = load_nextqa(local, video_root, video_map=video_map)
     elif format == PERCEPTIONTEST:
         result, locations = load_perceptiontest(local, video_root)
+    elif format == LLAVA_VIDEO:
+        result, locations = load_llava_video(local, video_root)
     else:
         result, locations = get_benchmark(format).load(annotations, video_root), {}
     return probe_durations(result, locations, progress=progress) if probe else result

@@ -174,6 +174,7 @@ def answer_key(
     max_new_tokens: int,
     prompt: str,
     sampling: Mapping[str, Any] | None = None,
+    scoring: str | None = None,
 ) -> str:
     """The cache key of one answer of ``model`` to ``item`` shown the frames at ``chosen_timestamps`` (seconds,
     sorted; none for a blind answer).
@@ -181,7 +182,8 @@ def answer_key(
     Greedy answers (``sampling=None``) are keyed exactly as stage 1's answerer keys them, so an answer cache is
     shared between ``msjoe data calibrate`` and training. A sampled answer is keyed with its sampling settings and
     seed (``{"temperature": ..., "top_p": ..., "seed": ...}``): with a fixed seed the draw is a function of the
-    inputs too, and a resumed calibration replays it instead of drawing again.
+    inputs too, and a resumed calibration replays it instead of drawing again. ``scoring`` names a record that is
+    not a decoded reply (``"option_probabilities"``: the letters' probabilities), so the two never share a key.
     """
     fields: dict[str, Any] = {
         "id": item.id,
@@ -196,4 +198,6 @@ def answer_key(
     }
     if sampling is not None:
         fields["sampling"] = dict(sampling)
+    if scoring is not None:
+        fields["scoring"] = scoring
     return ReplyCache.key(fields)

@@ -15,11 +15,21 @@ a JSON object keyed by video id; each video has ``metadata`` (``video_id``, ``fr
 "area", "reasoning", "tag" (a list)}`` (the README's field tables). Videos are ``<video_id>.mp4``. Item ids are
 ``<video_id>-<id>``; the duration is ``num_frames / frame_rate``. Test-split rows without an ``answer_id`` (or
 with ``-1``) get ``answer=None``.
+
+LLaVA-Video-178K (lmms-lab/LLaVA-Video-178K, ``<subset>/*_mc_*qa_processed.json``) and other sets in LLaVA's
+conversation layout: a JSON list of ``{"id", "video" (relative path), "conversations": [{"from": "human", "value":
+"<image>\nQuestion?\nA. ...\nB. ...\nAnswer with the option's letter from the given choices directly."},
+{"from": "gpt", "value": "B."}, ...], "data_source"}``. Every human/gpt pair is one question (item id
+``<id>-<pair>``): the media tag and trailing instruction lines are removed, the lettered lines (``A. x``, ``(A) x``,
+``A) x``) are the options, the text before them the question, and the gpt turn's leading letter the answer. Pairs
+without lettered options (the open-ended files) are rejected with that reason. Videos are looked for at ``video``
+under the video root, then by file name; durations come from probing.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +41,7 @@ from msjoe.mllm.prompts import option_letters
 
 NEXTQA = "nextqa"
 PERCEPTIONTEST = "perceptiontest"
+LLAVA_VIDEO = "llava_video"
 NEXTQA_MAP_FILE = "map_vid_vidorID.json"
 NEXTQA_TYPE_GROUPS = {"C": "causal", "T": "temporal", "D": "descriptive"}
 NEXTQA_OPTIONS = 5
@@ -201,3 +212,91 @@ def _perception_item(
         categories=categories,
         meta=meta,
     )
+
+
+_MEDIA_TAG = re.compile(r"<(?:image|video)>")
+_OPTION_LINE = re.compile(r"\(?([A-Z])[.)]\)?\s+(\S.*)")
+_OPTIONS_LABEL = re.compile(r"(?:options|choices)\s*:?", re.IGNORECASE)
+_INSTRUCTION = re.compile(
+    r"(?:answer with|please (?:answer|respond|select|choose|provide|give)|respond with|select the|choose the)",
+    re.IGNORECASE,
+)
+_ANSWER_LETTER = re.compile(r"\(?([A-Z])(?:\)|[.:,]|\s|$)")
+
+
+def load_llava_video(annotations: str | Path, videos: str | Path | None) -> tuple[LoadResult, dict[str, str]]:
+    """Multiple-choice questions from a LLaVA conversation JSON (see the module note); ``videos`` is the folder the
+    entries' ``video`` paths are relative to. Returns the result and each item's location
+    (``file.json:line conversations[i]``)."""
+    path = Path(annotations)
+    finder = VideoFinder(videos)
+    rows: Rows = []
+    skipped: list[SkippedRow] = []
+    locations: dict[str, str] = {}
+    for number, record in enumerate(read_records(path)):
+        entry = record.value
+        if not isinstance(entry, dict):
+            what = type(entry).__name__
+            skipped.append(SkippedRow(record.location, f"expected a conversation entry (an object), got {what}"))
+            continue
+        video_path = entry.get("video")
+        turns = entry.get("conversations")
+        if not isinstance(video_path, str) or not video_path.strip():
+            skipped.append(SkippedRow(record.location, "field 'video' must be a non-empty path"))
+            continue
+        if not isinstance(turns, list):
+            skipped.append(SkippedRow(record.location, "field 'conversations' must be a list of turns"))
+            continue
+        entry_id = str(entry.get("id") or f"{path.stem}-{number}")
+        video, exists = finder.find([video_path, Path(video_path).name])
+        subset = entry.get("data_source") if isinstance(entry.get("data_source"), str) else None
+        for pair in range(len(turns) // 2):
+            location = f"{record.location} conversations[{2 * pair}]"
+            try:
+                question, options, answer = _llava_pair(turns[2 * pair], turns[2 * pair + 1])
+                item = QAItem(
+                    id=f"{entry_id}-{pair}",
+                    video=video,
+                    question=question,
+                    options=options,
+                    answer=answer,
+                    source=LLAVA_VIDEO,
+                    categories={"subset": subset} if subset else {},
+                    meta={"conversation": entry_id, "pair": pair, "video_path": video_path},
+                )
+            except (RowError, QAFormatError) as err:
+                skipped.append(SkippedRow(location, str(err)))
+                continue
+            locations.setdefault(item.id, location)
+            rows.append((item, exists))
+    return split_by_video(LLAVA_VIDEO, rows, skipped), locations
+
+
+def _llava_pair(human: Any, gpt: Any) -> tuple[str, tuple[str, ...], str]:
+    """(question, options, answer letter) of one human/gpt pair; ``RowError`` says why a pair is not one."""
+    for turn, speaker in ((human, "human"), (gpt, "gpt")):
+        if not isinstance(turn, dict) or turn.get("from") != speaker or not isinstance(turn.get("value"), str):
+            raise RowError(f"expected a {speaker!r} turn with a text 'value', got {str(turn)[:80]!r}")
+    lines = [line.strip() for line in _MEDIA_TAG.sub("", human["value"]).splitlines() if line.strip()]
+    first = next((i for i, line in enumerate(lines) if _OPTION_LINE.fullmatch(line)), None)
+    if first is None:
+        raise RowError("open-ended question: no lettered option lines (A. ..., B. ...)")
+    options: list[str] = []
+    for line in lines[first:]:
+        match = _OPTION_LINE.fullmatch(line)
+        if match is None or match.group(1) != option_letters(len(options) + 1)[-1]:
+            break
+        options.append(match.group(2).strip())
+    rest = lines[first + len(options) :]
+    if any(not _INSTRUCTION.match(line) for line in rest):
+        raise RowError(f"text after the options is neither an option nor an instruction: {rest[0][:80]!r}")
+    question_lines = [line for line in lines[:first] if not _OPTIONS_LABEL.fullmatch(line)]
+    question = " ".join(line for line in question_lines if not _INSTRUCTION.match(line))
+    if len(options) < 2 or not question:
+        raise RowError(f"a question and at least two lettered options are needed, got {len(options)} option(s)")
+    match = _ANSWER_LETTER.match(gpt["value"].strip())
+    letters = option_letters(len(options))
+    if match is None or match.group(1) not in letters:
+        span = f"{letters[0]}-{letters[-1]}"
+        raise RowError(f"the answer {gpt['value'][:40]!r} does not start with one of the letters {span}")
+    return question, tuple(options), match.group(1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message
+from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message, OptionScores
 from msjoe.mllm.errors import UnknownBackendError
 from msjoe.registry import Registry
 
@@ -22,6 +22,7 @@ __all__ = [
     "GenerationConfig",
     "ImagePart",
     "Message",
+    "OptionScores",
     "available_backends",
     "get_backend",
     "http_options",

@@ -80,6 +80,20 @@ class GenerationConfig:
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class OptionScores:
+    """The model's first-token distribution over the option letters of an answer turn.
+
+    Attributes:
+        probabilities: letter -> probability, renormalised over the letters (sums to 1).
+        letter_mass: the probability, before renormalising, that the reply starts with one of these letters: low
+            values mean the prompt does not elicit a bare letter and the renormalised figures say little.
+    """
+
+    probabilities: dict[str, float]
+    letter_mass: float
+
+
 class MLLM(ABC):
     """A multimodal chat model. Usable as a context manager (``close`` on exit)."""
 
@@ -96,6 +110,16 @@ class MLLM(ABC):
         concurrently. With a ``seed``, every chat is sampled as if it were sent alone with that seed.
         """
         return [self.chat(messages, generation) for messages in chats]
+
+    def option_probabilities(self, messages: list[Message], letters: Sequence[str]) -> OptionScores:
+        """How likely the reply to ``messages`` starts with each of ``letters`` (one forward pass, no decoding).
+
+        Stage 1 can use the gold letter's probability as an expected reward (``Stage1Config.reward``). Backends
+        that cannot read the model's next-token distribution raise ``NotImplementedError``.
+        """
+        raise NotImplementedError(
+            f"the {type(self).__name__} backend cannot score option letters; use the reward 'correct' with it"
+        )
 
     def check(self) -> None:
         """Raise now if the backend cannot answer at all, before a long run starts. The default does nothing: a

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import io
+import math
 import os
 import random
 import threading
@@ -32,7 +33,7 @@ import httpx
 from PIL import Image
 
 from msjoe.mllm import register_backend
-from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message
+from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message, OptionScores
 from msjoe.mllm.errors import (
     BackendCheckError,
     BackendConnectionError,
@@ -46,6 +47,8 @@ RETRYABLE_4XX = frozenset({408, 429})  # request timeout, rate limit: the same r
 API_KEY_VARIABLES = ("MSJOE_API_KEY", "OPENAI_API_KEY")
 """Where the API key is read from by default, first set wins (``api_key_env`` names another variable)."""
 DEFAULT_TIMEOUT = 120.0
+TOP_LOGPROBS = 20
+"""Alternatives asked for by :meth:`HTTPMLLM.option_probabilities` (OpenAI's maximum and vLLM's default cap)."""
 DEFAULT_MAX_RETRIES = 3
 
 
@@ -217,6 +220,27 @@ class HTTPMLLM(MLLM):
         reply = self._request("POST", "/chat/completions", self.request_body(messages, generation))
         return self._reply_text(reply)
 
+    def option_probabilities(self, messages: list[Message], letters: Sequence[str]) -> OptionScores:
+        """The first reply token's distribution over ``letters``, from the server's ``top_logprobs``.
+
+        One request for one greedy token with ``logprobs: true, top_logprobs: 20`` (vLLM, SGLang and OpenAI serve
+        them). A letter counts with every listed token that reads as it once stripped (``"B"``, ``" B"``); a letter
+        outside the 20 listed alternatives counts as 0. With no letter listed at all the result is uniform with
+        ``letter_mass`` 0.
+        """
+        if not letters or len(set(letters)) != len(letters):
+            raise ValueError(f"letters must be distinct and non-empty, got {list(letters)!r}")
+        body = self.request_body(messages, GenerationConfig(max_new_tokens=1, temperature=0.0))
+        reply = self._request("POST", "/chat/completions", body | {"logprobs": True, "top_logprobs": TOP_LOGPROBS})
+        raw = dict.fromkeys(letters, 0.0)
+        for token, logprob in self._first_token_alternatives(reply):
+            if token.strip() in raw:
+                raw[token.strip()] += math.exp(logprob)
+        mass = sum(raw.values())
+        if mass <= 0:
+            return OptionScores(dict.fromkeys(letters, 1.0 / len(letters)), 0.0)
+        return OptionScores({letter: value / mass for letter, value in raw.items()}, min(1.0, mass))
+
     def chat_many(self, chats: Sequence[list[Message]], generation: GenerationConfig | None = None) -> list[str]:
         """Replies in input order, with up to ``max_concurrency`` requests in flight. The first failure (in
         input order) is raised after cancelling the requests not yet started."""
@@ -319,6 +343,21 @@ class HTTPMLLM(MLLM):
             return min(retry_after, self.max_backoff)
         nominal = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
         return nominal * self._jitter.uniform(0.5, 1.0)
+
+    def _first_token_alternatives(self, reply: Any) -> list[tuple[str, float]]:
+        """``(token, logprob)`` of the first generated token's listed alternatives (OpenAI's ``logprobs`` layout)."""
+        where = f"{self.base_url}/chat/completions"
+        try:
+            first = reply["choices"][0]["logprobs"]["content"][0]
+            alternatives = [(str(a["token"]), float(a["logprob"])) for a in first["top_logprobs"]]
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise MalformedReplyError(
+                f"{where} replied without the first token's top_logprobs (does the server support "
+                f"'logprobs: true, top_logprobs: {TOP_LOGPROBS}'?): {str(reply)[:200]}"
+            ) from None
+        if not alternatives:  # some servers list only the chosen token
+            alternatives = [(str(first["token"]), float(first["logprob"]))]
+        return alternatives
 
     def _reply_text(self, reply: Any) -> str:
         where = f"{self.base_url}/chat/completions"

@@ -14,7 +14,8 @@ something decides:
 1. the whole reply is a letter: ``B``, ``b``, ``(B)``, ``B.``, ``Option B``;
 2. explicit statements (``Answer: B``, ``the correct option is (B)``, ``I choose B``, ``B is correct``,
    ``Therefore, B.``): the last one wins, so a final answer overrides letters weighed earlier in reasoning;
-3. a leading labelled letter: ``B) the red car``, ``B. ...``, ``(B) ...``, ``B: ...``;
+3. a leading labelled letter: ``B) the red car``, ``B. ...``, ``(B) ...``, ``B: ...`` (but ``(A) or (C)``, a
+   second letter offered as an alternative, is ambiguous);
 4. letters mentioned anywhere (``(B)``, ``option B``, a bare ``B`` followed by punctuation or a word like
    "is"/"because"), ignoring ruled-out ones (``not A``, ``A is wrong``): one distinct letter is the answer,
    several are ambiguous;
@@ -309,6 +310,12 @@ def parse_answer(reply: str, options: Sequence[str]) -> AnswerParse:
         others = sorted({_leading_letter(line, valid) for line in text.splitlines()[1:]} - {None, first})
         if others:  # the options echoed as a list
             return AnswerParse(None, "ambiguous", "several lines start with a labelled letter", (first, *others))
+        alternative = _ALTERNATIVE.match(text, _LEADING.match(text).end())
+        if alternative and alternative.group(1) != first and alternative.group(1) in valid:  # "(A) or (C)"
+            return AnswerParse(
+                None, "ambiguous", "the reply starts with two letters offered as alternatives",
+                (first, alternative.group(1)),
+            )  # fmt: skip
         return _verdict(first, valid, "the reply starts with a labelled letter")
 
     mentioned = _mentioned_letters(text, valid)

@@ -23,7 +23,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from msjoe.devices import check_device
 from msjoe.errors import ModelLoadError
 from msjoe.mllm import register_backend
-from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message
+from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message, OptionScores
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -450,6 +450,27 @@ class TransformersMLLM(MLLM):
             targets = torch.tensor(ids, dtype=torch.long, device=logprobs.device)
             results.append(logprobs.gather(-1, targets[:, None]).squeeze(-1))
         return results
+
+    def option_probabilities(self, messages: list[Message], letters: Sequence[str]) -> OptionScores:
+        """The first reply token's distribution over ``letters``, from the logits after the generation prompt.
+
+        Each letter must be one token of the tokenizer (``"A"`` ... are, for every chat model we know). The
+        result is renormalised over the letters; :attr:`OptionScores.letter_mass` keeps what they held before.
+        """
+        if not letters or len(set(letters)) != len(letters):
+            raise ValueError(f"letters must be distinct and non-empty, got {list(letters)!r}")
+        token_ids = []
+        for letter in letters:
+            ids = self.tokenizer(letter, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise ValueError(f"option letter {letter!r} is {len(ids)} tokens for this tokenizer; expected one")
+            token_ids.append(ids[0])
+        with torch.inference_mode():
+            logits = self.model(**self.encode(messages), use_cache=False, logits_to_keep=1).logits[0, -1]
+            raw = torch.softmax(logits.float(), dim=-1)[torch.tensor(token_ids, device=logits.device)].cpu()
+        mass = float(raw.sum())
+        normalised = raw / mass if mass > 0 else torch.full_like(raw, 1.0 / len(letters))
+        return OptionScores(dict(zip(letters, normalised.tolist(), strict=True)), mass)
 
     def _scorable_ids(self, completion: str | Sequence[int]) -> list[int]:
         ids = self.completion_token_ids(completion) if isinstance(completion, str) else list(completion)

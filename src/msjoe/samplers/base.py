@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import numbers
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
 from msjoe.checks import is_int
 from msjoe.limits import MAX_QUERIES
+from msjoe.samplers.unet1d import row_zscores
+
+RowScale = Literal["raw", "zscore"]
 
 
 class Sampler(ABC):
@@ -74,3 +77,17 @@ def check_similarity(sim: torch.Tensor, k: int) -> torch.Tensor:
 def all_frames(num_frames: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The answer when the budget covers every candidate: all indices in time order."""
     return torch.arange(num_frames, dtype=torch.long, device=device)
+
+
+def frame_scores(sim: torch.Tensor, rows: RowScale = "raw") -> torch.Tensor:
+    """One score per candidate ``[T]``: the max over query rows of ``sim [Nq, T]``.
+
+    ``rows="raw"`` reads the cosines as they are (TSPO's bin-max, top-k). ``rows="zscore"`` first standardises
+    each row over the video (:func:`~msjoe.samplers.unet1d.row_zscores`, the U-Sampler's prior), so a query whose
+    cosines sit in a higher band does not win every frame just by its offset.
+    """
+    if rows == "raw":
+        return sim.max(dim=0).values
+    if rows == "zscore":
+        return row_zscores(sim).max(dim=0).values
+    raise ValueError(f"rows must be 'raw' or 'zscore', got {rows!r}")

@@ -1,4 +1,8 @@
-"""Bin-max (TSPO-style): split the timeline into K equal bins and keep the best frame of each."""
+"""Bin-max (TSPO-style): split the timeline into K equal bins and keep the best frame of each.
+
+``binmax-z`` is the same rule on standardised query rows (the fairer bar for the U-Sampler, whose prior reads S
+the same way; bench/RESULTS.md "Simulator family").
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from itertools import pairwise
 import torch
 
 from msjoe.samplers import register_sampler
-from msjoe.samplers.base import Sampler, all_frames, check_similarity
+from msjoe.samplers.base import RowScale, Sampler, all_frames, check_similarity, frame_scores
 
 
 def bin_edges(num_frames: int, num_bins: int) -> list[int]:
@@ -26,15 +30,31 @@ class BinMaxSampler(Sampler):
     Guarantees coverage of the whole video (one frame per ``T / K`` stretch) while still following the query
     inside each stretch. Ties inside a bin go to the earlier frame, so a constant similarity gives the first
     frame of every bin.
+
+    Args:
+        rows: ``"raw"`` takes the max of the cosines; ``"zscore"`` standardises each query row first (see
+            :func:`~msjoe.samplers.base.frame_scores`).
     """
+
+    def __init__(self, rows: RowScale = "raw") -> None:
+        frame_scores(torch.zeros(1, 1), rows)  # refuses an unknown value now, not at the first question
+        self.rows: RowScale = rows
 
     def select(self, sim: torch.Tensor, k: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         sim = check_similarity(sim, k)
         num_frames = sim.shape[1]
         if k >= num_frames:
             return all_frames(num_frames, sim.device)
-        scores = sim.max(dim=0).values.cpu()
+        scores = frame_scores(sim, self.rows).cpu()
         edges = bin_edges(num_frames, k)
         # torch.argmax returns the first maximal index, which is the tie rule documented above.
         picks = [start + int(torch.argmax(scores[start:end])) for start, end in pairwise(edges)]
         return torch.tensor(picks, dtype=torch.long, device=sim.device)
+
+
+@register_sampler("binmax-z")
+class StandardisedBinMaxSampler(BinMaxSampler):
+    """Bin-max on standardised query rows: ``BinMaxSampler(rows="zscore")`` under its own name."""
+
+    def __init__(self, rows: RowScale = "zscore") -> None:
+        super().__init__(rows)

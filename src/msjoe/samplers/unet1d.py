@@ -236,17 +236,9 @@ def query_features(
     every row statistic. Returns the features ``[B, Nq, F, T]`` in the order of ``names`` (see :data:`FEATURES`),
     zero at padded frames, and the z-score ``[B, Nq, T]`` (used by the similarity prior whatever ``names`` holds).
     """
-    if frame_mask is None:
-        count = torch.full((*sim.shape[:2], 1), float(sim.shape[-1]), device=sim.device)
-        mean = sim.mean(dim=-1, keepdim=True)
-        var = (sim - mean).square().mean(dim=-1, keepdim=True)
-    else:
-        valid = frame_mask[:, None, :]
-        sim = sim * valid
-        count = valid.sum(dim=-1, keepdim=True).float()
-        mean = sim.sum(dim=-1, keepdim=True) / count
-        var = ((sim - mean).square() * valid).sum(dim=-1, keepdim=True) / count
-    zscore = ((sim - mean) / (var.sqrt() + _ROW_STD_FLOOR)).clamp(-_ZSCORE_CLIP, _ZSCORE_CLIP)
+    if frame_mask is not None:
+        sim = sim * frame_mask[:, None, :]
+    zscore, count = _row_zscores(sim, frame_mask)
     columns = []
     for name in names:
         if name == "cosine":
@@ -263,6 +255,31 @@ def query_features(
     if frame_mask is not None:
         features = features * frame_mask[:, None, None, :]
     return features, zscore
+
+
+def row_zscores(sim: torch.Tensor) -> torch.Tensor:
+    """Each row of ``sim`` (``[..., T]``) standardised over its frames, clipped to +-8: the U-Sampler's z-score.
+
+    CLIP cosines of different queries live in different narrow bands; standardising each row puts them on one
+    scale before they are compared or combined (the baselines' ``rows="zscore"`` option reads S through this).
+    """
+    return _row_zscores(sim, None)[0]
+
+
+def _row_zscores(sim: torch.Tensor, frame_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The z-score of :func:`row_zscores` over the valid frames of ``[B, Nq, T]`` rows (padded frames zeroed by the
+    caller), and the number of valid frames per row ``[B, Nq, 1]``."""
+    if frame_mask is None:
+        count = torch.full((*sim.shape[:-1], 1), float(sim.shape[-1]), device=sim.device)
+        mean = sim.mean(dim=-1, keepdim=True)
+        var = (sim - mean).square().mean(dim=-1, keepdim=True)
+    else:
+        valid = frame_mask[:, None, :]
+        count = valid.sum(dim=-1, keepdim=True).float()
+        mean = sim.sum(dim=-1, keepdim=True) / count
+        var = ((sim - mean).square() * valid).sum(dim=-1, keepdim=True) / count
+    zscore = ((sim - mean) / (var.sqrt() + _ROW_STD_FLOOR)).clamp(-_ZSCORE_CLIP, _ZSCORE_CLIP)
+    return zscore, count
 
 
 def _percentile(sim: torch.Tensor, frame_mask: torch.Tensor | None, count: torch.Tensor) -> torch.Tensor:

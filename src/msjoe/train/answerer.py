@@ -28,10 +28,11 @@ from msjoe.data.replies import ReplyCache, VideoFingerprints, answer_key, descri
 from msjoe.data.schema import QAItem
 from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore
 from msjoe.mllm import MLLM, GenerationConfig
-from msjoe.pipeline import answer_question
+from msjoe.pipeline import answer_question, score_options
 from msjoe.samplers.uniform import uniform_indices
 from msjoe.train.data import SkippedItem, load_candidate_frames
 from msjoe.train.examples import TrainExample
+from msjoe.train.stage1 import ANSWER_REWARDS, AnswerReward
 from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
 
 __all__ = [
@@ -61,6 +62,9 @@ class AnswerOutcome:
     correct: bool
     cached: bool
     """Read from the cache (no model call)."""
+    gold_probability: float | None = None
+    """With ``reward="gold_probability"``: the model's probability of the gold letter (renormalised over the option
+    letters); ``letter`` is then the most probable letter and ``reply`` is empty (nothing is decoded)."""
 
 
 @dataclass
@@ -91,6 +95,10 @@ class MLLMAnswerer:
         cache_path: JSONL file of cached answers (greedy decoding only); ``None`` caches in memory for this run.
         generation: decoding of the answer turn; greedy (temperature 0) with 32 new tokens by default.
         model_id: names the model in cache keys; ``None`` uses :func:`msjoe.train.data.describe_mllm`.
+        reward: ``"correct"``: :meth:`answer_correct` decodes an answer and returns whether it is the gold letter.
+            ``"gold_probability"``: it returns the probability of the gold letter as the first reply token
+            (:func:`msjoe.pipeline.score_options`; one forward pass, no decoding, cached like greedy answers, the
+            generation settings unused). ``Stage1Config.answer_reward`` chooses it for ``msjoe train stage1``.
 
     Caching (greedy only). An answer is keyed by the item (id, and a digest of its question and options), the
     video's content fingerprint, the chosen frames (their timestamps, sorted), the model, ``frame_max_pixels``,
@@ -114,14 +122,24 @@ class MLLMAnswerer:
         cache_path: str | Path | None = None,
         generation: GenerationConfig | None = None,
         model_id: str | None = None,
+        reward: AnswerReward = "correct",
     ) -> None:
         if not is_int(frame_max_pixels) or frame_max_pixels < 1:
             raise ValueError(f"frame_max_pixels must be a positive int, got {frame_max_pixels!r}")
+        if reward not in ANSWER_REWARDS:
+            raise ValueError(f"reward must be one of {ANSWER_REWARDS}, got {reward!r}")
+        if reward == "gold_probability" and type(mllm).option_probabilities is MLLM.option_probabilities:
+            raise ValueError(
+                f"reward 'gold_probability' needs the model's next-token probabilities, which the "
+                f"{type(mllm).__name__} backend does not give; use the transformers backend or reward 'correct'"
+            )
         self.mllm = mllm
         self.frame_max_pixels = frame_max_pixels
         self.frame_store = frame_store
+        self.reward: AnswerReward = reward
         self.generation = generation or DEFAULT_ANSWER_GENERATION
-        self.sampling = self.generation.temperature > 0
+        # Option probabilities are a function of the inputs, whatever the decoding settings: always cached.
+        self.sampling = self.generation.temperature > 0 and reward == "correct"
         self.stats = AnswererStats()
         self.sampled_answers = 0
         self.model_name = model_id or describe_mllm(mllm)
@@ -137,9 +155,11 @@ class MLLMAnswerer:
         self._cache = ReplyCache(None if self.sampling else cache_path)
 
     # --- the Answerer protocol ----------------------------------------------------------------------------------
-    def answer_correct(self, item: TrainExample, chosen_indices: torch.Tensor | Sequence[int]) -> bool:
-        """Answer ``item``'s question from its candidate frames ``chosen_indices``; True if the letter is the gold."""
-        return self.answer(item, chosen_indices).correct
+    def answer_correct(self, item: TrainExample, chosen_indices: torch.Tensor | Sequence[int]) -> bool | float:
+        """Answer ``item``'s question from its candidate frames ``chosen_indices``: True if the letter is the gold
+        (``reward="correct"``), or the gold letter's probability (``reward="gold_probability"``)."""
+        outcome = self.answer(item, chosen_indices)
+        return outcome.correct if outcome.gold_probability is None else outcome.gold_probability
 
     def answer(
         self, example: TrainExample, chosen_indices: torch.Tensor | Sequence[int], *, seed: int | None = None
@@ -189,7 +209,9 @@ class MLLMAnswerer:
         self.stats.correct += correct
         if record["letter"] is None:
             self.stats.unparsed += 1
-        return AnswerOutcome(record["letter"], record["status"], record["reply"], correct, cached)
+        probabilities = record.get("probabilities")
+        gold = None if probabilities is None else float(probabilities.get(qa.answer, 0.0))
+        return AnswerOutcome(record["letter"], record["status"], record["reply"], correct, cached, gold)
 
     # --- resuming ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -208,8 +230,10 @@ class MLLMAnswerer:
             chosen_timestamps=chosen_times,
             model=self.model_name,
             frame_max_pixels=self.frame_max_pixels,
-            max_new_tokens=self.generation.max_new_tokens,
+            # nothing is decoded when scoring options: the decoding settings must not split the cache
+            max_new_tokens=0 if self.reward == "gold_probability" else self.generation.max_new_tokens,
             prompt=self._prompt,
+            scoring="option_probabilities" if self.reward == "gold_probability" else None,
         )
 
     def _ask(
@@ -232,6 +256,28 @@ class MLLMAnswerer:
             frame_store=self.frame_store,
             fingerprint=video_fingerprint,
         )
+        shown = [float(times[i]) for i in indices]
+        record: dict[str, Any] = {
+            "id": qa.id,
+            "video_fingerprint": video_fingerprint,
+            "indices": indices,
+            "model": self.model_name,
+            "frame_max_pixels": self.frame_max_pixels,
+            "prompt": self._prompt,
+        }
+        if self.reward == "gold_probability":
+            scores = score_options(
+                self.mllm, qa.question, qa.options, list(frames), shown, frame_max_pixels=self.frame_max_pixels
+            )
+            self.stats.model_calls += 1
+            best = max(scores.probabilities, key=scores.probabilities.__getitem__)
+            return record | {
+                "letter": best,
+                "status": "ok",
+                "reply": "",
+                "probabilities": scores.probabilities,
+                "letter_mass": scores.letter_mass,
+            }
         generation = self.generation
         if self.sampling:
             if seed is None and generation.seed is not None:
@@ -243,7 +289,7 @@ class MLLMAnswerer:
             qa.question,
             qa.options,
             list(frames),
-            [float(times[i]) for i in indices],
+            shown,
             frame_max_pixels=self.frame_max_pixels,
             generation=generation,
         )
@@ -252,17 +298,7 @@ class MLLMAnswerer:
         status = parse.status if parse is not None else "unparsed"
         if letter is None:
             logger.debug("item %s: no usable letter in the reply (%s): %r", qa.id, status, reply[:200])
-        return {
-            "id": qa.id,
-            "video_fingerprint": video_fingerprint,
-            "indices": indices,
-            "model": self.model_name,
-            "frame_max_pixels": self.frame_max_pixels,
-            "prompt": self._prompt,
-            "letter": letter,
-            "status": status,
-            "reply": reply,
-        }
+        return record | {"letter": letter, "status": status, "reply": reply}
 
 
 def _as_list(indices: torch.Tensor | Sequence[int]) -> list[int]:

@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 Baseline = Literal["none", "group_mean"]
 BASELINES: tuple[str, ...] = typing.get_args(Baseline)
+AnswerReward = Literal["correct", "gold_probability"]
+ANSWER_REWARDS: tuple[str, ...] = typing.get_args(AnswerReward)
 
 
 @runtime_checkable
@@ -83,6 +85,9 @@ class Answerer(Protocol):
         An answerer that knows its probability of answering correctly (a simulator, or an MLLM's probability of the
         gold letter) may return it as a float in [0, 1] instead: the trainer then uses the expected advantage
         (:func:`~msjoe.rl.rewards.difficulty_advantage`), which has the coin flip's mean without its noise.
+
+        An answerer may also have ``answer_many(requests) -> list`` over ``(item, chosen_indices)`` pairs, the same
+        verdicts in order: the trainer then asks for a whole step's draws at once, so the answerer can batch them.
         """
         ...
 
@@ -126,6 +131,14 @@ class Stage1Config(ScheduledConfig):
     (the paper's ``sum_k log p(x_k)``)."""
     advantage_clip: Annotated[float, POSITIVE] = 10.0
     """``|A|`` bound of the difficulty-aware advantage (paper: A = 10 for c = 0)."""
+    answer_reward: AnswerReward = "correct"
+    """What ``msjoe train stage1`` asks the frozen MLLM: ``"correct"`` (paper): is its greedy answer from the drawn
+    frames the gold letter (1/0)? ``"gold_probability"``: its probability of starting the reply with the gold letter,
+    renormalised over the option letters (one forward pass, no decoding), used as an expected reward: the mean
+    reward of answers sampled at temperature 1 that start with their letter, smooth where the greedy 0/1 jumps. (An
+    expected reward beat a sampled one by about +0.015 recall on the simulators, bench/RESULTS.md "Simulator
+    family"; on real MLLMs it is unmeasured.) Needs a backend that reads next-token probabilities: transformers, or
+    an OpenAI-compatible server that returns ``top_logprobs`` (vLLM, SGLang)."""
     max_grad_norm: Annotated[float | None, POSITIVE] = 20.0
     """Clip the global gradient norm to this (None: no clipping). A safety net against rare large steps, not a
     normaliser: stage-1 gradient norms sit at 2-6 on the simulator, so a bound of 1 clipped every step (it scored the
@@ -152,7 +165,8 @@ class Stage1StepStats:
     """The step number after this update (1 for the first)."""
     loss: float
     accuracy: float
-    """Fraction of this step's rollouts answered correctly."""
+    """Fraction of this step's rollouts answered correctly (the mean probability of a correct answer when the
+    answerer returns probabilities)."""
     mean_advantage: float
     """Mean difficulty-aware advantage before any baseline (> 0 on average means better than uniform)."""
     advantage_abs_mean: float
@@ -223,25 +237,35 @@ class Stage1Trainer(TrainerBase):
         self.model.train()
         # One forward pass for the whole batch (a DDP module must see one forward per backward).
         all_logits = self.sampler.logits_batch([item.sim for item in items], module=self.model)
-        log_probs, advantages, raw_advantages, correct, entropies = [], [], [], [], []
-        positions: list[float] = []
-        for item, logits in zip(items, all_logits, strict=True):
-            difficulty = float(item.difficulty)
+        # Every draw first, then all the answers in one call (an answerer may batch them: answer_many).
+        orders = [
+            [
+                self.sampler.draw(logits.detach(), config.k, generator=self.generator)
+                for _ in range(config.samples_per_item)
+            ]
+            for logits in all_logits
+        ]
+        requests = [
+            (item, torch.sort(order).values) for item, group in zip(items, orders, strict=True) for order in group
+        ]
+        correct = [_correctness(outcome) for outcome in _answer_all(self.answerer, requests)]
+        positions = [
+            (float(index) + 0.5) / logits.shape[-1]
+            for logits, group in zip(all_logits, orders, strict=True)
+            for order in group
+            for index in torch.sort(order).values.tolist()
+        ]
+        log_probs, advantages, raw_advantages, entropies = [], [], [], []
+        for number, (item, logits) in enumerate(zip(items, all_logits, strict=True)):
             log_p = torch.log_softmax(logits, dim=-1)
             entropies.append(-(log_p.exp() * log_p).sum())
-            group_log_probs, group_advantages = [], []
-            for _ in range(config.samples_per_item):
-                order = self.sampler.draw(logits.detach(), config.k, generator=self.generator)
-                chosen = torch.sort(order).values
-                positions += ((chosen.float() + 0.5) / logits.shape[-1]).tolist()
-                hit = _correctness(self.answerer.answer_correct(item, chosen))
-                group_log_probs.append(self.sampler.sequence_log_prob(logits, order, config.estimator))
-                group_advantages.append(difficulty_advantage(hit, difficulty, clip=config.advantage_clip))
-                correct.append(hit)
-            group = torch.stack(group_advantages).float()
+            hits = correct[number * config.samples_per_item : (number + 1) * config.samples_per_item]
+            group = torch.stack(
+                [difficulty_advantage(hit, float(item.difficulty), clip=config.advantage_clip) for hit in hits]
+            ).float()
             raw_advantages.append(group)
             advantages.append(group - group.mean() if config.baseline == "group_mean" else group)
-            log_probs += group_log_probs
+            log_probs += [self.sampler.sequence_log_prob(logits, order, config.estimator) for order in orders[number]]
         entropy = torch.stack(entropies).mean()
         loss = reinforce_loss(torch.stack(log_probs), torch.cat(advantages).to(self.sampler.device))
         if config.entropy_coef:
@@ -349,6 +373,18 @@ class Stage1Trainer(TrainerBase):
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.step_count = int(state["step"])
+
+
+def _answer_all(answerer: Answerer, requests: list[tuple[Any, torch.Tensor]]) -> list[bool | float]:
+    """The answerer's verdicts on ``(item, chosen frames)`` pairs, in order: one ``answer_many`` call when the
+    answerer has one (it may batch the model's work), else one ``answer_correct`` call each."""
+    many = getattr(answerer, "answer_many", None)
+    if callable(many):
+        verdicts = list(many(requests))
+        if len(verdicts) != len(requests):
+            raise ValueError(f"answer_many returned {len(verdicts)} verdicts for {len(requests)} requests")
+        return verdicts
+    return [answerer.answer_correct(item, chosen) for item, chosen in requests]
 
 
 def _correctness(outcome: object) -> float:
