@@ -138,6 +138,9 @@ class Stage1Config:
     expected reward beat a sampled one by about +0.015 recall on the simulators, bench/RESULTS.md "Simulator
     family"; on real MLLMs it is unmeasured.) Needs a backend that reads next-token probabilities: transformers, or
     an OpenAI-compatible server that returns ``top_logprobs`` (vLLM, SGLang)."""
+    answer_batch_size: int = 8
+    """Answers the frozen MLLM gives in one call (a step's uncached draws are asked together: one left-padded forward
+    pass for ``gold_probability``, ``chat_many`` for ``correct``). Memory: one prefill of this many answer turns."""
     max_grad_norm: float | None = 20.0
     """Clip the global gradient norm to this (None: no clipping). A safety net against rare large steps, not a
     normaliser: stage-1 gradient norms sit at 2-6 on the simulator, so a bound of 1 clipped every step (it scored the
@@ -172,6 +175,8 @@ class Stage1Config:
             raise ValueError("baseline='group_mean' needs samples_per_item >= 2 (a group of one has zero advantage)")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if not is_int(self.answer_batch_size) or self.answer_batch_size < 1:
+            raise ValueError(f"answer_batch_size must be a positive int, got {self.answer_batch_size!r}")
         if self.answer_reward not in ANSWER_REWARDS:
             raise ValueError(f"answer_reward must be one of {ANSWER_REWARDS}, got {self.answer_reward!r}")
         if not (math.isfinite(self.advantage_clip) and self.advantage_clip > 0):
