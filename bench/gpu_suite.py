@@ -14,8 +14,8 @@ its traceback and the suite goes on):
 - ``ask``: ``VideoQA.ask`` on the indexed video (cached features, frames from the store) at each ``--ks``: every
   stage's time and the prefill tokens of both MLLM turns;
 - ``answering``: stage-1 answering, ``--answer-batch`` answer turns of K = ``--stage2-k`` frames, one ``complete``
-  at a time against one ``complete_batch``, and the gold-letter probability (``option_probabilities``, one forward
-  pass each): answers per second;
+  at a time against one ``complete_batch``, and the gold-letter probability (one forward pass each, one at a time
+  and batched): answers per second;
 - ``usampler``: ``get_sampler("usampler")`` forward + select on the device, T = 3600 and 10,000, and a training
   forward + sample + backward;
 - ``stage2``: one stage-2 step (G = ``--group-size``, K = ``--stage2-k``): LoRA, then full fine-tuning, each with
@@ -418,6 +418,10 @@ def section_answering(suite: Suite) -> dict[str, Any]:
     with peak_memory(device, record):
         seconds, _ = timed(lambda: [suite.mllm.option_probabilities(chat, letters) for chat in chats], 1, device)
     out["gold probability, one at a time"] = summary(seconds, answers_per_s=len(chats) / seconds[0], **record)
+    record = {}
+    with peak_memory(device, record):
+        seconds, _ = timed(lambda: suite.mllm.option_probabilities_many(chats, [letters] * len(chats)), 1, device)
+    out["gold probability, batched"] = summary(seconds, answers_per_s=len(chats) / seconds[0], **record)
     return out
 
 

@@ -214,6 +214,25 @@ def test_option_probabilities_are_the_first_token_logprobs_renormalised(mllm: Tr
     assert two.probabilities["A"] == pytest.approx(raw["A"] / (raw["A"] + raw["B"]), rel=1e-4)
 
 
+def test_option_probabilities_of_a_left_padded_batch_equal_each_alone(mllm: TransformersMLLM) -> None:
+    chats = [
+        ask(frame(max_pixels=3136), "Which? A. x B. y C. z"),
+        ask(frame(seed=1, max_pixels=3136), frame(seed=2, max_pixels=3136), "Which one of these, A or B, fits?"),
+        ask("No image at all: A or B?"),
+    ]  # different lengths: the shorter rows are padded on the left
+    letters = [["A", "B", "C"], ["A", "B"], ["A", "B"]]
+    batched = mllm.option_probabilities_many(chats, letters)
+    for chat, chat_letters, scores in zip(chats, letters, batched, strict=True):
+        alone = mllm.option_probabilities(chat, chat_letters)
+        assert list(scores.probabilities) == chat_letters
+        assert scores.letter_mass == pytest.approx(alone.letter_mass, rel=1e-3)
+        for letter in chat_letters:
+            assert scores.probabilities[letter] == pytest.approx(alone.probabilities[letter], abs=1e-4)
+    assert mllm.option_probabilities_many([], []) == []
+    with pytest.raises(ValueError, match="one letter list per chat"):
+        mllm.option_probabilities_many(chats, letters[:2])
+
+
 def test_option_probabilities_refuse_bad_letters(mllm: TransformersMLLM) -> None:
     messages = ask("Which option?")
     with pytest.raises(ValueError, match="distinct and non-empty"):

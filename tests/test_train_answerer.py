@@ -22,7 +22,8 @@ from msjoe.data import QAItem, read_qa_jsonl
 from msjoe.data.smoke import write_smoke_dataset
 from msjoe.features import DualEncoder
 from msjoe.mllm import MLLM, GenerationConfig, Message, load_mllm
-from msjoe.pipeline import answer_question, load_frames, score_options
+from msjoe.mllm.prompts import answer_prompt, option_letters
+from msjoe.pipeline import answer_question, load_frames
 from msjoe.train.answerer import MLLMAnswerer, estimate_difficulty, fill_difficulty
 from msjoe.train.data import prepare_examples
 from msjoe.train.examples import TrainExample
@@ -196,8 +197,8 @@ def test_gold_probability_reward_is_the_gold_letters_probability_and_is_cached(
     # By hand: the answer turn on the frames in time order, scored by the model's first-token distribution.
     times = [float(example.features.timestamps[i]) for i in (1, 3, 6)]
     frames = load_frames(example.qa.video, times, PIXELS, fps=FPS)
-    expected = score_options(mllm, example.qa.question, example.qa.options, list(frames), times,
-                             frame_max_pixels=PIXELS)  # fmt: skip
+    chat = answer_prompt(example.qa.question, list(example.qa.options), list(frames), times, frame_max_pixels=PIXELS)
+    expected = mllm.option_probabilities(chat, option_letters(len(example.qa.options)))
     assert isinstance(reward, float) and reward == pytest.approx(expected.probabilities[example.qa.answer], abs=1e-6)
     assert 0 < reward < 1 and generate_calls == []
     outcome = answerer.answer(example, [1, 3, 6])
@@ -213,6 +214,51 @@ def test_gold_probability_reward_is_the_gold_letters_probability_and_is_cached(
     (record, _) = [json.loads(line) for line in path.read_text().splitlines()]
     assert list(record["probabilities"]) == list("ABCDEFGH"[: len(example.qa.options)])
     assert 0 < record["letter_mass"] <= 1
+
+
+def test_answer_many_gives_the_one_at_a_time_verdicts_and_counts(
+    mllm: Any, examples: list[TrainExample], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uncached answers are asked together (chat_many), a repeated draw once, a cached one not at all."""
+    requests = [(examples[0], [1, 3]), (examples[1], [2, 5]), (examples[0], [3, 1]), (examples[2], [0, 9])]
+    alone = MLLMAnswerer(mllm, frame_max_pixels=PIXELS, generation=GREEDY)
+    alone.answer_correct(examples[2], [0, 9])  # cached before the batch
+    expected = [alone.answer_correct(example, chosen) for example, chosen in requests]
+    together = MLLMAnswerer(mllm, frame_max_pixels=PIXELS, generation=GREEDY, batch_size=2)
+    together.answer_correct(examples[2], [0, 9])
+    calls: list[int] = []
+    original = mllm.chat_many
+
+    def spy(chats: Any, generation: Any = None) -> Any:
+        calls.append(len(chats))
+        return original(chats, generation)
+
+    monkeypatch.setattr(mllm, "chat_many", spy)
+    assert together.answer_many(requests) == expected
+    assert calls == [2]  # the two distinct uncached draws, in one call
+    assert dataclasses.asdict(together.stats) == dataclasses.asdict(alone.stats)
+
+
+def test_answer_many_batches_gold_probabilities(
+    mllm: Any, examples: list[TrainExample], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests = [(examples[n % 3], [n % 10, (n + 4) % 10]) for n in range(5)]
+    alone = MLLMAnswerer(mllm, frame_max_pixels=PIXELS, reward="gold_probability")
+    expected = [alone.answer_correct(example, chosen) for example, chosen in requests]
+    together = MLLMAnswerer(mllm, frame_max_pixels=PIXELS, reward="gold_probability", batch_size=2)
+    calls: list[int] = []
+    original = mllm.option_probabilities_many
+
+    def spy(chats: Any, letters: Any) -> Any:
+        calls.append(len(chats))
+        return original(chats, letters)
+
+    monkeypatch.setattr(mllm, "option_probabilities_many", spy)
+    verdicts = together.answer_many(requests)
+    assert calls == [2, 2, 1]
+    assert verdicts == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError, match="batch_size"):
+        MLLMAnswerer(mllm, batch_size=0)
 
 
 def test_gold_probability_needs_a_backend_that_scores_options() -> None:

@@ -29,9 +29,9 @@ from msjoe.errors import CacheError
 from msjoe.features import DEFAULT_CLIP, DualEncoder, similarity
 from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore, budget_frame_size
 from msjoe.index import index_video
-from msjoe.mllm import MLLM, GenerationConfig, OptionScores, load_mllm
+from msjoe.mllm import MLLM, GenerationConfig, load_mllm
 from msjoe.mllm.parsing import AnswerParse, parse_answer, parse_queries
-from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS, answer_prompt, option_letters, query_prompt
+from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS, answer_prompt, query_prompt
 from msjoe.samplers import MAX_QUERIES, Sampler, available_samplers, get_sampler
 
 if TYPE_CHECKING:
@@ -311,24 +311,6 @@ def answer_question(
     messages = answer_prompt(question, opts, list(frames), list(timestamps), frame_max_pixels=frame_max_pixels)
     reply = mllm.chat(messages, generation)
     return (parse_answer(reply, opts) if opts else None), reply
-
-
-def score_options(
-    mllm: MLLM,
-    question: str,
-    options: Sequence[str],
-    frames: Sequence[np.ndarray],
-    timestamps: Sequence[float],
-    *,
-    frame_max_pixels: int | None = None,
-) -> OptionScores:
-    """The answer turn of :func:`answer_question`, read as the model's probabilities of each option letter
-    instead of a decoded reply (:meth:`MLLM.option_probabilities`)."""
-    if not options:
-        raise ValueError("score_options needs a multiple-choice question (options is empty)")
-    opts = list(options)
-    messages = answer_prompt(question, opts, list(frames), list(timestamps), frame_max_pixels=frame_max_pixels)
-    return mllm.option_probabilities(messages, option_letters(len(opts)))
 
 
 def load_frames(

@@ -121,6 +121,18 @@ class MLLM(ABC):
             f"the {type(self).__name__} backend cannot score option letters; use the reward 'correct' with it"
         )
 
+    def option_probabilities_many(
+        self, chats: Sequence[list[Message]], letters: Sequence[Sequence[str]]
+    ) -> list[OptionScores]:
+        """:meth:`option_probabilities` of several chats (``letters[i]`` for ``chats[i]``), in order. This default
+        scores them one after another; backends override it to batch or to send requests concurrently."""
+        if len(chats) != len(letters):
+            raise ValueError(f"one letter list per chat is needed, got {len(letters)} for {len(chats)} chats")
+        return [
+            self.option_probabilities(messages, chat_letters)
+            for messages, chat_letters in zip(chats, letters, strict=True)
+        ]
+
     def check(self) -> None:
         """Raise now if the backend cannot answer at all, before a long run starts. The default does nothing: a
         local model that loaded can answer; a server backend sends a tiny request."""

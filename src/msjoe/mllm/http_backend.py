@@ -25,9 +25,9 @@ import os
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 from PIL import Image
@@ -43,6 +43,7 @@ from msjoe.mllm.errors import (
     MalformedReplyError,
 )
 
+T = TypeVar("T")
 RETRYABLE_4XX = frozenset({408, 429})  # request timeout, rate limit: the same request can succeed later
 API_KEY_VARIABLES = ("MSJOE_API_KEY", "OPENAI_API_KEY")
 """Where the API key is read from by default, first set wins (``api_key_env`` names another variable)."""
@@ -244,16 +245,15 @@ class HTTPMLLM(MLLM):
     def chat_many(self, chats: Sequence[list[Message]], generation: GenerationConfig | None = None) -> list[str]:
         """Replies in input order, with up to ``max_concurrency`` requests in flight. The first failure (in
         input order) is raised after cancelling the requests not yet started."""
-        if len(chats) <= 1:
-            return [self.chat(messages, generation) for messages in chats]
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(chats))) as pool:
-            futures = [pool.submit(self.chat, messages, generation) for messages in chats]
-            try:
-                return [future.result() for future in futures]
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        return self._concurrently(lambda messages: self.chat(messages, generation), chats)
+
+    def option_probabilities_many(
+        self, chats: Sequence[list[Message]], letters: Sequence[Sequence[str]]
+    ) -> list[OptionScores]:
+        """:meth:`option_probabilities` of several chats, with up to ``max_concurrency`` requests in flight."""
+        if len(chats) != len(letters):
+            raise ValueError(f"one letter list per chat is needed, got {len(letters)} for {len(chats)} chats")
+        return self._concurrently(lambda pair: self.option_probabilities(*pair), list(zip(chats, letters, strict=True)))
 
     def check(self) -> None:
         """Send one chat with a one-token reply: a wrong URL, model name or key fails here, before a run, with the
@@ -275,6 +275,20 @@ class HTTPMLLM(MLLM):
         self._client.close()
 
     # --- internals ------------------------------------------------------------------------------------------
+    def _concurrently(self, call: Callable[[Any], T], inputs: Sequence[Any]) -> list[T]:
+        """``call`` on each input on up to ``max_concurrency`` threads, results in input order; the first failure
+        (in input order) is raised after cancelling the calls not yet started."""
+        if len(inputs) <= 1:
+            return [call(value) for value in inputs]
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(inputs))) as pool:
+            futures = [pool.submit(call, value) for value in inputs]
+            try:
+                return [future.result() for future in futures]
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
     def _listed_models(self) -> list[str]:
         """The model names ``GET /models`` lists, or none when the server does not answer it."""
         try:

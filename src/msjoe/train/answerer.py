@@ -28,7 +28,8 @@ from msjoe.data.replies import ReplyCache, VideoFingerprints, answer_key, descri
 from msjoe.data.schema import QAItem
 from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore
 from msjoe.mllm import MLLM, GenerationConfig
-from msjoe.pipeline import answer_question, score_options
+from msjoe.mllm.parsing import parse_answer
+from msjoe.mllm.prompts import answer_prompt, option_letters
 from msjoe.samplers.uniform import uniform_indices
 from msjoe.train.data import SkippedItem, load_candidate_frames
 from msjoe.train.examples import TrainExample
@@ -97,8 +98,11 @@ class MLLMAnswerer:
         model_id: names the model in cache keys; ``None`` uses :func:`msjoe.train.data.describe_mllm`.
         reward: ``"correct"``: :meth:`answer_correct` decodes an answer and returns whether it is the gold letter.
             ``"gold_probability"``: it returns the probability of the gold letter as the first reply token
-            (:func:`msjoe.pipeline.score_options`; one forward pass, no decoding, cached like greedy answers, the
-            generation settings unused). ``Stage1Config.answer_reward`` chooses it for ``msjoe train stage1``.
+            (:meth:`msjoe.mllm.MLLM.option_probabilities`; one forward pass, no decoding, cached like greedy
+            answers, the generation settings unused). ``Stage1Config.answer_reward`` chooses it for
+            ``msjoe train stage1``.
+        batch_size: uncached answers asked of the backend together by :meth:`answer_many` (memory: one prefill of
+            this many answer turns of K frames).
 
     Caching (greedy only). An answer is keyed by the item (id, and a digest of its question and options), the
     video's content fingerprint, the chosen frames (their timestamps, sorted), the model, ``frame_max_pixels``,
@@ -123,9 +127,12 @@ class MLLMAnswerer:
         generation: GenerationConfig | None = None,
         model_id: str | None = None,
         reward: AnswerReward = "correct",
+        batch_size: int = 8,
     ) -> None:
         if not is_int(frame_max_pixels) or frame_max_pixels < 1:
             raise ValueError(f"frame_max_pixels must be a positive int, got {frame_max_pixels!r}")
+        if not is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if reward not in ANSWER_REWARDS:
             raise ValueError(f"reward must be one of {ANSWER_REWARDS}, got {reward!r}")
         if reward == "gold_probability" and type(mllm).option_probabilities is MLLM.option_probabilities:
@@ -137,6 +144,7 @@ class MLLMAnswerer:
         self.frame_max_pixels = frame_max_pixels
         self.frame_store = frame_store
         self.reward: AnswerReward = reward
+        self.batch_size = batch_size
         self.generation = generation or DEFAULT_ANSWER_GENERATION
         # Option probabilities are a function of the inputs, whatever the decoding settings: always cached.
         self.sampling = self.generation.temperature > 0 and reward == "correct"
@@ -186,6 +194,32 @@ class MLLMAnswerer:
         ``seed`` overrides the seed of a sampled answer (ignored when greedy). Raises ``ValueError`` if ``qa`` has
         no gold letter, ``IndexError`` for an index outside the grid, VideoError subclasses for a bad video.
         """
+        request = self._request(qa, candidate_timestamps, chosen_indices, fps, max_frames)
+        return self._outcomes([request], seed=seed)[0]
+
+    def answer_many(self, requests: Sequence[tuple[TrainExample, torch.Tensor | Sequence[int]]]) -> list[bool | float]:
+        """:meth:`answer_correct` of each ``(example, chosen_indices)`` pair, in order, asking the model for the
+        uncached ones together: ``batch_size`` chats per call of the backend's ``option_probabilities_many`` or
+        ``chat_many`` (one left-padded forward pass on the transformers backend; concurrent requests over HTTP).
+        Sampled answers are asked one at a time, in order, so their seeds follow :meth:`answer`'s sequence."""
+        prepared = [
+            self._request(example.qa, example.features.timestamps, chosen, example.features.fps,
+                          example.features.max_frames)
+            for example, chosen in requests
+        ]  # fmt: skip
+        return [
+            outcome.correct if outcome.gold_probability is None else outcome.gold_probability
+            for outcome in self._outcomes(prepared)
+        ]
+
+    def _request(
+        self,
+        qa: QAItem,
+        candidate_timestamps: Sequence[float] | np.ndarray,
+        chosen_indices: torch.Tensor | Sequence[int],
+        fps: float,
+        max_frames: int,
+    ) -> _Request:
         if qa.answer is None:
             raise ValueError(f"item {qa.id!r} has no gold answer letter: its answers cannot be scored")
         indices = sorted({int(i) for i in (_as_list(chosen_indices))})
@@ -194,24 +228,46 @@ class MLLMAnswerer:
         times = np.asarray(candidate_timestamps, dtype=np.float64)
         if indices[0] < 0 or indices[-1] >= len(times):
             raise IndexError(f"candidate indices {indices} are outside [0, {len(times)}) for item {qa.id!r}")
-        video_fingerprint = self._fingerprints(qa.video)
-        key = None if self.sampling else self._key(qa, video_fingerprint, [float(times[i]) for i in indices])
-        self.stats.answers += 1
-        record = None if key is None else self._cache.get(key)
-        cached = record is not None
-        if record is None:
-            record = self._ask(qa, times, indices, fps, max_frames, video_fingerprint, seed)
-            if key is not None:
-                self._cache.put(key, record)
-        else:
-            self.stats.cache_hits += 1
-        correct = record["letter"] is not None and record["letter"] == qa.answer
-        self.stats.correct += correct
-        if record["letter"] is None:
-            self.stats.unparsed += 1
-        probabilities = record.get("probabilities")
-        gold = None if probabilities is None else float(probabilities.get(qa.answer, 0.0))
-        return AnswerOutcome(record["letter"], record["status"], record["reply"], correct, cached, gold)
+        fingerprint = self._fingerprints(qa.video)
+        key = None if self.sampling else self._key(qa, fingerprint, [float(times[i]) for i in indices])
+        return _Request(qa, times, indices, fps, max_frames, fingerprint, key)
+
+    def _outcomes(self, requests: Sequence[_Request], seed: int | None = None) -> list[AnswerOutcome]:
+        """The outcome of each request: from the cache, or asked (uncached ones together, ``batch_size`` at a time;
+        the same frames twice are asked once)."""
+        records: dict[int, dict[str, Any]] = {}
+        cached: set[int] = set()
+        to_ask: dict[str, list[int]] = {}  # key -> the requests it answers (the first one is asked)
+        for number, request in enumerate(requests):
+            record = None if request.key is None else self._cache.get(request.key)
+            if record is not None:
+                records[number] = record
+                cached.add(number)
+            elif request.key is None:  # sampled: asked now, in order, so the seeds follow the sequence
+                records[number] = self._ask([request], seed)[0]
+            else:
+                to_ask.setdefault(request.key, []).append(number)
+        pending = list(to_ask.values())
+        for start in range(0, len(pending), self.batch_size):
+            chunk = pending[start : start + self.batch_size]
+            for numbers, record in zip(chunk, self._ask([requests[n[0]] for n in chunk]), strict=True):
+                self._cache.put(requests[numbers[0]].key, record)
+                records.update(dict.fromkeys(numbers, record))
+                cached.update(numbers[1:])  # what a one-at-a-time run would have read from the cache
+        outcomes = []
+        for number, request in enumerate(requests):
+            record, qa = records[number], request.qa
+            correct = record["letter"] is not None and record["letter"] == qa.answer
+            self.stats.answers += 1
+            self.stats.cache_hits += number in cached
+            self.stats.correct += correct
+            self.stats.unparsed += record["letter"] is None
+            probabilities = record.get("probabilities")
+            gold = None if probabilities is None else float(probabilities.get(qa.answer, 0.0))
+            outcomes.append(
+                AnswerOutcome(record["letter"], record["status"], record["reply"], correct, number in cached, gold)
+            )
+        return outcomes
 
     # --- resuming ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -236,69 +292,80 @@ class MLLMAnswerer:
             scoring="option_probabilities" if self.reward == "gold_probability" else None,
         )
 
-    def _ask(
-        self,
-        qa: QAItem,
-        times: np.ndarray,
-        indices: list[int],
-        fps: float,
-        max_frames: int,
-        video_fingerprint: str,
-        seed: int | None,
-    ) -> dict[str, Any]:
-        frames = load_candidate_frames(
-            qa.video,
-            times,
-            indices,
-            self.frame_max_pixels,
-            fps=fps,
-            max_frames=max_frames,
-            frame_store=self.frame_store,
-            fingerprint=video_fingerprint,
-        )
-        shown = [float(times[i]) for i in indices]
-        record: dict[str, Any] = {
-            "id": qa.id,
-            "video_fingerprint": video_fingerprint,
-            "indices": indices,
-            "model": self.model_name,
-            "frame_max_pixels": self.frame_max_pixels,
-            "prompt": self._prompt,
-        }
-        if self.reward == "gold_probability":
-            scores = score_options(
-                self.mllm, qa.question, qa.options, list(frames), shown, frame_max_pixels=self.frame_max_pixels
+    def _ask(self, requests: Sequence[_Request], seed: int | None = None) -> list[dict[str, Any]]:
+        """Ask the model about ``requests`` in one backend call (one request when sampling); the cache records."""
+        shown = [[float(request.times[i]) for i in request.indices] for request in requests]
+        chats = [
+            answer_prompt(
+                request.qa.question,
+                list(request.qa.options),
+                list(self._frames(request)),
+                times,
+                frame_max_pixels=self.frame_max_pixels,
             )
-            self.stats.model_calls += 1
-            best = max(scores.probabilities, key=scores.probabilities.__getitem__)
-            return record | {
-                "letter": best,
-                "status": "ok",
-                "reply": "",
-                "probabilities": scores.probabilities,
-                "letter_mass": scores.letter_mass,
+            for request, times in zip(requests, shown, strict=True)
+        ]
+        self.stats.model_calls += len(requests)
+        records = [
+            {
+                "id": request.qa.id,
+                "video_fingerprint": request.fingerprint,
+                "indices": request.indices,
+                "model": self.model_name,
+                "frame_max_pixels": self.frame_max_pixels,
+                "prompt": self._prompt,
             }
+            for request in requests
+        ]
+        if self.reward == "gold_probability":
+            letters = [option_letters(len(request.qa.options)) for request in requests]
+            for record, scores in zip(records, self.mllm.option_probabilities_many(chats, letters), strict=True):
+                best = max(scores.probabilities, key=scores.probabilities.__getitem__)
+                record |= {"letter": best, "status": "ok", "reply": "", "probabilities": scores.probabilities,
+                           "letter_mass": scores.letter_mass}  # fmt: skip
+            return records
         generation = self.generation
         if self.sampling:
             if seed is None and generation.seed is not None:
                 seed = generation.seed + self.sampled_answers
             generation = replace(generation, seed=seed)
             self.sampled_answers += 1
-        parse, reply = answer_question(
-            self.mllm,
-            qa.question,
-            qa.options,
-            list(frames),
-            shown,
-            frame_max_pixels=self.frame_max_pixels,
-            generation=generation,
+        replies = self.mllm.chat_many(chats, generation) if len(chats) > 1 else [self.mllm.chat(chats[0], generation)]
+        for record, request, reply in zip(records, requests, replies, strict=True):
+            parse = parse_answer(reply, list(request.qa.options))
+            letter = parse.letter if parse.ok else None
+            if letter is None:
+                logger.debug(
+                    "item %s: no usable letter in the reply (%s): %r", request.qa.id, parse.status, reply[:200]
+                )
+            record |= {"letter": letter, "status": parse.status, "reply": reply}
+        return records
+
+    def _frames(self, request: _Request) -> np.ndarray:
+        return load_candidate_frames(
+            request.qa.video,
+            request.times,
+            request.indices,
+            self.frame_max_pixels,
+            fps=request.fps,
+            max_frames=request.max_frames,
+            frame_store=self.frame_store,
+            fingerprint=request.fingerprint,
         )
-        self.stats.model_calls += 1
-        letter = parse.letter if parse is not None and parse.ok else None
-        status = parse.status if parse is not None else "unparsed"
-        if letter is None:
-            logger.debug("item %s: no usable letter in the reply (%s): %r", qa.id, status, reply[:200])
-        return record | {"letter": letter, "status": status, "reply": reply}
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One answer to give: the item, its candidate grid, the chosen indices (sorted), the video's fingerprint and
+    the cache key (None when sampling)."""
+
+    qa: QAItem
+    times: np.ndarray
+    indices: list[int]
+    fps: float
+    max_frames: int
+    fingerprint: str
+    key: str | None
 
 
 def _as_list(indices: torch.Tensor | Sequence[int]) -> list[int]:

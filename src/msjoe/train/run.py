@@ -409,6 +409,7 @@ def train_stage1(
         # One answer cache per process: appends from several processes to one file would interleave.
         cache_path=run.output_dir / "answer_cache" / f"rank{run.accelerator.process_index}.jsonl",
         reward=config.trainer.answer_reward,
+        batch_size=config.trainer.answer_batch_size,
     )
     trainer = Stage1Trainer(sampler, answerer, config.trainer, accelerator=run.accelerator)
     if run.resume_from is not None:

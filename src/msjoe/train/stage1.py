@@ -139,6 +139,9 @@ class Stage1Config(ScheduledConfig):
     expected reward beat a sampled one by about +0.015 recall on the simulators, bench/RESULTS.md "Simulator
     family"; on real MLLMs it is unmeasured.) Needs a backend that reads next-token probabilities: transformers, or
     an OpenAI-compatible server that returns ``top_logprobs`` (vLLM, SGLang)."""
+    answer_batch_size: Annotated[int, AT_LEAST_1] = 8
+    """Answers the frozen MLLM gives in one call (a step's uncached draws are asked together: one left-padded forward
+    pass for ``gold_probability``, ``chat_many`` for ``correct``). Memory: one prefill of this many answer turns."""
     max_grad_norm: Annotated[float | None, POSITIVE] = 20.0
     """Clip the global gradient norm to this (None: no clipping). A safety net against rare large steps, not a
     normaliser: stage-1 gradient norms sit at 2-6 on the simulator, so a bound of 1 clipped every step (it scored the
