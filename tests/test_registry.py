@@ -23,6 +23,7 @@ def test_names_entries_and_an_unknown_name_listing_the_known_ones() -> None:
     assert registry.names() == ["a", "b"] and registry.get("a") is Alpha and "b" in registry and "c" not in registry
     with pytest.raises(ValueError, match=r"^unknown widget 'c'; choose one of: a, b$"):
         registry.get("c")
+    assert registry.names(sort=False) == ["b", "a"]  # the order they were added
 
 
 def test_a_taken_name_is_refused_unless_it_is_the_same_entry_again() -> None:

@@ -16,6 +16,7 @@ file's format, with invented texts.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import random
 import re
@@ -30,7 +31,7 @@ from msjoe.cli import app
 from msjoe.data.benchmarks import longvideobench, lvbench, mlvu, videomme
 from msjoe.data.schema import QAItem
 from msjoe.eval.predictions import read_predictions
-from msjoe.rules import available_rules, get_rules
+from msjoe.rules import available_rules, get_rules, register_rules
 from msjoe.rules.score import score_replies
 
 
@@ -62,6 +63,19 @@ def test_registry_defaults_are_the_current_official_code_and_cite_a_commit():
                 assert f"{source.repository} {source.path} @ {source.commit[:8]}" in rules.heading()
     with pytest.raises(ValueError, match="unknown rule set 'official' for mlvu; choose one of: mlvu, mlvu_video"):
         get_rules("mlvu", "official")
+    with pytest.raises(ValueError, match="no rule sets for benchmark 'mvbench'"):
+        get_rules("mvbench", "msjoe")
+
+
+def test_a_taken_rule_set_name_or_default_is_refused_and_the_same_rule_set_again_is_a_no_op():
+    official = get_rules("videomme")
+    assert register_rules(official, default=True) is official  # a module imported twice registers again
+    with pytest.raises(ValueError, match="videomme rule set 'videomme' is already registered"):
+        register_rules(dataclasses.replace(official, summary="another"))
+    with pytest.raises(ValueError, match="'videomme' already has a default rule set, 'videomme'"):
+        register_rules(dataclasses.replace(official, name="videomme_next"), default=True)
+    assert available_rules("videomme") == ["videomme", "videomme_legacy", "videomme_lmms_eval", "msjoe"]
+    assert get_rules("videomme") is official
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -480,6 +494,15 @@ def test_lmms_eval_samples_and_videomme_results_are_read(tmp_path):
                                         {"question_id": "001-1", "task_type": "Counting Problem", "answer": "C",
                                          "response": "Answer: C. Disappointed."}]}]))  # fmt: skip
     assert read_predictions(results) == {"001-1": "Answer: C. Disappointed."}
+
+
+def test_msjoe_prediction_ids_are_strings_or_integers_not_flags(tmp_path):
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text(json.dumps({"id": 7, "reply": "A"}) + "\n")
+    assert read_predictions(predictions) == {"7": "A"}
+    predictions.write_text(json.dumps({"id": True, "reply": "A"}) + "\n")
+    with pytest.raises(ValueError, match="field 'id' must be a string or an integer, got bool"):
+        read_predictions(predictions)
 
 
 def test_cli_score_writes_the_eval_reports_and_lists_unmatched_ids(tmp_path):

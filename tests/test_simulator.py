@@ -374,6 +374,12 @@ def test_stage1_resumes_exactly_from_its_state(tmp_path: Path) -> None:
         ({"estimator": "exact"}, "estimator"),
         ({"learning_rate": 0.0}, "learning_rate"),
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
+        ({"k": True}, "k must be an int >= 1, got True"),
+        ({"seed": -1}, "seed must be an int >= 0"),
+        ({"advantage_clip": float("inf")}, "advantage_clip must be a finite number > 0"),
+        ({"min_lr_ratio": 1.5}, r"min_lr_ratio must be a finite number in \[0, 1\]"),
+        ({"answer_batch_size": 0}, "answer_batch_size must be an int >= 1, got 0"),
+        ({"answer_reward": "greedy"}, r"answer_reward must be one of \('correct', 'gold_probability'\)"),
     ],
 )
 def test_stage1_config_rejects_bad_values(changes: dict, message: str) -> None:

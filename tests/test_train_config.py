@@ -65,7 +65,7 @@ def test_scientific_notation_without_dot_is_read_as_a_number(tmp_path: Path) -> 
         ({"stage": 1, "trainer": {"k": 8.5}}, "trainer.k must be an integer"),
         ({"stage": 1, "run": {"tensorboard": "yes"}}, "run.tensorboard must be true or false"),
         ({"stage": 1, "data": {"queries": "captions"}}, "data.queries must be one of ['mllm', 'question']"),
-        ({"stage": 1, "trainer": {"k": 0}}, "k must be a positive int"),
+        ({"stage": 1, "trainer": {"k": 0}}, "trainer: k must be an int >= 1, got 0"),
         ({"stage": 1, "trainer": 3}, "trainer must be a mapping"),
         ({"trainer": {}}, "add `stage: 1` or `stage: 2`"),
         ({"stage": 1, "run": {"mixed_precision": False}}, "quote it"),

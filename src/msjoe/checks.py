@@ -19,7 +19,17 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-__all__ = ["Bounds", "check_fields", "check_int", "check_sampling", "is_int", "is_number"]
+__all__ = [
+    "AT_LEAST_0",
+    "AT_LEAST_1",
+    "POSITIVE",
+    "Bounds",
+    "check_fields",
+    "check_int",
+    "check_sampling",
+    "is_int",
+    "is_number",
+]
 
 
 def is_int(value: object, kind: type = int) -> bool:
@@ -72,6 +82,11 @@ class Bounds:
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         return f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+AT_LEAST_0 = Bounds(0)
+AT_LEAST_1 = Bounds(1)
+POSITIVE = Bounds(0, low_open=True)
 
 
 def check_fields(instance: Any) -> None:

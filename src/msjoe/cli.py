@@ -485,31 +485,28 @@ def evaluate(
     from msjoe.devices import check_device
     from msjoe.distributed import launched_processes, on_every_process, process_device
     from msjoe.errors import MsjoeError
-    from msjoe.eval.harness import EvalConfig, is_run_fatal, run_eval
+    from msjoe.eval.harness import is_run_fatal, run_eval
     from msjoe.pipeline import PipelineConfig, VideoQA
 
-    is_http = mllm.startswith(("http://", "https://"))
     with launched_processes() as state:
         try:
             device = check_device(process_device(state, device))
-            mllm_options = http_options(
-                mllm, flag, model=model, timeout=timeout, max_retries=max_retries, api_key_env=api_key_env
+            mllm_options = _eval_mllm_options(
+                mllm, workers, model=model, timeout=timeout, max_retries=max_retries, api_key_env=api_key_env
             )
-            if workers > 1 and not is_http:
-                raise ValueError("--workers > 1 needs an HTTP --mllm: a local model answers one item at a time")
-            scoring: dict[str, object] = {"seed": seed, "rules": rules}
-            config = EvalConfig(
+            config = _eval_config(
                 benchmark=benchmark,
                 annotations=annotations,
                 videos=videos,
-                output_dir=out,
-                samplers=csv_list(sampler, "--sampler"),
-                budgets=csv_list(frames, "--frames", int),
-                sampler_checkpoint=str(sampler_checkpoint) if sampler_checkpoint else None,
+                out=out,
+                sampler=sampler,
+                frames=frames,
+                sampler_checkpoint=sampler_checkpoint,
                 limit=limit,
                 workers=workers,
                 retry_errors=retry_errors,
-                scoring=scoring,
+                seed=seed,
+                rules=rules,
                 run_info={"mllm": mllm, "model": model, "clip": clip},
             )
             pipeline = PipelineConfig(fps=fps, max_frames=max_frames, seed=seed, store_frames=store_frames)
@@ -544,8 +541,70 @@ def evaluate(
             raise fail(error) from error
     if as_json:
         typer.echo(json.dumps(entry))
-        _exit_if_items_failed(entry, config)
-        return
+    else:
+        _print_eval_scores(benchmark, entry, out)
+    _exit_if_items_failed(entry, config)
+
+
+def _eval_mllm_options(
+    mllm: str,
+    workers: int,
+    *,
+    model: str | None,
+    timeout: float | None,
+    max_retries: int | None,
+    api_key_env: str | None,
+) -> dict[str, object]:
+    """`msjoe eval`, step 1: the HTTP options given for --mllm (refused for a local model), and --workers > 1
+    refused for a local model, which answers one item at a time."""
+    mllm_options = http_options(
+        mllm, flag, model=model, timeout=timeout, max_retries=max_retries, api_key_env=api_key_env
+    )
+    if workers > 1 and not mllm.startswith(("http://", "https://")):
+        raise ValueError("--workers > 1 needs an HTTP --mllm: a local model answers one item at a time")
+    return mllm_options
+
+
+def _eval_config(
+    *,
+    benchmark: str,
+    annotations: str,
+    videos: Path | None,
+    out: Path,
+    sampler: str,
+    frames: str,
+    sampler_checkpoint: Path | None,
+    limit: int | None,
+    workers: int,
+    retry_errors: bool,
+    seed: int,
+    rules: str | None,
+    run_info: dict[str, str | None],
+) -> EvalConfig:
+    """`msjoe eval`, step 2: the harness's settings from the command's options (the comma-separated --sampler and
+    --frames parsed; ``run_info`` recorded in the report)."""
+    from msjoe.eval.harness import EvalConfig
+
+    scoring: dict[str, object] = {"seed": seed, "rules": rules}
+    return EvalConfig(
+        benchmark=benchmark,
+        annotations=annotations,
+        videos=videos,
+        output_dir=out,
+        samplers=csv_list(sampler, "--sampler"),
+        budgets=csv_list(frames, "--frames", int),
+        sampler_checkpoint=str(sampler_checkpoint) if sampler_checkpoint else None,
+        limit=limit,
+        workers=workers,
+        retry_errors=retry_errors,
+        scoring=scoring,
+        run_info=run_info,
+    )
+
+
+def _print_eval_scores(benchmark: str, entry: dict, out: Path) -> None:
+    """`msjoe eval`, last step without --json: the table of each sampler and K's headline score, the count of items
+    skipped for a missing video, and where the report is."""
     table = Table("sampler", "K", "metric", "score", "counted", "errors", title=escape(benchmark))
     for run in entry["runs"]:
         report = run["report"]
@@ -565,7 +624,6 @@ def evaluate(
     if entry["missing_items"]:
         console.print(f"{len(entry['missing_items'])} items skipped: their video is missing (listed in the report)")
     console.print(f"report: {escape(str(out / 'report.md'))}", soft_wrap=True)
-    _exit_if_items_failed(entry, config)
 
 
 def _exit_if_items_failed(entry: dict, config: EvalConfig) -> None:

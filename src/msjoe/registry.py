@@ -1,4 +1,4 @@
-"""One registry helper for the things users add by name: samplers, benchmarks, MLLM backends.
+"""One registry helper for the things users add by name: samplers, benchmarks, MLLM backends, scoring rule sets.
 
 A :class:`Registry` maps names to entries (classes or specs), refuses a name taken by another entry, and says
 which names exist when asked for an unknown one. Built-in entries whose modules are heavy can be registered lazily:
@@ -44,9 +44,11 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
-    def names(self) -> list[str]:
-        """Every registered name (lazy ones included), sorted."""
-        return sorted(set(self._entries) | set(self.lazy))
+    def names(self, *, sort: bool = True) -> list[str]:
+        """Every registered name (lazy ones included): sorted, or with ``sort=False`` in the order they were added
+        (lazy names not imported yet last)."""
+        added = [*self._entries, *(name for name in self.lazy if name not in self._entries)]
+        return sorted(added) if sort else added
 
     def get(self, name: str) -> T:
         """The entry of ``name`` (importing its module first if it is lazy)."""

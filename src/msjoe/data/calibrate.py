@@ -325,70 +325,29 @@ def calibrate(
     """
     state = processes if processes is not None else SingleProcess()
     output = Path(output)
-    world, rank = state.num_processes, state.process_index
+    world = state.num_processes
     if cache_path is None and world > 1:
         raise ValueError("several processes need an answer cache file on a shared file system (cache_path)")
     cache_file = Path(cache_path).expanduser() if cache_path is not None else None
 
     report = CalibrationReport(path=output)
-    todo: dict[int, QAItem] = {}  # position in `items` -> item to rate
-    for position, item in enumerate(items):
-        if item.difficulty is not None and not config.overwrite:
-            report.kept += 1
-        elif item.answer is None:
-            report.skipped.append(CalibrationSkip(item.id, item.video, "no answer letter: no pass rate", "no_answer"))
-        else:
-            todo[position] = item
-
-    def open_cache() -> ReplyCache:
-        if cache_file is None:
-            return ReplyCache(None)
-        if state.is_main_process and _merge_shards(cache_file):
-            logger.info("%s: merged the answer shards of an interrupted multi-process run", cache_file)
-        if world == 1:
-            return ReplyCache(cache_file)
-        return ReplyCache(_shard_path(cache_file, rank), also_read=[cache_file])
-
-    cache = main_process_first(state, open_cache, what="reading the answer cache")
+    todo = _items_to_rate(items, config, report)
+    cache = main_process_first(state, lambda: _open_answer_cache(cache_file, state), what="reading the answer cache")
     calibrator = _Calibrator(mllm, config, cache, frame_store)
     mine = my_share(state, list(todo.values()), lambda item: item.video_key)
 
     def answer_share() -> tuple[dict[tuple[str, str], CalibrationSkip], int, int]:
-        failed: dict[tuple[str, str], CalibrationSkip] = {}  # (source, id) -> why
-        pending: list[_Ask] = []
-        cached = 0
-        conditions = (False, True) if config.blind else (False,)
-        for item in mine:
-            try:
-                asks = [ask for blind in conditions for ask in calibrator.keys(item, blind=blind)]
-            except VideoError as err:
-                kind = type(err).__name__
-                failed[item.source, item.id] = CalibrationSkip(item.id, item.video, f"{kind}: {err}", kind)
-                continue
-            missing = [ask for ask in asks if ask.key not in cache]
-            cached += len(asks) - len(missing)
-            pending.extend(missing)
+        failed, pending, cached = _pending_asks(mine, calibrator, cache, config)
         with progress_bar(enabled=progress and state.is_main_process) as bar:
             whose = "" if world == 1 else f" (process 0 of {world})"
             task = bar.add_task(f"calibrating{whose}", total=len(pending))
-            start = 0
-            while start < len(pending):
-                batch = pending[start : start + config.batch_size]
-                start += len(batch)
-                batch = [ask for ask in batch if (ask.item.source, ask.item.id) not in failed]
-                try:
-                    calibrator.answer(batch)
-                except VideoError:  # find the item(s) at fault, answer the others one by one
-                    for ask in batch:
-                        try:
-                            calibrator.answer([ask])
-                        except VideoError as err:
-                            kind = type(err).__name__
-                            skip = CalibrationSkip(ask.item.id, ask.item.video, f"{kind}: {err}", kind)
-                            failed[ask.item.source, ask.item.id] = skip
-                bar.advance(task, len(batch))
+
+            def advance(count: int) -> None:
+                bar.advance(task, count)
                 if on_batch is not None:
-                    on_batch(len(batch))
+                    on_batch(count)
+
+            _answer_in_batches(pending, calibrator, config.batch_size, failed, advance)
         return failed, calibrator.calls, cached
 
     shares = all_results(state, on_every_process(state, answer_share, what="calibrating"))
@@ -400,46 +359,7 @@ def calibrate(
         if cache_file is not None:
             _merge_shards(cache_file)
         answers = ReplyCache(cache_file).records if cache_file is not None else cache.records
-        written, measured, blind_rates = [], [], []
-        for position, item in enumerate(items):
-            skip = failed.get((item.source, item.id)) if position in todo else None
-            if skip is not None:
-                report.skipped.append(skip)
-            if position not in todo or skip is not None:
-                written.append(item)
-                continue
-            rate, correct, count = _pass_rate(calibrator.keys(item, blind=False), answers, item)
-            meta = dict(item.meta)
-            meta["calibration"] = {
-                "k": config.k,
-                "model": calibrator.model,
-                "prompt": calibrator.prompt,
-                "answers": count,
-                "correct": correct,
-                "temperature": config.generation.temperature,
-                "seed": config.generation.seed if config.sampling else None,
-                "max_new_tokens": config.generation.max_new_tokens,
-                "fps": config.fps,
-                "max_frames": config.max_frames,
-                "frame_max_pixels": config.frame_max_pixels,
-            }
-            if config.blind:
-                blind_rate, blind_correct, blind_count = _pass_rate(calibrator.keys(item, blind=True), answers, item)
-                meta["blind"] = {
-                    "pass_rate": blind_rate,
-                    "answers": blind_count,
-                    "correct": blind_correct,
-                    "model": calibrator.model,
-                    "prompt": calibrator.prompt,
-                }
-                blind_rates.append(blind_rate)
-            measured.append(rate)
-            written.append(replace(item, difficulty=rate, meta=meta))
-        report.rated = len(measured)
-        if measured:
-            report.mean_difficulty = sum(measured) / len(measured)
-        if blind_rates:
-            report.mean_blind = sum(blind_rates) / len(blind_rates)
+        written = _rate_and_write(items, todo, failed, answers, calibrator, config, report)
         write_qa_jsonl(output, written, relative_to=output.parent)
         for skip in report.skipped:
             logger.warning("cannot rate item %s (video %s): %s", skip.id, skip.video, skip.reason)
@@ -447,6 +367,148 @@ def calibrate(
 
     result = on_every_process(state, lambda: finish() if state.is_main_process else None, what="writing the output")
     return all_results(state, result)[0]
+
+
+def _items_to_rate(items: Sequence[QAItem], config: CalibrationConfig, report: CalibrationReport) -> dict[int, QAItem]:
+    """Step 1: sort the items into kept (already rated, no ``overwrite``: counted in ``report.kept``), skipped (no
+    answer letter: added to ``report.skipped``) and to rate, returned by their position in ``items``."""
+    todo: dict[int, QAItem] = {}  # position in `items` -> item to rate
+    for position, item in enumerate(items):
+        if item.difficulty is not None and not config.overwrite:
+            report.kept += 1
+        elif item.answer is None:
+            report.skipped.append(CalibrationSkip(item.id, item.video, "no answer letter: no pass rate", "no_answer"))
+        else:
+            todo[position] = item
+    return todo
+
+
+def _open_answer_cache(cache_file: Path | None, state: Any) -> ReplyCache:
+    """Step 2: open the answer cache (in memory without a file). The main process first merges the shards an
+    interrupted multi-process run left; with several processes each appends to its own shard and reads the rest."""
+    if cache_file is None:
+        return ReplyCache(None)
+    if state.is_main_process and _merge_shards(cache_file):
+        logger.info("%s: merged the answer shards of an interrupted multi-process run", cache_file)
+    if state.num_processes == 1:
+        return ReplyCache(cache_file)
+    return ReplyCache(_shard_path(cache_file, state.process_index), also_read=[cache_file])
+
+
+def _pending_asks(
+    mine: Sequence[QAItem], calibrator: _Calibrator, cache: ReplyCache, config: CalibrationConfig
+) -> tuple[dict[tuple[str, str], CalibrationSkip], list[_Ask], int]:
+    """Step 3: the questions this process's items need asked (with frames and, with ``blind``, without), less those
+    already in the cache. Returns ``(failed, pending, cached)``: items whose video cannot be read, by ``(source,
+    id)``; the asks to make; how many answers the cache already held."""
+    failed: dict[tuple[str, str], CalibrationSkip] = {}  # (source, id) -> why
+    pending: list[_Ask] = []
+    cached = 0
+    conditions = (False, True) if config.blind else (False,)
+    for item in mine:
+        try:
+            asks = [ask for blind in conditions for ask in calibrator.keys(item, blind=blind)]
+        except VideoError as err:
+            kind = type(err).__name__
+            failed[item.source, item.id] = CalibrationSkip(item.id, item.video, f"{kind}: {err}", kind)
+            continue
+        missing = [ask for ask in asks if ask.key not in cache]
+        cached += len(asks) - len(missing)
+        pending.extend(missing)
+    return failed, pending, cached
+
+
+def _answer_in_batches(
+    pending: Sequence[_Ask],
+    calibrator: _Calibrator,
+    batch_size: int,
+    failed: dict[tuple[str, str], CalibrationSkip],
+    advance: Callable[[int], None],
+) -> None:
+    """Step 4: ask the model ``pending`` in batches of ``batch_size``, caching each answer. A batch with a frame
+    that fails is asked again one by one, so only the item at fault is added to ``failed`` (its later asks are
+    dropped); ``advance`` is told how many asks each batch settled."""
+    start = 0
+    while start < len(pending):
+        batch = list(pending[start : start + batch_size])
+        start += len(batch)
+        batch = [ask for ask in batch if (ask.item.source, ask.item.id) not in failed]
+        try:
+            calibrator.answer(batch)
+        except VideoError:  # find the item(s) at fault, answer the others one by one
+            for ask in batch:
+                try:
+                    calibrator.answer([ask])
+                except VideoError as err:
+                    kind = type(err).__name__
+                    skip = CalibrationSkip(ask.item.id, ask.item.video, f"{kind}: {err}", kind)
+                    failed[ask.item.source, ask.item.id] = skip
+        advance(len(batch))
+
+
+def _rate_and_write(
+    items: Sequence[QAItem],
+    todo: dict[int, QAItem],
+    failed: dict[tuple[str, str], CalibrationSkip],
+    answers: dict[str, dict[str, Any]],
+    calibrator: _Calibrator,
+    config: CalibrationConfig,
+    report: CalibrationReport,
+) -> list[QAItem]:
+    """Step 5 (main process): every item in its order, those rated with their pass rate and its provenance in
+    ``meta``; fills the report's skips, count and means."""
+    written, measured, blind_rates = [], [], []
+    for position, item in enumerate(items):
+        skip = failed.get((item.source, item.id)) if position in todo else None
+        if skip is not None:
+            report.skipped.append(skip)
+        if position not in todo or skip is not None:
+            written.append(item)
+            continue
+        rated, rate, blind_rate = _rated_item(item, answers, calibrator, config)
+        if blind_rate is not None:
+            blind_rates.append(blind_rate)
+        measured.append(rate)
+        written.append(rated)
+    report.rated = len(measured)
+    if measured:
+        report.mean_difficulty = sum(measured) / len(measured)
+    if blind_rates:
+        report.mean_blind = sum(blind_rates) / len(blind_rates)
+    return written
+
+
+def _rated_item(
+    item: QAItem, answers: dict[str, dict[str, Any]], calibrator: _Calibrator, config: CalibrationConfig
+) -> tuple[QAItem, float, float | None]:
+    """``item`` with its difficulty (the pass rate) and ``meta["calibration"]`` (and ``meta["blind"]``) recording
+    how it was measured; returns it with the pass rate and the blind pass rate (None without ``blind``)."""
+    rate, correct, count = _pass_rate(calibrator.keys(item, blind=False), answers, item)
+    meta = dict(item.meta)
+    meta["calibration"] = {
+        "k": config.k,
+        "model": calibrator.model,
+        "prompt": calibrator.prompt,
+        "answers": count,
+        "correct": correct,
+        "temperature": config.generation.temperature,
+        "seed": config.generation.seed if config.sampling else None,
+        "max_new_tokens": config.generation.max_new_tokens,
+        "fps": config.fps,
+        "max_frames": config.max_frames,
+        "frame_max_pixels": config.frame_max_pixels,
+    }
+    blind_rate = None
+    if config.blind:
+        blind_rate, blind_correct, blind_count = _pass_rate(calibrator.keys(item, blind=True), answers, item)
+        meta["blind"] = {
+            "pass_rate": blind_rate,
+            "answers": blind_count,
+            "correct": blind_correct,
+            "model": calibrator.model,
+            "prompt": calibrator.prompt,
+        }
+    return replace(item, difficulty=rate, meta=meta), rate, blind_rate
 
 
 def _pass_rate(asks: Sequence[_Ask], answers: dict[str, dict[str, Any]], item: QAItem) -> tuple[float, int, int]:

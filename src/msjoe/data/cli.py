@@ -10,13 +10,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from msjoe.cli_support import console, fail
 from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
 
 app = typer.Typer(
     help="Build a training set: import annotations, calibrate difficulty, filter, synthesise needles, split, inspect.",
     no_args_is_help=True,
 )
-console = Console(stderr=True)
 SHOWN = 10  # rejected rows / missing videos printed; the report files list them all
 
 QaFile = Annotated[Path, typer.Argument(help="QA JSONL (msjoe.data.schema).", show_default=False)]
@@ -24,14 +24,6 @@ OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Where to wri
 VideoRootOption = Annotated[
     Path | None, typer.Option("--video-root", help="Folder relative video paths are resolved against.")
 ]
-
-
-def _fail(error: Exception | str) -> typer.Exit:
-    from msjoe.distributed import PeerFailedError
-
-    if not isinstance(error, PeerFailedError):  # another process failed: it prints its own error
-        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
-    return typer.Exit(code=1)
 
 
 def _read(qa_file: Path, video_root: Path | None = None) -> list:
@@ -97,7 +89,7 @@ def import_command(
             details={"annotations": str(annotations), "video_root": None if video_root is None else str(video_root)},
         )
     except (ValueError, FileNotFoundError, FileFormatError, QAFormatError) as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     _listing("rejected rows", [f"{row.location}: {row.reason}" for row in result.skipped])
     _listing("missing videos", result.missing_videos)
     written = len(result.items) + (len(result.missing) if keep_missing else 0)
@@ -212,7 +204,7 @@ def calibrate_command(
                 progress=True,
             )
         except (MsjoeError, QAFormatError, ValueError, FileNotFoundError) as error:
-            raise _fail(error) from error
+            raise fail(error) from error
     if not state.is_main_process:
         return
     _listing("items not rated", [f"{s.id} ({s.video}): {s.reason}" for s in report.skipped])
@@ -285,7 +277,7 @@ def filter_command(
             ]
             write_text_atomically(removed, "".join(line + "\n" for line in lines))
     except (QAFormatError, ValueError, FileNotFoundError) as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     table = Table("rule", "checks", "removed", title=f"{report.total} items in, {len(report.kept)} kept")
     for result in report.rules:
         table.add_row(result.rule, escape(result.description), str(len(result.removed)))
@@ -328,7 +320,7 @@ def needle_command(
     try:
         width, height = (int(part) for part in size.lower().split("x"))
     except ValueError:
-        raise _fail(f"--size must be WIDTHxHEIGHT, e.g. 640x360, got {size!r}") from None
+        raise fail(f"--size must be WIDTHxHEIGHT, e.g. 640x360, got {size!r}") from None
     try:
         config = NeedleConfig(
             count=count,
@@ -343,7 +335,7 @@ def needle_command(
         )
         report = build_needles(_read(qa_file, video_root), out, config, haystack=haystack or (), progress=True)
     except (MsjoeError, QAFormatError, ValueError, FileNotFoundError) as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     _listing("source items not used", [f"{item_id}: {reason}" for item_id, reason in report.unusable])
     typer.echo(f"{len(report.items)} needle items ({report.encoded} videos encoded now) written to {report.path}")
 
@@ -366,7 +358,7 @@ def split_command(
         write_qa_jsonl(train, result.train, relative_to=train.parent)
         write_qa_jsonl(val, result.val, relative_to=val.parent)
     except (QAFormatError, ValueError, FileNotFoundError) as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     typer.echo(f"train: {len(result.train)} items, {result.train_videos} videos -> {train}")
     typer.echo(f"val: {len(result.val)} items, {result.val_videos} videos -> {val}")
 
@@ -387,7 +379,7 @@ def stats_command(
         title = ", ".join(path.name for path in qa_files)
         stats = write_stats(items, out, title=title) if out is not None else dataset_stats(items)
     except (QAFormatError, ValueError, FileNotFoundError) as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     table = Table("", "value", title=escape(title))
     for name, value in summary_rows(stats):
         table.add_row(escape(name), escape(value))

@@ -385,105 +385,147 @@ def run_eval(
     state = processes if processes is not None else SingleProcess()
     bench = get_benchmark(config.benchmark)
     out = Path(config.output_dir)
-
-    def load() -> LoadResult:
-        for name in config.samplers:  # fail on a bad sampler or checkpoint before any item runs
-            qa.sampler(name, config.sampler_checkpoint if name == "usampler" else None)
-        return loaded if loaded is not None else bench.load(config.annotations, config.videos)
-
-    result = on_every_process(state, load, what="loading the benchmark")
+    result = on_every_process(state, lambda: _load_items(qa, bench, config, loaded), what="loading the benchmark")
     items = result.items[: config.limit] if config.limit is not None else list(result.items)
     scoring = dict(config.scoring)
-    pipeline_settings = {
-        key: value for key, value in dataclasses.asdict(qa.config).items() if key not in ("k", "sampler")
-    }
-    pipeline_settings["sampler_checkpoint"] = None
-
-    def open_logs() -> dict[tuple[str, int], PredictionLog]:
-        logs = {}
-        for sampler in config.samplers:
-            for k in config.budgets:
-                path = predictions_path(out, bench.name, sampler, k)
-                log = PredictionLog(path)
-                if state.is_main_process and merge_shards(log):
-                    logger.info("%s: merged the shard files of an interrupted multi-process run", path)
-                settings = {
-                    **pipeline_settings,
-                    **dict(config.run_info),
-                    "benchmark": bench.name,
-                    "sampler": sampler,
-                    "k": k,
-                    "sampler_checkpoint": config.sampler_checkpoint if sampler == "usampler" else None,
-                }
-                _check_run_settings(path, json.loads(json.dumps(settings)), bool(log.records))
-                logs[sampler, k] = log
-        return logs
-
     # The main process merges old shards and records the settings first; then every process sees the same files,
     # and so the same pending items, before anyone writes again.
-    logs = main_process_first(state, open_logs, what="reading the prediction files")
-    rank, world = state.process_index, state.num_processes
+    logs = main_process_first(
+        state, lambda: _open_prediction_logs(qa, bench, config, state), what="reading the prediction files"
+    )
     # Whole videos per process, the same for every (sampler, K): a video is decoded and encoded by one process.
     mine = my_share(state, items, lambda item: item.video_key)
-    pending = {}
-    for key, log in logs.items():
-        done = log.done_ids(retry_errors=config.retry_errors)
-        pending[key] = [item for item in mine if item.id not in done]
+    pending = _pending_items(logs, mine, retry_errors=config.retry_errors)
 
     def answer_share() -> dict[tuple[str, int], list[str]]:
-        """Answer this process's pending items; the ids written, per (sampler, K)."""
-        written: dict[tuple[str, int], list[str]] = {key: [] for key in logs}
-        if not any(pending.values()):
-            return written
-        qa.mllm.check()  # a wrong server URL, model name or key stops here, not as an error line per item
-        writers = logs if world == 1 else {key: PredictionLog(shard_path(log.path, rank)) for key, log in logs.items()}
-        gate: FailureGate[dict[str, Any]] = FailureGate()
-
-        def write(records: Sequence[dict[str, Any]]) -> None:
-            for record in records:
-                writers[record["sampler"], record["k"]].append(record)
-                written[record["sampler"], record["k"]].append(record["id"])
-
-        with progress_bar(enabled=progress and state.is_main_process) as bar:
-            whose = "" if world == 1 else f" (process 0 of {world})"
-            task = bar.add_task(f"{bench.name}{whose}", total=sum(len(todo) for todo in pending.values()))
-            for (sampler, k), todo in pending.items():
-                bar.update(task, description=f"{bench.name} {sampler} K={k}{whose}")
-
-                def ask(item: QAItem, sampler: str = sampler, k: int = k) -> dict[str, Any]:
-                    return answer_item(
-                        qa,
-                        bench,
-                        item,
-                        sampler=sampler,
-                        k=k,
-                        sampler_checkpoint=config.sampler_checkpoint,
-                        scoring=scoring,
-                    )
-
-                for record in _answer_all(todo, ask, config.workers):
-                    write(gate.admit(record, record.get("error")))
-                    bar.advance(task)
-        write(gate.release())
-        return written
+        return _answer_pending(qa, bench, config, logs, pending, state, scoring=scoring, progress=progress)
 
     written = all_results(state, on_every_process(state, answer_share, what="answering benchmark items"))
 
     def finish() -> dict[str, Any]:
-        for log in logs.values():
-            merge_shards(log)
-        for process, ids in enumerate(written):  # a shard on a disk the main process cannot see is lost work
-            for key, answered in ids.items():
-                lost = [item_id for item_id in answered if item_id not in logs[key].records]
-                if lost:
-                    raise MsjoeError(
-                        f"process {process} answered {len(lost)} {key[0]} K={key[1]} items that are not in "
-                        f"{logs[key].path}: is {out} on a file system every process sees?"
-                    )
+        _merge_and_check_shards(logs, written, out)
         return _finish(bench, config, out, items, result, logs, scoring)
 
     entry = on_every_process(state, lambda: finish() if state.is_main_process else None, what="scoring")
     return all_results(state, entry)[0]
+
+
+def _load_items(qa: VideoQA, bench: BenchmarkSpec, config: EvalConfig, loaded: LoadResult | None) -> LoadResult:
+    """Step 1 (every process): build each sampler of the run, so a bad name or checkpoint fails before any item
+    runs; then load the benchmark's annotations (or take ``loaded``)."""
+    for name in config.samplers:
+        qa.sampler(name, config.sampler_checkpoint if name == "usampler" else None)
+    return loaded if loaded is not None else bench.load(config.annotations, config.videos)
+
+
+def _open_prediction_logs(
+    qa: VideoQA, bench: BenchmarkSpec, config: EvalConfig, state: Any
+) -> dict[tuple[str, int], PredictionLog]:
+    """Step 2: the prediction log of each (sampler, K). The main process merges the shards an interrupted
+    multi-process run left; each log's settings (the pipeline's, the run's models, the sampler and K) are checked
+    against those it was written with, and recorded for a new one."""
+    out = Path(config.output_dir)
+    pipeline_settings = {
+        key: value for key, value in dataclasses.asdict(qa.config).items() if key not in ("k", "sampler")
+    }
+    pipeline_settings["sampler_checkpoint"] = None
+    logs = {}
+    for sampler in config.samplers:
+        for k in config.budgets:
+            path = predictions_path(out, bench.name, sampler, k)
+            log = PredictionLog(path)
+            if state.is_main_process and merge_shards(log):
+                logger.info("%s: merged the shard files of an interrupted multi-process run", path)
+            settings = {
+                **pipeline_settings,
+                **dict(config.run_info),
+                "benchmark": bench.name,
+                "sampler": sampler,
+                "k": k,
+                "sampler_checkpoint": config.sampler_checkpoint if sampler == "usampler" else None,
+            }
+            _check_run_settings(path, json.loads(json.dumps(settings)), bool(log.records))
+            logs[sampler, k] = log
+    return logs
+
+
+def _pending_items(
+    logs: Mapping[tuple[str, int], PredictionLog], mine: Sequence[QAItem], *, retry_errors: bool
+) -> dict[tuple[str, int], list[QAItem]]:
+    """Step 3: per (sampler, K), this process's items its log has no answer for (nor an error, unless
+    ``retry_errors``)."""
+    pending = {}
+    for key, log in logs.items():
+        done = log.done_ids(retry_errors=retry_errors)
+        pending[key] = [item for item in mine if item.id not in done]
+    return pending
+
+
+def _answer_pending(
+    qa: VideoQA,
+    bench: BenchmarkSpec,
+    config: EvalConfig,
+    logs: Mapping[tuple[str, int], PredictionLog],
+    pending: Mapping[tuple[str, int], Sequence[QAItem]],
+    state: Any,
+    *,
+    scoring: Mapping[str, Any],
+    progress: bool,
+) -> dict[tuple[str, int], list[str]]:
+    """Step 4 (every process): answer this process's pending items, appending each record to its log (to this
+    process's shard of it when there are several) through the failure gate; the ids written, per (sampler, K)."""
+    rank, world = state.process_index, state.num_processes
+    written: dict[tuple[str, int], list[str]] = {key: [] for key in logs}
+    if not any(pending.values()):
+        return written
+    qa.mllm.check()  # a wrong server URL, model name or key stops here, not as an error line per item
+    writers = logs if world == 1 else {key: PredictionLog(shard_path(log.path, rank)) for key, log in logs.items()}
+    gate: FailureGate[dict[str, Any]] = FailureGate()
+
+    def write(records: Sequence[dict[str, Any]]) -> None:
+        for record in records:
+            writers[record["sampler"], record["k"]].append(record)
+            written[record["sampler"], record["k"]].append(record["id"])
+
+    with progress_bar(enabled=progress and state.is_main_process) as bar:
+        whose = "" if world == 1 else f" (process 0 of {world})"
+        task = bar.add_task(f"{bench.name}{whose}", total=sum(len(todo) for todo in pending.values()))
+        for (sampler, k), todo in pending.items():
+            bar.update(task, description=f"{bench.name} {sampler} K={k}{whose}")
+
+            def ask(item: QAItem, sampler: str = sampler, k: int = k) -> dict[str, Any]:
+                return answer_item(
+                    qa,
+                    bench,
+                    item,
+                    sampler=sampler,
+                    k=k,
+                    sampler_checkpoint=config.sampler_checkpoint,
+                    scoring=scoring,
+                )
+
+            for record in _answer_all(todo, ask, config.workers):
+                write(gate.admit(record, record.get("error")))
+                bar.advance(task)
+    write(gate.release())
+    return written
+
+
+def _merge_and_check_shards(
+    logs: Mapping[tuple[str, int], PredictionLog], written: Sequence[Mapping[tuple[str, int], list[str]]], out: Path
+) -> None:
+    """Step 5 (main process): merge every process's shard into its log, and raise ``MsjoeError`` when an answer a
+    process wrote is not there (a shard on a disk the main process cannot see is lost work)."""
+    for log in logs.values():
+        merge_shards(log)
+    for process, ids in enumerate(written):
+        for key, answered in ids.items():
+            lost = [item_id for item_id in answered if item_id not in logs[key].records]
+            if lost:
+                raise MsjoeError(
+                    f"process {process} answered {len(lost)} {key[0]} K={key[1]} items that are not in "
+                    f"{logs[key].path}: is {out} on a file system every process sees?"
+                )
 
 
 def _finish(

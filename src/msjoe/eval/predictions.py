@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from msjoe.checks import is_int
+
 # The field of an lmms-eval sample's ``doc`` that holds the item id msjoe's loaders give each benchmark's items
 # (lmms-eval's own dataset copies; ``--log_samples`` keeps every non-media field of the doc).
 LMMS_EVAL_ID_FIELDS = {
@@ -85,8 +87,8 @@ def _read_jsonl_predictions(path: Path, text: str, *, benchmark: str | None, id_
             if name not in record:
                 raise ValueError(f"{path}:{number}: field {name!r} is required")
         key, reply = record["id"], record["reply"]
-        if isinstance(key, bool) or not isinstance(key, str | int):
-            raise ValueError(f"{path}:{number}: field 'id' must be a string, got {type(key).__name__}")
+        if not (isinstance(key, str) or is_int(key)):
+            raise ValueError(f"{path}:{number}: field 'id' must be a string or an integer, got {type(key).__name__}")
         if not isinstance(reply, str):
             raise ValueError(f"{path}:{number}: field 'reply' must be a string, got {type(reply).__name__}")
         if str(key) in predictions:

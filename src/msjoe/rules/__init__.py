@@ -13,20 +13,22 @@ script means a new commit here, reviewed with its tests. The benchmark modules
 
 from __future__ import annotations
 
+from msjoe.registry import Registry
 from msjoe.rules.base import RuleSet, Source
 
-_REGISTRY: dict[tuple[str, str], RuleSet] = {}
+_REGISTRIES: dict[str, Registry[RuleSet]] = {}
+"""One registry per benchmark: a rule set's name is unique within its benchmark (each has an ``msjoe``)."""
 _DEFAULTS: dict[str, str] = {}
 
 
 def register_rules(rules: RuleSet, *, default: bool = False) -> RuleSet:
     """Make ``rules`` available as ``get_rules(rules.benchmark, rules.name)`` (and as the benchmark's default)."""
-    key = (rules.benchmark, rules.name)
-    if key in _REGISTRY:
-        raise ValueError(f"rule set {rules.name!r} of {rules.benchmark!r} is already registered")
-    if default and rules.benchmark in _DEFAULTS:
-        raise ValueError(f"{rules.benchmark!r} already has a default rule set, {_DEFAULTS[rules.benchmark]!r}")
-    _REGISTRY[key] = rules
+    held_default = _DEFAULTS.get(rules.benchmark)
+    if default and held_default not in (None, rules.name):
+        raise ValueError(f"{rules.benchmark!r} already has a default rule set, {held_default!r}")
+    if rules.benchmark not in _REGISTRIES:
+        _REGISTRIES[rules.benchmark] = Registry(f"{rules.benchmark} rule set")
+    _REGISTRIES[rules.benchmark].add(rules.name, rules)
     if default:
         _DEFAULTS[rules.benchmark] = rules.name
     return rules
@@ -34,22 +36,23 @@ def register_rules(rules: RuleSet, *, default: bool = False) -> RuleSet:
 
 def available_rules(benchmark: str) -> list[str]:
     """The rule sets of ``benchmark``: its default first, then the others in registration order."""
-    names = [name for bench, name in _REGISTRY if bench == benchmark]
+    if benchmark not in _REGISTRIES:
+        return []
     default = _DEFAULTS.get(benchmark)
+    names = _REGISTRIES[benchmark].names(sort=False)
     return ([default] if default else []) + [name for name in names if name != default]
 
 
 def get_rules(benchmark: str, name: str | None = None) -> RuleSet:
     """The rule set ``name`` of ``benchmark`` (``None``: its default, the benchmark's current official code)."""
-    if name is None:
-        if benchmark not in _DEFAULTS:
-            raise ValueError(f"no rule sets for benchmark {benchmark!r}")
-        name = _DEFAULTS[benchmark]
-    try:
-        return _REGISTRY[benchmark, name]
-    except KeyError:
-        known = ", ".join(available_rules(benchmark)) or "none"
-        raise ValueError(f"unknown rule set {name!r} for {benchmark}; choose one of: {known}") from None
+    if benchmark not in _REGISTRIES:
+        raise ValueError(f"no rule sets for benchmark {benchmark!r}")
+    if name is None and benchmark not in _DEFAULTS:
+        raise ValueError(f"{benchmark!r} has no default rule set; name one of: {', '.join(available_rules(benchmark))}")
+    if name is not None and name not in _REGISTRIES[benchmark]:  # listed default first, unlike Registry.get
+        known = ", ".join(available_rules(benchmark))
+        raise ValueError(f"unknown rule set {name!r} for {benchmark}; choose one of: {known}")
+    return _REGISTRIES[benchmark].get(_DEFAULTS[benchmark] if name is None else name)
 
 
 __all__ = ["RuleSet", "Source", "available_rules", "get_rules", "register_rules"]

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from msjoe.atomic import umask_file_mode
+from msjoe.checks import is_int, is_number
 from msjoe.errors import ModelLoadError
 from msjoe.samplers import policy, register_sampler
 from msjoe.samplers.base import Sampler, all_frames, check_similarity
@@ -129,13 +130,11 @@ class USamplerConfig:
             raise ValueError(f"kernel_size must be a positive odd number, got {self.kernel_size}")
         if self.level_stride < 2:
             raise ValueError(f"level_stride must be >= 2, got {self.level_stride}")
-        if isinstance(self.suppression, bool) or not (
-            isinstance(self.suppression, int | float) and math.isfinite(self.suppression) and self.suppression >= 0
-        ):
+        if not (is_number(self.suppression) and math.isfinite(self.suppression) and self.suppression >= 0):
             raise ValueError(f"suppression must be a finite number >= 0, got {self.suppression!r}")
         if self.inference_rule not in INFERENCE_RULES:
             raise ValueError(f"inference_rule must be one of {INFERENCE_RULES}, got {self.inference_rule!r}")
-        if self.nms_radius is not None and (isinstance(self.nms_radius, bool) or self.nms_radius < 0):
+        if self.nms_radius is not None and (not is_int(self.nms_radius) or self.nms_radius < 0):
             raise ValueError(f"nms_radius must be None or a non-negative integer, got {self.nms_radius!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
@@ -446,7 +445,7 @@ def _read_checkpoint(folder: Path) -> tuple[USamplerConfig, dict[str, torch.Tens
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{config_path} holds an invalid U-Sampler config: {exc}") from exc
     steps = meta.get("training_steps", 0)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if not is_int(steps) or steps < 0:
         raise ModelLoadError(f"{config_path} has an invalid training_steps {steps!r}")
     if not weights_path.is_file():
         raise ModelLoadError(f"U-Sampler checkpoint {folder} has no {WEIGHTS_FILE}")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
@@ -144,6 +144,18 @@ def create_app(service: VideoService, *, token: str | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     _add_error_handlers(app, service)
+    _add_security_headers(app)
+    _add_page_routes(app, service, token)
+    api = APIRouter(prefix="/api", dependencies=[Depends(_bearer_check(token))])
+    _add_video_routes(api, service)
+    _add_answer_routes(api, service)
+    app.include_router(api)
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    return app
+
+
+def _add_security_headers(app: FastAPI) -> None:
+    """Every response says not to sniff content types and not to send a referrer."""
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Any:
@@ -152,6 +164,10 @@ def create_app(service: VideoService, *, token: str | None = None) -> FastAPI:
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         return response
 
+
+def _bearer_check(token: str | None) -> Callable[..., None]:
+    """The dependency of every ``/api`` route: with a ``token``, a request must carry it as its bearer token
+    (compared in constant time), else it gets a 401."""
     bearer = HTTPBearer(auto_error=False, description="Needed when the server was started with a token.")
 
     # A default value, not Annotated: the annotation is a string here and `bearer` a local FastAPI cannot look up.
@@ -162,7 +178,11 @@ def create_app(service: VideoService, *, token: str | None = None) -> FastAPI:
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    api = APIRouter(prefix="/api", dependencies=[Depends(authorised)])
+    return authorised
+
+
+def _add_page_routes(app: FastAPI, service: VideoService, token: str | None) -> None:
+    """The routes outside ``/api``, open without a token: the page itself and ``/health``."""
 
     @app.get("/", include_in_schema=False)
     def page() -> HTMLResponse:
@@ -172,6 +192,10 @@ def create_app(service: VideoService, *, token: str | None = None) -> FastAPI:
     @app.get("/health", summary="Liveness, models and queue")
     def health() -> dict[str, Any]:
         return {**service.health(), "version": __version__, "auth": token is not None}
+
+
+def _add_video_routes(api: APIRouter, service: VideoService) -> None:
+    """``/api`` routes of videos and their indexing: the roots, registering a path or an upload, a video, a job."""
 
     @api.get("/roots", summary="Allowed video roots and the videos under them")
     def roots() -> list[dict[str, Any]]:
@@ -217,6 +241,10 @@ def create_app(service: VideoService, *, token: str | None = None) -> FastAPI:
             raise HTTPException(404, f"no job {job_id!r} (jobs are forgotten when the server restarts)")
         return found.to_dict()
 
+
+def _add_answer_routes(api: APIRouter, service: VideoService) -> None:
+    """``/api`` routes of questions: asking one, the past answers, one answer and its explain view."""
+
     @api.post("/ask", response_model=AnswerRecord, summary="Ask a question about an indexed video")
     def ask(request: AskRequest) -> dict[str, Any]:
         return service.ask(
@@ -239,10 +267,6 @@ def create_app(service: VideoService, *, token: str | None = None) -> FastAPI:
     @api.get("/answers/{answer_id}/explain", response_class=HTMLResponse, summary="The answer's explain view")
     def explain(answer_id: str) -> HTMLResponse:
         return HTMLResponse(service.answers.explain_html(answer_id), headers={"Content-Security-Policy": EXPLAIN_CSP})
-
-    app.include_router(api)
-    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-    return app
 
 
 def _add_error_handlers(app: FastAPI, service: VideoService) -> None:

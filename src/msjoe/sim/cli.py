@@ -11,11 +11,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from msjoe.cli_support import console, fail
+
 app = typer.Typer(
     help="Train and compare key-frame samplers on simulated items (built-in variants or your own simulator).",
     no_args_is_help=True,
 )
-console = Console(stderr=True)
 
 SimulatorOption = Annotated[
     str,
@@ -23,11 +24,6 @@ SimulatorOption = Annotated[
         "--simulator", help="A built-in variant (`msjoe sim list`) or module:factory (module may be a .py path)."
     ),
 ]
-
-
-def _fail(error: Exception | str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
-    return typer.Exit(code=1)
 
 
 @app.command("list")
@@ -74,7 +70,7 @@ def train_command(
             loaded, out, config=config, items_seed=items_seed, reward=reward, progress=progress, description=simulator
         )
     except (ValueError, OSError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     console.print(f"U-Sampler trained for {steps} steps on {escape(simulator)}: {escape(str(out))}")
 
 
@@ -114,7 +110,7 @@ def eval_command(
         evaluated = checked_items(loaded, items, items_seed)
         results = compare(selectors, evaluated, budgets)
     except (ValueError, OSError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
     reference = names[0]
     table = Table(

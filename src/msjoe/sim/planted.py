@@ -56,6 +56,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from msjoe.checks import is_int
 from msjoe.samplers.base import Sampler, check_similarity
 
 ItemKind = Literal["single", "multi_hop", "global"]
@@ -304,7 +305,7 @@ class SimulatedItem:
         most one evidence span. A dynamic programme over the bins tracks the distribution of the hit counts per
         span, capped at what each span needs (at most ``4^3`` states for the default config).
         """
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if not is_int(k) or k < 1:
             raise ValueError(f"frame budget k must be a positive integer, got {k!r}")
         num_frames = self.num_frames
         if k >= num_frames:

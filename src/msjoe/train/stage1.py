@@ -32,19 +32,20 @@ from __future__ import annotations
 import logging
 import math
 import time
+import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-from msjoe.checks import is_int
+from msjoe.checks import AT_LEAST_0, AT_LEAST_1, POSITIVE, Bounds, check_fields
 from msjoe.errors import NonFiniteLossError
 from msjoe.rl.losses import reinforce_loss
 from msjoe.rl.rewards import difficulty_advantage
-from msjoe.rl.schedule import LR_SCHEDULES, LRSchedule, lr_factor
+from msjoe.rl.schedule import LRSchedule, ScheduledConfig
 from msjoe.rl.seeding import derive_seed
-from msjoe.samplers.selection import ESTIMATORS
+from msjoe.samplers.selection import Estimator
 from msjoe.samplers.usampler import USampler
 from msjoe.train.trainer_base import TrainerBase
 
@@ -54,9 +55,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Baseline = Literal["none", "group_mean"]
-BASELINES = ("none", "group_mean")
+BASELINES: tuple[str, ...] = typing.get_args(Baseline)
 AnswerReward = Literal["correct", "gold_probability"]
-ANSWER_REWARDS = ("correct", "gold_probability")
+ANSWER_REWARDS: tuple[str, ...] = typing.get_args(AnswerReward)
 
 
 @runtime_checkable
@@ -92,43 +93,43 @@ class Answerer(Protocol):
 
 
 @dataclass
-class Stage1Config:
+class Stage1Config(ScheduledConfig):
     """Hyper-parameters of stage-1 sampler training (saved with checkpoints; see :meth:`to_dict`).
 
     The defaults are the recipe measured with ``bench/bench_simulator.py``; the runs that chose them (including the
     settings that diverged) are in bench/RESULTS.md.
     """
 
-    learning_rate: float = 1e-3
+    learning_rate: Annotated[float, POSITIVE] = 1e-3
     """AdamW peak learning rate."""
-    weight_decay: float = 0.0
+    weight_decay: Annotated[float, AT_LEAST_0] = 0.0
     """AdamW weight decay."""
     lr_schedule: LRSchedule = "cosine"
     """``"constant"`` or ``"cosine"`` (decay to ``min_lr_ratio`` of the peak over ``steps``); both after warmup.
     Cosine, because the runs that diverged did so in the second half at a constant rate (bench/RESULTS.md)."""
-    warmup_steps: int = 20
+    warmup_steps: Annotated[int, AT_LEAST_0] = 20
     """Linear warmup from 0 to ``learning_rate`` over this many steps."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: Annotated[float, Bounds(0, 1)] = 0.1
     """Final learning rate of the cosine schedule as a fraction of ``learning_rate``."""
-    entropy_coef: float = 0.0
+    entropy_coef: Annotated[float, AT_LEAST_0] = 0.0
     """Weight of an entropy bonus ``-entropy_coef * mean H(p)`` (nats) in the loss; 0 (default) is the paper's
     loss. It resists the collapse of ``p`` onto a few frames."""
-    steps: int = 600
+    steps: Annotated[int, AT_LEAST_0] = 600
     """Optimiser steps :meth:`Stage1Trainer.train` runs (also the length of the cosine schedule)."""
-    k: int = 16
+    k: Annotated[int, AT_LEAST_1] = 16
     """Frames drawn per rollout (the training budget; the items' difficulty should refer to it)."""
-    batch_size: int = 8
+    batch_size: Annotated[int, AT_LEAST_1] = 8
     """Items per optimiser step and process (the global batch is ``batch_size`` x the number of processes)."""
-    samples_per_item: int = 8
+    samples_per_item: Annotated[int, AT_LEAST_1] = 8
     """Draws of K frames per item, sharing one forward pass (G). The paper's form is 1. More draws cost little
     (one forward and backward pass per item whatever G) and give the group baseline a better mean."""
     baseline: Baseline = "group_mean"
     """``"none"`` (paper): the advantage is the difficulty-aware reward. ``"group_mean"``: minus the mean of the
     item's G advantages (needs ``samples_per_item >= 2``)."""
-    estimator: str = "plackett_luce"
+    estimator: Estimator = "plackett_luce"
     """``log P(selected frames)``: ``"plackett_luce"`` (exact for draws without replacement) or ``"independent"``
     (the paper's ``sum_k log p(x_k)``)."""
-    advantage_clip: float = 10.0
+    advantage_clip: Annotated[float, POSITIVE] = 10.0
     """``|A|`` bound of the difficulty-aware advantage (paper: A = 10 for c = 0)."""
     answer_reward: AnswerReward = "correct"
     """What ``msjoe train stage1`` asks the frozen MLLM: ``"correct"`` (paper): is its greedy answer from the drawn
@@ -138,66 +139,25 @@ class Stage1Config:
     expected reward beat a sampled one by about +0.015 recall on the simulators, bench/RESULTS.md "Simulator
     family"; on real MLLMs it is unmeasured.) Needs a backend that reads next-token probabilities: transformers, or
     an OpenAI-compatible server that returns ``top_logprobs`` (vLLM, SGLang)."""
-    answer_batch_size: int = 8
+    answer_batch_size: Annotated[int, AT_LEAST_1] = 8
     """Answers the frozen MLLM gives in one call (a step's uncached draws are asked together: one left-padded forward
     pass for ``gold_probability``, ``chat_many`` for ``correct``). Memory: one prefill of this many answer turns."""
-    max_grad_norm: float | None = 20.0
+    max_grad_norm: Annotated[float | None, POSITIVE] = 20.0
     """Clip the global gradient norm to this (None: no clipping). A safety net against rare large steps, not a
     normaliser: stage-1 gradient norms sit at 2-6 on the simulator, so a bound of 1 clipped every step (it scored the
     same on the validation variants; docs/decisions.md, "One policy")."""
-    seed: int = 0
+    seed: Annotated[int, AT_LEAST_0] = 0
     """Seeds the draws of frames (the trainer's own generator; the global RNG is not used)."""
-    log_interval: int = 10
+    log_interval: Annotated[int, AT_LEAST_0] = 10
     """Log the running means of the step statistics every this many steps; 0 disables logging."""
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        for name in ("steps", "k", "batch_size", "samples_per_item"):
-            value = getattr(self, name)
-            if not is_int(value) or value < (0 if name == "steps" else 1):
-                raise ValueError(
-                    f"{name} must be a {'non-negative' if name == 'steps' else 'positive'} int, got {value!r}"
-                )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
-        if not (math.isfinite(self.entropy_coef) and self.entropy_coef >= 0):
-            raise ValueError(f"entropy_coef must be >= 0, got {self.entropy_coef!r}")
-        if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        check_fields(self)  # every field's type and range, from its annotation
         if self.baseline == "group_mean" and self.samples_per_item < 2:
             raise ValueError("baseline='group_mean' needs samples_per_item >= 2 (a group of one has zero advantage)")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        if not is_int(self.answer_batch_size) or self.answer_batch_size < 1:
-            raise ValueError(f"answer_batch_size must be a positive int, got {self.answer_batch_size!r}")
-        if self.answer_reward not in ANSWER_REWARDS:
-            raise ValueError(f"answer_reward must be one of {ANSWER_REWARDS}, got {self.answer_reward!r}")
-        if not (math.isfinite(self.advantage_clip) and self.advantage_clip > 0):
-            raise ValueError(f"advantage_clip must be a positive number, got {self.advantage_clip!r}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be None or > 0, got {self.max_grad_norm!r}")
-        if not is_int(self.log_interval) or self.log_interval < 0:
-            raise ValueError(f"log_interval must be a non-negative int, got {self.log_interval!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def lr_factor(self, step: int) -> float:
-        """Multiplier of ``learning_rate`` for update number ``step`` (0-based)."""
-        return lr_factor(
-            step,
-            warmup_steps=self.warmup_steps,
-            total_steps=self.steps,
-            schedule=self.lr_schedule,
-            min_lr_ratio=self.min_lr_ratio,
-        )
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ import typing
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
-from msjoe.checks import Bounds, check_fields
+from msjoe.checks import AT_LEAST_0, AT_LEAST_1, POSITIVE, Bounds, check_fields
 from msjoe.frame_store import DEFAULT_MAX_PIXELS
 from msjoe.limits import MAX_QUERIES
 from msjoe.mllm.prompts import PREVIEW_MAX_PIXELS
 from msjoe.rl.advantages import SamplerAdvantageMode
 from msjoe.rl.rewards import DEFAULT_INFO_THRESHOLD, RewardWeights
-from msjoe.rl.schedule import LRSchedule, lr_factor
+from msjoe.rl.schedule import LRSchedule, ScheduledConfig
 from msjoe.samplers.selection import Estimator
 
 __all__ = ["FINETUNE_MODES", "LORA_TARGET_MODULES", "SAMPLER_ADVANTAGE_MODES", "VISION_MODULES", "Stage2Config"]
@@ -24,10 +24,6 @@ __all__ = ["FINETUNE_MODES", "LORA_TARGET_MODULES", "SAMPLER_ADVANTAGE_MODES", "
 Finetune = Literal["lora", "full"]
 FINETUNE_MODES: tuple[str, ...] = typing.get_args(Finetune)
 SAMPLER_ADVANTAGE_MODES: tuple[str, ...] = typing.get_args(SamplerAdvantageMode)
-
-AT_LEAST_0 = Bounds(0)
-AT_LEAST_1 = Bounds(1)
-POSITIVE = Bounds(0, low_open=True)
 
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """The attention and MLP projections of Qwen2/Llama-style language models."""
@@ -39,7 +35,7 @@ VISION_MODULES = ("visual", "vision_tower", "vision_model")
 # Configuration
 # --------------------------------------------------------------------------------------------------------------
 @dataclass
-class Stage2Config:
+class Stage2Config(ScheduledConfig):
     """Hyper-parameters of stage-2 joint training (saved with checkpoints; see :meth:`to_dict`).
 
     Values marked "paper" come from MSJoE; the others are ours and documented. Per-process quantities
@@ -163,16 +159,6 @@ class Stage2Config:
         data["lora_target_modules"] = list(self.lora_target_modules)
         data["frozen_modules"] = list(self.frozen_modules)
         return data
-
-    def lr_factor(self, step: int) -> float:
-        """Multiplier of both peak learning rates for update number ``step`` (0-based)."""
-        return lr_factor(
-            step,
-            warmup_steps=self.warmup_steps,
-            total_steps=self.steps,
-            schedule=self.lr_schedule,
-            min_lr_ratio=self.min_lr_ratio,
-        )
 
 
 def _names(value: Any, name: str, *, allow_empty: bool) -> tuple[str, ...]:
