@@ -26,6 +26,7 @@ from msjoe.data.calibrate import CalibrationConfig, calibrate, default_cache_pat
 from msjoe.data.schema import QAItem, read_qa_jsonl, write_qa_jsonl
 from msjoe.data.smoke import write_smoke_dataset
 from msjoe.mllm import GenerationConfig, load_mllm
+from msjoe.mllm.prompts import answer_prompt, option_letters
 from msjoe.pipeline import answer_question, load_frames
 from msjoe.train.answerer import MLLMAnswerer
 
@@ -122,6 +123,33 @@ def test_stage_one_answerer_finds_calibration_answers_in_the_shared_cache(
     outcome = answerer.answer_frames(smoke[0], grid, [1, 3, 6, 8], fps=1.0, max_frames=4096)
     assert outcome.cached and generate_calls == []
     assert outcome.letter == letter_by_hand(mllm, smoke[0], UNIFORM_K4)
+
+
+def test_gold_probability_difficulty_is_the_mean_gold_probability_shared_with_stage_one(
+    mllm: Any, smoke: list[QAItem], tmp_path: Path, generate_calls: list[int]
+) -> None:
+    """score="gold_probability": c is the gold letter's probability with the uniform frames (by hand), nothing is
+    decoded, and stage 1's answerer with the same reward reads those answers from the shared cache."""
+    cache = tmp_path / "answers.jsonl"
+    sampling = GenerationConfig(max_new_tokens=7, temperature=1.0)  # unused: nothing is decoded or sampled
+    config = CalibrationConfig(k=4, frame_max_pixels=PIXELS, batch_size=2, score="gold_probability", overwrite=True,
+                               samples=3, generation=sampling)  # fmt: skip
+    report = calibrate(smoke, tmp_path / "rated.jsonl", mllm=mllm, config=config, cache_path=cache)
+    assert generate_calls == [] and report.model_calls == 4 and report.rated == 4  # one answer each: not sampled
+    written = read_qa_jsonl(tmp_path / "rated.jsonl")
+    for item in written:
+        frames = list(load_frames(item.video, UNIFORM_K4, PIXELS))
+        chat = answer_prompt(item.question, list(item.options), frames, UNIFORM_K4, frame_max_pixels=PIXELS)
+        expected = mllm.option_probabilities(chat, option_letters(len(item.options))).probabilities[item.answer]
+        assert item.difficulty == pytest.approx(expected, abs=1e-4) and 0 < item.difficulty < 1
+        assert item.meta["calibration"]["score"] == "gold_probability"
+
+    answerer = MLLMAnswerer(mllm, frame_max_pixels=PIXELS, cache_path=cache, reward="gold_probability")
+    grid = [0.5 + i for i in range(10)]
+    outcome = answerer.answer_frames(written[0], grid, [1, 3, 6, 8], fps=1.0, max_frames=4096)
+    assert outcome.cached and outcome.gold_probability == written[0].difficulty
+    with pytest.raises(ValueError, match="score must be"):
+        CalibrationConfig(k=4, score="likelihood")  # type: ignore[arg-type]
 
 
 def test_batches_go_to_the_model_together(

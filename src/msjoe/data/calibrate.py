@@ -17,6 +17,11 @@ Several processes (``accelerate launch`` / ``torchrun``, one model per GPU, as `
 items of every N-th video into its own cache file ``<cache>.rank<R>.jsonl``; the main process then moves those
 lines into the cache and writes the output. Shards left by an interrupted run are merged by the next one.
 
+With ``score="gold_probability"`` an item's ``c`` is instead the MLLM's mean probability of the gold letter as
+the first reply token (:meth:`msjoe.mllm.MLLM.option_probabilities`, one forward pass, nothing decoded): the
+difficulty that matches stage 1's ``answer_reward: gold_probability``. Those answers are cached under the keys
+stage 1's answerer uses, so a stage-1 draw of the uniform frames is already answered.
+
 Each rated item records what produced its ``c`` in ``meta["calibration"]`` (``k``, ``model``, ``prompt``,
 ``answers``, ``correct``, the sampling and frame settings); the blind rate goes to ``meta["blind"]``.
 """
@@ -29,7 +34,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -40,8 +45,9 @@ from msjoe.distributed import SingleProcess, all_results, main_process_first, my
 from msjoe.errors import MsjoeError, VideoError
 from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore
 from msjoe.mllm import MLLM, GenerationConfig
+from msjoe.mllm.base import require_option_probabilities
 from msjoe.mllm.parsing import parse_answer
-from msjoe.mllm.prompts import answer_prompt
+from msjoe.mllm.prompts import answer_prompt, option_letters
 from msjoe.pipeline import load_frames
 from msjoe.progress import progress_bar
 from msjoe.samplers.uniform import uniform_indices
@@ -68,6 +74,8 @@ class CalibrationConfig:
             answerability filter.
         overwrite: re-rate items that already have a difficulty (their answers still come from the cache).
         model_id: names the model in cache keys and records; ``None``: :func:`~msjoe.data.replies.describe_mllm`.
+        score: ``"correct"`` (paper): the pass rate of decoded answers. ``"gold_probability"``: the mean probability
+            of the gold letter (one forward pass per answer; ``samples`` and the decoding settings are unused).
     """
 
     k: int
@@ -80,6 +88,7 @@ class CalibrationConfig:
     blind: bool = False
     overwrite: bool = False
     model_id: str | None = None
+    score: Literal["correct", "gold_probability"] = "correct"
 
     def __post_init__(self) -> None:
         for name in ("k", "samples", "max_frames", "frame_max_pixels", "batch_size"):
@@ -88,10 +97,12 @@ class CalibrationConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps must be a finite number > 0, got {self.fps!r}")
+        if self.score not in ("correct", "gold_probability"):
+            raise ValueError(f"score must be 'correct' or 'gold_probability', got {self.score!r}")
 
     @property
     def sampling(self) -> bool:
-        return self.generation.temperature > 0
+        return self.generation.temperature > 0 and self.score == "correct"
 
     @property
     def draws(self) -> int:
@@ -219,15 +230,18 @@ class _Calibrator:
                     "top_p": config.generation.top_p,
                     "seed": seed,
                 }
+            scoring = config.score == "gold_probability"
             key = answer_key(
                 item,
                 video_fingerprint=fingerprint,
                 chosen_timestamps=times,
                 model=self.model,
                 frame_max_pixels=config.frame_max_pixels,
-                max_new_tokens=config.generation.max_new_tokens,
+                # as stage 1's answerer keys a gold probability: nothing is decoded
+                max_new_tokens=0 if scoring else config.generation.max_new_tokens,
                 prompt=self.prompt,
                 sampling=sampling,
+                scoring="option_probabilities" if scoring else None,
             )
             asks.append(_Ask(item, key, times, indices, seed, fingerprint, (config.fps, config.max_frames)))
         return asks
@@ -258,26 +272,39 @@ class _Calibrator:
                     frame_max_pixels=self.config.frame_max_pixels,
                 )
             )
-        replies = self._replies(chats, [ask.seed for ask in asks])
         self.calls += len(asks)
+        if self.config.score == "gold_probability":
+            letters = [option_letters(len(ask.item.options)) for ask in asks]
+            for ask, scores in zip(asks, self.mllm.option_probabilities_many(chats, letters), strict=True):
+                self.cache.put(ask.key, self._record(ask) | {
+                    "letter": max(scores.probabilities, key=scores.probabilities.__getitem__),
+                    "status": "ok",
+                    "reply": "",
+                    "probabilities": scores.probabilities,
+                    "letter_mass": scores.letter_mass,
+                })  # fmt: skip
+            return
+        replies = self._replies(chats, [ask.seed for ask in asks])
         for ask, reply in zip(asks, replies, strict=True):
             parse = parse_answer(reply, ask.item.options)
             self.cache.put(
                 ask.key,
-                {
-                    "id": ask.item.id,
-                    "video_fingerprint": ask.fingerprint,
-                    "indices": ask.indices,
-                    "chosen_timestamps": ask.times,
-                    "model": self.model,
-                    "frame_max_pixels": self.config.frame_max_pixels,
-                    "prompt": self.prompt,
-                    "seed": ask.seed,
-                    "letter": parse.letter if parse.ok else None,
-                    "status": parse.status,
-                    "reply": reply,
-                },
+                self._record(ask)
+                | {"letter": parse.letter if parse.ok else None, "status": parse.status, "reply": reply},
             )
+
+    def _record(self, ask: _Ask) -> dict[str, Any]:
+        """What every cached answer records besides the answer itself."""
+        return {
+            "id": ask.item.id,
+            "video_fingerprint": ask.fingerprint,
+            "indices": ask.indices,
+            "chosen_timestamps": ask.times,
+            "model": self.model,
+            "frame_max_pixels": self.config.frame_max_pixels,
+            "prompt": self.prompt,
+            "seed": ask.seed,
+        }
 
     def _replies(self, chats: list, seeds: list[int | None]) -> list[str]:
         generation = self.config.generation
@@ -330,6 +357,8 @@ def calibrate(
         raise ValueError("several processes need an answer cache file on a shared file system (cache_path)")
     cache_file = Path(cache_path).expanduser() if cache_path is not None else None
 
+    if config.score == "gold_probability":
+        require_option_probabilities(mllm, "score 'gold_probability'")
     report = CalibrationReport(path=output)
     todo = _items_to_rate(items, config, report)
     cache = main_process_first(state, lambda: _open_answer_cache(cache_file, state), what="reading the answer cache")
@@ -497,6 +526,7 @@ def _rated_item(
         "fps": config.fps,
         "max_frames": config.max_frames,
         "frame_max_pixels": config.frame_max_pixels,
+        "score": config.score,
     }
     blind_rate = None
     if config.blind:
@@ -520,4 +550,8 @@ def _pass_rate(asks: Sequence[_Ask], answers: dict[str, dict[str, Any]], item: Q
             "process sees?"
         )
     correct = sum(answers[ask.key].get("letter") == item.answer for ask in asks)
+    records = [answers[ask.key] for ask in asks]
+    if all(isinstance(record.get("probabilities"), dict) for record in records):  # score="gold_probability"
+        rate = sum(float(record["probabilities"].get(item.answer, 0.0)) for record in records) / len(records)
+        return rate, correct, len(asks)
     return correct / len(asks), correct, len(asks)

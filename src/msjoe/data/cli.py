@@ -123,6 +123,14 @@ def calibrate_command(
     ] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first sampled answer.")] = 0,
     blind: Annotated[bool, typer.Option("--blind", help="Also measure the pass rate with no frames.")] = False,
+    score: Annotated[
+        str,
+        typer.Option(
+            "--score",
+            help="correct: the pass rate of decoded answers (paper); gold_probability: the mean probability of the "
+            "gold letter (one forward pass each; for stage 1's answer_reward gold_probability).",
+        ),
+    ] = "correct",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Chats sent to the model at once.", min=1)] = 8,
     fps: Annotated[float, typer.Option("--fps", help="Candidate frames per second (as in training).", min=1e-6)] = (
         DEFAULT_FPS
@@ -186,6 +194,7 @@ def calibrate_command(
                 batch_size=batch_size,
                 blind=blind,
                 overwrite=overwrite,
+                score=score,
             )
             options = (
                 {"model": model} if is_http else {"device": check_device(process_device(state, device)), "dtype": dtype}

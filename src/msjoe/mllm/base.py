@@ -147,3 +147,12 @@ class MLLM(ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def require_option_probabilities(mllm: MLLM, why: str) -> None:
+    """Raise ``ValueError`` (naming ``why`` it is needed) when ``mllm``'s backend cannot score option letters."""
+    if type(mllm).option_probabilities is MLLM.option_probabilities:
+        raise ValueError(
+            f"{why} needs the model's next-token probabilities, which the {type(mllm).__name__} backend does not "
+            "give; use the transformers backend or an OpenAI-compatible server with top_logprobs"
+        )

@@ -28,6 +28,7 @@ from msjoe.data.replies import ReplyCache, VideoFingerprints, answer_key, descri
 from msjoe.data.schema import QAItem
 from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore
 from msjoe.mllm import MLLM, GenerationConfig
+from msjoe.mllm.base import require_option_probabilities
 from msjoe.mllm.parsing import parse_answer
 from msjoe.mllm.prompts import answer_prompt, option_letters
 from msjoe.samplers.uniform import uniform_indices
@@ -135,11 +136,8 @@ class MLLMAnswerer:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if reward not in ANSWER_REWARDS:
             raise ValueError(f"reward must be one of {ANSWER_REWARDS}, got {reward!r}")
-        if reward == "gold_probability" and type(mllm).option_probabilities is MLLM.option_probabilities:
-            raise ValueError(
-                f"reward 'gold_probability' needs the model's next-token probabilities, which the "
-                f"{type(mllm).__name__} backend does not give; use the transformers backend or reward 'correct'"
-            )
+        if reward == "gold_probability":
+            require_option_probabilities(mllm, "reward 'gold_probability'")
         self.mllm = mllm
         self.frame_max_pixels = frame_max_pixels
         self.frame_store = frame_store
