@@ -240,3 +240,52 @@ def test_index_under_torchrun_splits_the_videos_and_reports_once(
     # Both shares landed in the shared cache: one process alone now finds every video cached.
     code, out = run("index", *videos, "--clip", tiny_clip_dir, "--cache-dir", cache)
     assert code == 0 and "0 indexed, 2 already cached, 0 failed" in out
+
+
+_HELP_IMPORTS_NOTHING_HEAVY = """
+import sys
+
+import typer
+from typer.testing import CliRunner
+
+from msjoe.cli import app
+
+def command_paths(command, path=()):
+    yield path
+    for name, sub in getattr(command, "commands", {}).items():  # a group (typer ships its own click)
+        yield from command_paths(sub, (*path, name))
+
+paths = list(command_paths(typer.main.get_command(app)))
+assert len(paths) > 10, paths  # the walk reached the sub-apps (train, data, sim), not only the top level
+runner = CliRunner()
+for path in paths:
+    result = runner.invoke(app, [*path, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output, (path, result.output)
+heavy = ("torch", "torchvision", "transformers", "peft", "matplotlib", "httpx")
+heavy = sorted(name for name in heavy if name in sys.modules)
+assert not heavy, f"--help imported {heavy}"
+print(len(paths))
+"""
+
+
+def test_help_of_every_command_imports_no_heavy_library() -> None:
+    # A fresh interpreter: this test process has long since imported torch. `--help` must stay quick, so each
+    # command imports torch, transformers and the like inside its body, never at module level.
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _HELP_IMPORTS_NOTHING_HEAVY], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) > 10
+
+
+def test_console_script_help_works() -> None:
+    import shutil
+    import sys
+
+    script = Path(sys.executable).with_name("msjoe")
+    command = [str(script)] if script.exists() else [shutil.which("msjoe") or "msjoe"]
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: msjoe" in result.stdout and "index" in result.stdout and "train" in result.stdout

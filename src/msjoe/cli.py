@@ -17,8 +17,9 @@ from msjoe.cli_score import score as score_command
 from msjoe.cli_support import console, csv_list, fail, flag
 from msjoe.data.cli import app as data_app
 from msjoe.eval.explain_cli import explain_run as explain_command
+from msjoe.mllm import DEFAULT_HTTP_MAX_RETRIES as DEFAULT_MAX_RETRIES
+from msjoe.mllm import DEFAULT_HTTP_TIMEOUT as DEFAULT_TIMEOUT
 from msjoe.mllm import http_options
-from msjoe.mllm.http_backend import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from msjoe.serve.cli import serve as serve_command
 from msjoe.sim.cli import app as sim_app
 from msjoe.train.cli import app as train_app
