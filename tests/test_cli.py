@@ -289,3 +289,41 @@ def test_console_script_help_works() -> None:
     result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Usage: msjoe" in result.stdout and "index" in result.stdout and "train" in result.stdout
+
+
+@pytest.mark.parametrize(("option", "expected"), [(None, "float32"), ("bfloat16", "bfloat16"), ("auto", "float32")])
+def test_index_loads_the_encoder_in_the_dtype_asked(
+    option: str | None,
+    expected: str,
+    videos: list[Path],
+    tiny_clip_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from msjoe.features import DualEncoder
+
+    loaded: list[DualEncoder] = []
+    real_load = DualEncoder.from_pretrained.__func__
+
+    def recording_load(cls: type[DualEncoder], *args, **kwargs) -> DualEncoder:
+        loaded.append(real_load(cls, *args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(DualEncoder, "from_pretrained", classmethod(recording_load))
+    dtype_args = [] if option is None else ["--dtype", option]
+    cache = tmp_path / "cache"
+    code, out = run("index", videos[0], "--clip", tiny_clip_dir, "--cache-dir", cache, "--workers", "0", *dtype_args)
+    assert code == 0, out
+    assert [encoder.dtype for encoder in loaded] == [getattr(torch, expected)]  # the tiny CLIP is saved in float32
+    assert "1 indexed, 0 already cached, 0 failed" in out
+
+
+def test_index_refuses_an_unknown_dtype_before_loading(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    code, out = run(
+        "index", tmp_path / "missing.mp4", "--clip", tiny_clip_dir, "--dtype", "float8", "--cache-dir", tmp_path
+    )
+    assert code == 1
+    assert "--dtype must be one of auto, float32, bfloat16, float16, got 'float8'" in " ".join(out.split())
+    assert "--dtype" in run("index", "--help")[1]
