@@ -192,3 +192,50 @@ def test_workers_start_without_rerunning_the_parents_main_script(tmp_path: Path)
     )
     subprocess.run([sys.executable, str(script)], check=True, timeout=120)
     assert marker.read_text().split() == ["__main__"]  # not also "__mp_main__" in the worker
+
+
+def test_a_video_that_kills_its_worker_fails_alone(
+    clip: DualEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import _crashing_decode_worker
+
+    monkeypatch.setattr(msjoe.decode_worker, "run", _crashing_decode_worker.run)
+    good = [write_video(tmp_path / f"v{i}.mp4", duration=6.0 + i, fps=8, size=(96, 64), gop=8) for i in range(3)]
+    crash = write_video(tmp_path / "crash.mp4", duration=9.0, fps=8, size=(96, 64), gop=8)
+    # Probes fine, then fails in the worker: the header promises 8 s, the frames stop half-way.
+    full = write_video(tmp_path / "full.mkv", duration=8.0, fps=8, size=(96, 64), gop=8)
+    truncated = tmp_path / "truncated.mkv"
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    # Damaged in the middle: decoding stops with an error part-way.
+    garbled = tmp_path / "garbled.mp4"
+    data = bytearray(write_video(tmp_path / "whole.mp4", duration=10.0, fps=8, size=(96, 64), gop=8).read_bytes())
+    third = len(data) // 3
+    data[third : 2 * third] = bytes(third)
+    garbled.write_bytes(bytes(data))
+    paths = [good[0], crash, good[1], truncated, garbled, good[2]]
+    cache = FeatureCache(tmp_path / "cache")
+    store = FrameStore.for_cache(cache, max_pixels=STORE_PIXELS)
+
+    report = index_videos(paths, clip, cache, fps=FPS, batch_size=4, frame_store=store, workers=2)
+
+    failures = {f.path: f for f in report.failed}
+    assert {path: f.error_type for path, f in failures.items()} == {
+        str(crash): "DecoderCrashedError",
+        str(truncated): "CorruptVideoError",
+        str(garbled): "CorruptVideoError",
+    }
+    assert failures[str(crash)].message.startswith(f"{crash}: the process decoding it died (killed by SIGKILL)")
+    assert "header says the video lasts 8.000 s" in failures[str(truncated)].message
+    assert str(garbled) in failures[str(garbled)].message and "decoding failed" in failures[str(garbled)].message
+    assert sorted(report.indexed) == sorted(str(v) for v in good)
+    for video in good:  # decoded again from the start after the crash, yet equal to sequential indexing
+        expected = cache.put(expected_key(clip, video), index_video(video, clip, fps=FPS, batch_size=4))
+        assert torch.equal(entry(cache, clip, video).embeddings, expected.embeddings)
+        times = candidate_timestamps(probe(video), FPS)
+        frames = store.read(video, times, STORE_PIXELS, fps=FPS)
+        assert [read_frame_index(f) for f in frames] == [int(t * 8.0) for t in times]
+    for bad in (crash, truncated, garbled):
+        assert entry(cache, clip, bad) is None and not store.has(bad, fps=FPS)
+    assert [p.name for p in store.root.rglob("*") if p.is_file() and not p.name.endswith(".safetensors")] == []
+    with pytest.raises(msjoe.errors.DecoderCrashedError, match=r"crash\.mp4: the process decoding it died"):
+        index_video(crash, clip, fps=FPS, batch_size=4, workers=2)
