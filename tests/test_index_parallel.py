@@ -13,7 +13,7 @@ import msjoe.index
 from msjoe.cache import CacheKey, FeatureCache, fingerprint
 from msjoe.features import DualEncoder
 from msjoe.frame_store import FrameStore
-from msjoe.index import index_video, index_videos
+from msjoe.index import index_video, index_videos, worker_segments
 from msjoe.synthetic_video import read_frame_index, write_video
 from msjoe.video import candidate_timestamps, probe
 
@@ -65,18 +65,26 @@ def test_parallel_indexing_equals_sequential_indexing(long_video: Path, clip: Du
     assert [read_frame_index(f) for f in frames] == [int(t * 10.0) for t in parallel.timestamps]
 
 
-def test_segments_are_runs_of_whole_batches_covering_every_candidate(long_video: Path, clip: DualEncoder) -> None:
-    job = msjoe.index._Job(0, str(long_video), FPS, 4096)
-    job.prepare()
-    indexer = msjoe.index._Indexer(clip, None, None, BATCH, threads=1, on_frames=None)
+def test_segments_are_runs_of_whole_batches_covering_every_candidate(
+    long_video: Path, clip: DualEncoder, tmp_path: Path
+) -> None:
+    timestamps = candidate_timestamps(probe(long_video), FPS)
+    store = FrameStore(tmp_path, max_pixels=STORE_PIXELS)
     for workers in (1, 3, 4, 20):
-        segments = indexer._segments(job, workers, threads=1)
+        segments = worker_segments(long_video, clip, workers=workers, fps=FPS, batch_size=BATCH, frame_store=store)
         assert len(segments) == min(workers, 10)
         assert all(len(s.timestamps) % BATCH == 0 for s in segments[:-1])
         assert [s.first_batch * BATCH for s in segments] == np.cumsum([0] + [len(s.timestamps) for s in segments])[
             :-1
         ].tolist()
-        assert np.array_equal(np.concatenate([s.timestamps for s in segments]), job.timestamps)
+        assert np.array_equal(np.concatenate([s.timestamps for s in segments]), timestamps)
+        assert {(s.encoder_size, s.store_size) for s in segments} == {
+            (clip.frame_size, store.frame_size(probe(long_video)))
+        }
+    # Decoding them as the workers do gives every candidate once (what bench/gpu_suite.py times).
+    assert sum(msjoe.decode_worker.count_frames(s) for s in segments) == len(timestamps)
+    with pytest.raises(ValueError, match="workers"):
+        worker_segments(long_video, clip, workers=0)
 
 
 def test_many_videos_with_a_bad_one(clip: DualEncoder, tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ from msjoe.video import (
     probe,
 )
 
-__all__ = ["IndexFailure", "IndexReport", "default_workers", "index_video", "index_videos"]
+__all__ = ["IndexFailure", "IndexReport", "default_workers", "index_video", "index_videos", "worker_segments"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,35 @@ def index_video(
                 raise outcome
             return outcome
         return _index_in_process(job, encoder, cache, frame_store, batch_size, threads, on_frames)
+
+
+def worker_segments(
+    path: str | Path,
+    encoder: DualEncoder,
+    *,
+    workers: int,
+    fps: float = DEFAULT_FPS,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    batch_size: int = 64,
+    threads: int = 0,
+    frame_store: FrameStore | None = None,
+) -> list[decode_worker.Segment]:
+    """The segments :func:`index_video` with ``workers`` hands its decoding processes for ``path``: frames at the
+    encoder's size, plus the frame store's JPEGs when ``frame_store`` is given, in runs of whole batches.
+
+    For timing decoding alone, as the workers do it (:func:`msjoe.decode_worker.count_frames` on each segment,
+    in that many processes), or for looking at the split. Probes the video; decodes nothing. ``threads``: FFmpeg
+    threads per segment (0: the cores shared among the workers, as indexing does).
+    """
+    _check_sampling(fps, max_frames, batch_size)
+    _check_workers(workers, threads)
+    check_int("workers", workers, minimum=1)
+    job = _Job(0, str(path), fps, max_frames)
+    job.prepare()
+    if frame_store is not None:
+        job.store_key = frame_store.key(path, fps=fps, max_frames=max_frames)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    return _Indexer(encoder, None, frame_store, batch_size, threads, None)._segments(job, workers, threads)
 
 
 @dataclass(frozen=True)
