@@ -196,8 +196,11 @@ def index(
         except (MsjoeError, ValueError) as error:  # per-video errors are in the report; these stop the whole batch
             raise fail(error) from error
         report = IndexReport.combine(all_results(state, report))
-    if state.is_main_process:  # one line per failure, unwrapped, so the paths can be copied
-        console.print(report.summary(), soft_wrap=True, markup=False, highlight=False)
+    # Only the main process reports and sets the exit status: another one ending with an error would have the
+    # launcher (torchrun, accelerate) stop the main process, on a busy machine before it has printed the report.
+    if not state.is_main_process:
+        return
+    console.print(report.summary(), soft_wrap=True, markup=False, highlight=False)  # unwrapped: paths can be copied
     if report.failed:
         raise typer.Exit(code=1)
 
