@@ -239,7 +239,6 @@ def test_index_under_torchrun_splits_the_videos_and_reports_once(
     # ... through the main process alone: had process 1 ended with an error too, torchrun would stop the main process
     # on seeing it, on a loaded machine before the main process had printed the report (a flaky test). Process 1
     # may still be listed, stopped by torchrun (SIGTERM) once the main process has ended.
-    assert re.search(r"rank\s*: 0 \(local_rank: 0\)\s*exitcode\s*: 1 ", output), output
     assert not re.search(r"rank\s*: 1 \(local_rank: 1\)\s*exitcode\s*: 1 ", output), output
     assert output.count("2 indexed, 0 already cached, 1 failed") == 1, output  # the main process reports all shares
     assert "missing.mp4" in output
