@@ -66,7 +66,7 @@ from msjoe.cache import FeatureCache
 from msjoe.data.schema import QAItem
 from msjoe.features import DualEncoder
 from msjoe.frame_store import FrameStore
-from msjoe.index import _Indexer, _Job, index_videos
+from msjoe.index import index_videos, worker_segments
 from msjoe.mllm import MLLM, GenerationConfig, Message
 from msjoe.mllm.prompts import answer_prompt
 from msjoe.mllm.transformers_backend import TransformersMLLM
@@ -75,7 +75,7 @@ from msjoe.samplers import get_sampler
 from msjoe.train.answerer import DEFAULT_ANSWER_GENERATION
 from msjoe.train.examples import TrainExample
 from msjoe.train.stage2 import Rollout, Stage2Config, Stage2Trainer
-from msjoe.video import iter_frames
+from msjoe.video import candidate_timestamps, iter_frames, probe
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 SECTIONS = ("index", "ask", "answering", "usampler", "stage2")
@@ -188,9 +188,9 @@ def real_size_clip(device: torch.device, dtype: torch.dtype) -> DualEncoder:
     """CLIP ViT-L/14 (openai/clip-vit-large-patch14), random weights, its image processor, a smoke-test tokenizer."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from msjoe.tiny_models.clip import _train_clip_tokenizer
+    from msjoe.tiny_models.clip import train_clip_tokenizer
 
-    tokenizer = _train_clip_tokenizer()
+    tokenizer = train_clip_tokenizer()
     config = _config("clip_vit_large_patch14")
     ids = tokenizer.convert_tokens_to_ids
     # The smoke tokenizer's ids (< 49408: the embedding keeps its size); eos != 2 keeps CLIP's EOS-token pooling.
@@ -221,9 +221,9 @@ def real_size_qwen(device: torch.device, dtype: torch.dtype, attn_implementation
         Qwen2VLVideoProcessor,
     )
 
-    from msjoe.tiny_models.qwen import CHAT_TEMPLATE, END_OF_TEXT, _train_tokenizer
+    from msjoe.tiny_models.qwen import CHAT_TEMPLATE, END_OF_TEXT, train_qwen_tokenizer
 
-    tokenizer = _train_tokenizer(400)
+    tokenizer = train_qwen_tokenizer(400)
     ids = tokenizer.convert_tokens_to_ids
     config = _config("qwen2_5_vl_7b_instruct")
     config.update(
@@ -292,18 +292,17 @@ def make_video(suite: Suite) -> Path:
 def section_index(suite: Suite) -> dict[str, Any]:
     args, device = suite.args, suite.device
     suite.video = suite.video or make_video(suite)
-    job = _Job(0, str(suite.video), 1.0, 4096)
-    job.prepare()
-    frames = len(job.timestamps)
-    hours = job.info.duration / 3600
-    out: dict[str, Any] = {"video_seconds": job.info.duration, "candidates": frames, "workers": args.workers}
+    info = probe(suite.video)
+    timestamps = candidate_timestamps(info, fps=1.0, max_frames=4096)
+    frames = len(timestamps)
+    hours = info.duration / 3600
+    out: dict[str, Any] = {"video_seconds": info.duration, "candidates": frames, "workers": args.workers}
     store = FrameStore(suite.work / "decode-only")
-    job.store_key = store.key(suite.video)
 
     # Decoding alone: the workers' segments (encoder size + JPEGs at the store's size), nothing encoded.
-    indexer = _Indexer(suite.encoder, None, store, 64, threads=0, on_frames=None)
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
-    segments = indexer._segments(job, args.workers, threads)
+    segments = worker_segments(
+        suite.video, suite.encoder, workers=args.workers, fps=1.0, max_frames=4096, frame_store=store
+    )
 
     def decode_only() -> int:
         context = multiprocessing.get_context("spawn")
@@ -317,7 +316,7 @@ def section_index(suite: Suite) -> dict[str, Any]:
     record: dict[str, Any] = {}
 
     # Encoding alone: one real batch of decoded frames, encoded as many times as the video has batches.
-    batch = next(iter_frames(suite.video, job.timestamps[:64], suite.encoder.frame_size))
+    batch = next(iter_frames(suite.video, timestamps[:64], suite.encoder.frame_size))
     batches = math.ceil(frames / len(batch))
     suite.encoder.encode_images(batch)  # warm-up (kernels, device preprocessing check)
     with peak_memory(device, record):

@@ -96,3 +96,24 @@ def test_tiny_suite_runs_every_section(tmp_path: Path) -> None:
 def test_unknown_sections_are_rejected(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         gpu_suite.parse_args(argv)
+
+
+def test_the_suite_uses_no_private_names_of_msjoe() -> None:
+    """The suite times msjoe through its public API, so refactoring msjoe's internals cannot break it unseen."""
+    import ast
+
+    tree = ast.parse((BENCH / "gpu_suite.py").read_text())
+    private = [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("msjoe")
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
+    private += [
+        ast.unparse(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+        and isinstance(node.value, ast.Name) and node.value.id in {"msjoe", "decode_worker", "index"}
+    ]  # fmt: skip
+    assert private == []

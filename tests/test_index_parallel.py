@@ -13,7 +13,7 @@ import msjoe.index
 from msjoe.cache import CacheKey, FeatureCache, fingerprint
 from msjoe.features import DualEncoder
 from msjoe.frame_store import FrameStore
-from msjoe.index import index_video, index_videos
+from msjoe.index import index_video, index_videos, worker_segments
 from msjoe.synthetic_video import read_frame_index, write_video
 from msjoe.video import candidate_timestamps, probe
 
@@ -65,18 +65,26 @@ def test_parallel_indexing_equals_sequential_indexing(long_video: Path, clip: Du
     assert [read_frame_index(f) for f in frames] == [int(t * 10.0) for t in parallel.timestamps]
 
 
-def test_segments_are_runs_of_whole_batches_covering_every_candidate(long_video: Path, clip: DualEncoder) -> None:
-    job = msjoe.index._Job(0, str(long_video), FPS, 4096)
-    job.prepare()
-    indexer = msjoe.index._Indexer(clip, None, None, BATCH, threads=1, on_frames=None)
+def test_segments_are_runs_of_whole_batches_covering_every_candidate(
+    long_video: Path, clip: DualEncoder, tmp_path: Path
+) -> None:
+    timestamps = candidate_timestamps(probe(long_video), FPS)
+    store = FrameStore(tmp_path, max_pixels=STORE_PIXELS)
     for workers in (1, 3, 4, 20):
-        segments = indexer._segments(job, workers, threads=1)
+        segments = worker_segments(long_video, clip, workers=workers, fps=FPS, batch_size=BATCH, frame_store=store)
         assert len(segments) == min(workers, 10)
         assert all(len(s.timestamps) % BATCH == 0 for s in segments[:-1])
         assert [s.first_batch * BATCH for s in segments] == np.cumsum([0] + [len(s.timestamps) for s in segments])[
             :-1
         ].tolist()
-        assert np.array_equal(np.concatenate([s.timestamps for s in segments]), job.timestamps)
+        assert np.array_equal(np.concatenate([s.timestamps for s in segments]), timestamps)
+        assert {(s.encoder_size, s.store_size) for s in segments} == {
+            (clip.frame_size, store.frame_size(probe(long_video)))
+        }
+    # Decoding them as the workers do gives every candidate once (what bench/gpu_suite.py times).
+    assert sum(msjoe.decode_worker.count_frames(s) for s in segments) == len(timestamps)
+    with pytest.raises(ValueError, match="workers"):
+        worker_segments(long_video, clip, workers=0)
 
 
 def test_many_videos_with_a_bad_one(clip: DualEncoder, tmp_path: Path) -> None:
@@ -192,3 +200,50 @@ def test_workers_start_without_rerunning_the_parents_main_script(tmp_path: Path)
     )
     subprocess.run([sys.executable, str(script)], check=True, timeout=120)
     assert marker.read_text().split() == ["__main__"]  # not also "__mp_main__" in the worker
+
+
+def test_a_video_that_kills_its_worker_fails_alone(
+    clip: DualEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import _crashing_decode_worker
+
+    monkeypatch.setattr(msjoe.decode_worker, "run", _crashing_decode_worker.run)
+    good = [write_video(tmp_path / f"v{i}.mp4", duration=6.0 + i, fps=8, size=(96, 64), gop=8) for i in range(3)]
+    crash = write_video(tmp_path / "crash.mp4", duration=9.0, fps=8, size=(96, 64), gop=8)
+    # Probes fine, then fails in the worker: the header promises 8 s, the frames stop half-way.
+    full = write_video(tmp_path / "full.mkv", duration=8.0, fps=8, size=(96, 64), gop=8)
+    truncated = tmp_path / "truncated.mkv"
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    # Damaged in the middle: decoding stops with an error part-way.
+    garbled = tmp_path / "garbled.mp4"
+    data = bytearray(write_video(tmp_path / "whole.mp4", duration=10.0, fps=8, size=(96, 64), gop=8).read_bytes())
+    third = len(data) // 3
+    data[third : 2 * third] = bytes(third)
+    garbled.write_bytes(bytes(data))
+    paths = [good[0], crash, good[1], truncated, garbled, good[2]]
+    cache = FeatureCache(tmp_path / "cache")
+    store = FrameStore.for_cache(cache, max_pixels=STORE_PIXELS)
+
+    report = index_videos(paths, clip, cache, fps=FPS, batch_size=4, frame_store=store, workers=2)
+
+    failures = {f.path: f for f in report.failed}
+    assert {path: f.error_type for path, f in failures.items()} == {
+        str(crash): "DecoderCrashedError",
+        str(truncated): "CorruptVideoError",
+        str(garbled): "CorruptVideoError",
+    }
+    assert failures[str(crash)].message.startswith(f"{crash}: the process decoding it died (killed by SIGKILL)")
+    assert "header says the video lasts 8.000 s" in failures[str(truncated)].message
+    assert str(garbled) in failures[str(garbled)].message and "decoding failed" in failures[str(garbled)].message
+    assert sorted(report.indexed) == sorted(str(v) for v in good)
+    for video in good:  # decoded again from the start after the crash, yet equal to sequential indexing
+        expected = cache.put(expected_key(clip, video), index_video(video, clip, fps=FPS, batch_size=4))
+        assert torch.equal(entry(cache, clip, video).embeddings, expected.embeddings)
+        times = candidate_timestamps(probe(video), FPS)
+        frames = store.read(video, times, STORE_PIXELS, fps=FPS)
+        assert [read_frame_index(f) for f in frames] == [int(t * 8.0) for t in times]
+    for bad in (crash, truncated, garbled):
+        assert entry(cache, clip, bad) is None and not store.has(bad, fps=FPS)
+    assert [p.name for p in store.root.rglob("*") if p.is_file() and not p.name.endswith(".safetensors")] == []
+    with pytest.raises(msjoe.errors.DecoderCrashedError, match=r"crash\.mp4: the process decoding it died"):
+        index_video(crash, clip, fps=FPS, batch_size=4, workers=2)

@@ -17,8 +17,9 @@ from msjoe.cli_score import score as score_command
 from msjoe.cli_support import console, csv_list, fail, flag
 from msjoe.data.cli import app as data_app
 from msjoe.eval.explain_cli import explain_run as explain_command
+from msjoe.mllm import DEFAULT_HTTP_MAX_RETRIES as DEFAULT_MAX_RETRIES
+from msjoe.mllm import DEFAULT_HTTP_TIMEOUT as DEFAULT_TIMEOUT
 from msjoe.mllm import http_options
-from msjoe.mllm.http_backend import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from msjoe.serve.cli import serve as serve_command
 from msjoe.sim.cli import app as sim_app
 from msjoe.train.cli import app as train_app
@@ -141,6 +142,15 @@ def index(
             show_default=False,
         ),
     ] = None,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype",
+            help="Encoder weights dtype: float32, bfloat16, float16, or auto (the dtype saved with the checkpoint). "
+            "bfloat16/float16 halve the encoder's memory (faster on GPUs). The cache does not record it: videos "
+            "already cached are skipped, whatever dtype they were encoded in.",
+        ),
+    ] = "float32",
 ) -> None:
     """Decode candidate frames and cache their CLIP embeddings. Resumable: cached videos are skipped.
 
@@ -153,17 +163,19 @@ def index(
     from msjoe.devices import check_device
     from msjoe.distributed import all_results, launched_processes, my_share, on_every_process, process_device
     from msjoe.errors import MsjoeError
-    from msjoe.features import DualEncoder
+    from msjoe.features import ENCODER_DTYPES, DualEncoder
     from msjoe.frame_store import FrameStore
     from msjoe.index import IndexReport, default_workers, index_videos
 
+    if dtype not in ENCODER_DTYPES:  # before any process starts or any weights load
+        raise fail(f"--dtype must be one of {', '.join(ENCODER_DTYPES)}, got {dtype!r}")
     with launched_processes() as state:
         try:
             device = check_device(process_device(state, device))
             share = my_share(state, _video_files(videos), lambda path: str(path.expanduser().resolve()))
             encoder, cache = on_every_process(
                 state,
-                lambda: (DualEncoder.from_pretrained(clip, device=device), FeatureCache(cache_dir)),
+                lambda: (DualEncoder.from_pretrained(clip, device=device, dtype=dtype), FeatureCache(cache_dir)),
                 what="loading the encoder",
             )
             report = on_every_process(
@@ -184,8 +196,11 @@ def index(
         except (MsjoeError, ValueError) as error:  # per-video errors are in the report; these stop the whole batch
             raise fail(error) from error
         report = IndexReport.combine(all_results(state, report))
-    if state.is_main_process:  # one line per failure, unwrapped, so the paths can be copied
-        console.print(report.summary(), soft_wrap=True, markup=False, highlight=False)
+    # Only the main process reports and sets the exit status: another one ending with an error would have the
+    # launcher (torchrun, accelerate) stop the main process, on a busy machine before it has printed the report.
+    if not state.is_main_process:
+        return
+    console.print(report.summary(), soft_wrap=True, markup=False, highlight=False)  # unwrapped: paths can be copied
     if report.failed:
         raise typer.Exit(code=1)
 

@@ -119,8 +119,17 @@ def without_main_module() -> Iterator[None]:
             setattr(main, name, value)
 
 
-def run(tasks: Any, results: Any) -> None:
-    """A worker's loop: decode segments from ``tasks`` until ``None``; a bad video is reported, not raised."""
+IDLE = -1
+"""The value of a worker's ``busy`` marker between segments."""
+
+
+def run(tasks: Any, results: Any, busy: Any = None) -> None:
+    """A worker's loop: decode segments from ``tasks`` until ``None``; a bad video is reported, not raised.
+
+    ``busy`` (a shared ``multiprocessing.Value``, optional) holds the job of the segment being decoded, else
+    :data:`IDLE`. It is shared memory, written before decoding starts, so when this process dies (FFmpeg crashing
+    on a damaged file, the out-of-memory killer) the parent still learns which video it was decoding; a message
+    on the queue could be lost with the process."""
     while True:
         try:
             segment = tasks.get()
@@ -128,10 +137,15 @@ def run(tasks: Any, results: Any) -> None:
             return
         if segment is None:
             return
+        if busy is not None:
+            busy.value = segment.job
         try:
             decode_segment(segment, results.put)
         except Exception as error:  # reported to the parent, which records the video as failed and goes on
             results.put((FAILED, segment.job, _picklable(error)))
+        finally:
+            if busy is not None:
+                busy.value = IDLE
 
 
 def _picklable(error: Exception) -> Exception:
@@ -147,6 +161,7 @@ def _picklable(error: Exception) -> Exception:
 __all__ = [
     "FAILED",
     "FRAMES",
+    "IDLE",
     "SEGMENT_DONE",
     "Segment",
     "count_frames",

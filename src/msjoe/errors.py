@@ -34,6 +34,10 @@ class UnsupportedCodecError(VideoError):
     """The video stream's codec has no decoder in this FFmpeg build."""
 
 
+class DecoderCrashedError(VideoError):
+    """The worker process decoding the video died (a crash in FFmpeg on this file, or killed for lack of memory)."""
+
+
 # --- feature cache -----------------------------------------------------------------------------------------
 class CacheError(MsjoeError):
     """The feature cache cannot be read or written (the entry itself is rebuilt, not reported).

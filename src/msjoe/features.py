@@ -53,12 +53,17 @@ def _as_embedding(output: Any) -> torch.Tensor:
     raise TypeError(f"get_*_features returned {type(output).__name__} without a pooler_output tensor")
 
 
-def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
+ENCODER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""The weight dtypes :meth:`DualEncoder.from_pretrained` takes by name (``"auto"``: the checkpoint's own)."""
+
+
+def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """A ``torch.dtype``, or ``"auto"`` (which transformers reads as the dtype saved with the checkpoint)."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     parsed = getattr(torch, str(dtype), None)
     if not isinstance(parsed, torch.dtype):
-        raise ValueError(f"dtype must be a torch dtype or its name ('float32', 'bfloat16', ...), got {dtype!r}")
+        raise ValueError(f"dtype must be one of {', '.join(ENCODER_DTYPES)} or a torch.dtype, got {dtype!r}")
     return parsed
 
 
@@ -134,7 +139,8 @@ class DualEncoder:
                 a folder holding ``config.json``, weights and the processor files.
             revision: hub branch, tag or commit; ignored for local folders.
             device: where the model runs (``"auto"``: CUDA when available); embeddings are always returned on CPU.
-            dtype: the model's weights dtype (``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``).
+            dtype: the model's weights dtype (``"float32"``, ``"bfloat16"``, ``"float16"``, a ``torch.dtype``, or
+                ``"auto"``: the dtype saved with the checkpoint).
 
         Raises:
             ModelLoadError: missing folder, a folder without a model, a model that is not a dual encoder, no

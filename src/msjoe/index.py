@@ -19,7 +19,9 @@ decoded (and JPEG-encoded for the store) by that many worker processes (:mod:`ms
 here, batch by batch as they arrive, while the workers go on decoding. A bounded queue keeps at most ``2 x workers``
 batches of frames in memory; the store's JPEGs are written in candidate order as soon as their predecessors are, so
 only batches that arrive early wait. The result equals sequential indexing exactly: the same frames in the same
-encoder batches, the same cache and store entries.
+encoder batches, the same cache and store entries. A bad video is reported by its own path and error, and the others
+are indexed: whether it fails in this process (probing), in a worker (decoding), or kills its worker process (then
+the video fails with :class:`~msjoe.errors.DecoderCrashedError` and the unfinished others are decoded again).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import math
 import multiprocessing
 import os
 import queue
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -43,7 +46,7 @@ import torch
 from msjoe import decode_worker
 from msjoe.cache import CacheKey, FeatureCache, FrameFeatures, fingerprint
 from msjoe.checks import check_int, check_sampling
-from msjoe.errors import CacheError, ModelLoadError
+from msjoe.errors import CacheError, DecoderCrashedError, ModelLoadError
 from msjoe.features import DualEncoder
 from msjoe.frame_store import EntryWriter, FrameStore, FrameStoreKey, encode_jpegs
 from msjoe.progress import progress_bar
@@ -56,7 +59,7 @@ from msjoe.video import (
     probe,
 )
 
-__all__ = ["IndexFailure", "IndexReport", "default_workers", "index_video", "index_videos"]
+__all__ = ["IndexFailure", "IndexReport", "default_workers", "index_video", "index_videos", "worker_segments"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +126,35 @@ def index_video(
                 raise outcome
             return outcome
         return _index_in_process(job, encoder, cache, frame_store, batch_size, threads, on_frames)
+
+
+def worker_segments(
+    path: str | Path,
+    encoder: DualEncoder,
+    *,
+    workers: int,
+    fps: float = DEFAULT_FPS,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    batch_size: int = 64,
+    threads: int = 0,
+    frame_store: FrameStore | None = None,
+) -> list[decode_worker.Segment]:
+    """The segments :func:`index_video` with ``workers`` hands its decoding processes for ``path``: frames at the
+    encoder's size, plus the frame store's JPEGs when ``frame_store`` is given, in runs of whole batches.
+
+    For timing decoding alone, as the workers do it (:func:`msjoe.decode_worker.count_frames` on each segment,
+    in that many processes), or for looking at the split. Probes the video; decodes nothing. ``threads``: FFmpeg
+    threads per segment (0: the cores shared among the workers, as indexing does).
+    """
+    _check_sampling(fps, max_frames, batch_size)
+    _check_workers(workers, threads)
+    check_int("workers", workers, minimum=1)
+    job = _Job(0, str(path), fps, max_frames)
+    job.prepare()
+    if frame_store is not None:
+        job.store_key = frame_store.key(path, fps=fps, max_frames=max_frames)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    return _Indexer(encoder, None, frame_store, batch_size, threads, None)._segments(job, workers, threads)
 
 
 @dataclass(frozen=True)
@@ -410,6 +442,7 @@ class _Progress:
     embeddings: dict[int, torch.Tensor] = field(default_factory=dict)
     pending_jpegs: dict[int, list[bytes]] = field(default_factory=dict)
     next_jpeg_batch: int = 0
+    frames_done: int = 0
     entry: EntryWriter | None = None
     entry_stack: contextlib.ExitStack | None = None
     outcome: Outcome | None = None
@@ -437,51 +470,85 @@ class _Indexer:
         self._frames_done = self._frames_total = 0
 
     def run(self, jobs: Sequence[_Job], workers: int) -> list[Outcome]:
-        """Index ``jobs`` with ``workers`` decoding processes; one outcome (features or the error) per job."""
-        context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or torch threads
-        tasks = context.Queue()
-        results = context.Queue(maxsize=2 * workers)  # bounds the frames in flight
-        # FFmpeg's own threads: the cores shared among the workers (0 would give each worker one per core).
-        threads = self.threads or max(1, (os.cpu_count() or 1) // workers)
+        """Index ``jobs`` with ``workers`` decoding processes; one outcome (features or the error) per job.
+
+        A worker that dies while decoding a video (FFmpeg crashing on a damaged file, the out-of-memory killer)
+        fails that video alone, with :class:`DecoderCrashedError`. The dead process may have left the shared
+        result queue unusable (its lock held, a message cut short), so the round stops, and the videos not
+        finished yet are decoded again from their start in a new round, with new processes and queues."""
         states: list[_Progress] = []
-        num_segments = 0
         for job in jobs:
+            state = _Progress(job, 0)
+            states.append(state)
             try:
                 job.prepare()
             except (CacheError, ModelLoadError):
                 raise
             except Exception as error:  # a bad video: reported, the others go on
-                state = _Progress(job, 0)
-                states.append(state)
                 self._settle(state, error)
-                continue
-            segments = self._segments(job, workers, threads)
-            states.append(_Progress(job, len(segments)))
-            self._frames_total += len(job.timestamps)
+        self._report_frames(0)
+        pending = [state for state in states if state.outcome is None]
+        while pending:
+            crash = self._run_round(pending, workers)
+            if crash is None:
+                break
+            crashed, exitcode = crash
+            for state in pending:  # their frames are decoded again in the next round
+                if state is not crashed and state.outcome is None:
+                    self._restart(state)
+            if crashed is not None:
+                self._settle(
+                    crashed,
+                    DecoderCrashedError(
+                        f"{crashed.job.path}: the process decoding it died ({_exit_reason(exitcode)}): FFmpeg "
+                        "crashed on this file, or memory ran out (then rerun with fewer --workers)"
+                    ),
+                )
+            pending = [state for state in pending if state.outcome is None]
+        return [state.outcome for state in states]
+
+    def _run_round(self, states: list[_Progress], workers: int) -> tuple[_Progress | None, int] | None:
+        """Decode ``states``' jobs until each is settled (None), or until a worker dies in the middle of a job:
+        then ``(that job's state, or None if it was already settled, exit code)``."""
+        context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or torch threads
+        tasks = context.Queue()
+        results = context.Queue(maxsize=2 * workers)  # bounds the frames in flight
+        # FFmpeg's own threads: the cores shared among the workers (0 would give each worker one per core).
+        threads = self.threads or max(1, (os.cpu_count() or 1) // workers)
+        num_segments = 0
+        for state in states:
+            segments = self._segments(state.job, workers, threads)
+            state.segments_left = len(segments)
+            self._frames_total += len(state.job.timestamps)
             for segment in segments:
                 tasks.put(segment)
             num_segments += len(segments)
         by_job = {state.job.index: state for state in states}
+        busy = [context.Value("q", decode_worker.IDLE, lock=False) for _ in range(min(workers, num_segments))]
         processes = [
-            context.Process(target=decode_worker.run, args=(tasks, results), daemon=True, name=f"msjoe-decode-{i}")
-            for i in range(min(workers, num_segments))
+            context.Process(
+                target=decode_worker.run, args=(tasks, results, marker), daemon=True, name=f"msjoe-decode-{i}"
+            )
+            for i, marker in enumerate(busy)
         ]
         finished = False
         try:
-            self._report_frames(0)
             with decode_worker.without_main_module():
                 for process in processes:
                     process.start()
             while any(state.outcome is None for state in states):
+                for process, marker in zip(processes, busy, strict=True):
+                    if process.exitcode not in (None, 0):
+                        if marker.value == decode_worker.IDLE:  # between videos: nothing to blame it on
+                            raise RuntimeError(
+                                f"a decoding worker process died ({_exit_reason(process.exitcode)}; killed for "
+                                "lack of memory?): rerun to resume, with fewer --workers"
+                            )
+                        crashed = by_job[marker.value]
+                        return (crashed if crashed.outcome is None else None), process.exitcode
                 try:
                     message = results.get(timeout=1.0)
                 except queue.Empty:
-                    dead = [p for p in processes if p.exitcode not in (None, 0)]
-                    if dead:
-                        raise RuntimeError(
-                            f"a decoding worker process died (exit code {dead[0].exitcode}; killed for lack of "
-                            "memory?): rerun to resume, with fewer --workers"
-                        ) from None
                     continue
                 self._handle(message, by_job[message[1]])
             finished = True
@@ -499,7 +566,17 @@ class _Indexer:
                 if process.is_alive():
                     process.kill()
             tasks.cancel_join_thread()
-        return [state.outcome for state in states]
+            results.cancel_join_thread()
+        return None
+
+    def _restart(self, state: _Progress) -> None:
+        """Forget what arrived of an unfinished job (its store entry is already aborted), for a new round."""
+        self._frames_total -= len(state.job.timestamps)
+        self._frames_done -= state.frames_done
+        state.frames_done = 0
+        state.embeddings.clear()
+        state.pending_jpegs.clear()
+        state.next_jpeg_batch = 0
 
     def _segments(self, job: _Job, workers: int, threads: int) -> list[decode_worker.Segment]:
         """The job's batches in ``workers`` runs of whole batches (fewer for short videos)."""
@@ -537,7 +614,9 @@ class _Indexer:
                 state.embeddings[batch] = self.encoder.encode_images(frames, batch_size=self.batch_size)
             if jpegs is not None:
                 self._add_jpegs(state, batch, jpegs)
-            self._report_frames(len(frames) if frames is not None else len(jpegs))
+            count = len(frames) if frames is not None else len(jpegs)
+            state.frames_done += count
+            self._report_frames(count)
         elif kind == decode_worker.SEGMENT_DONE:
             state.segments_left -= 1
             if state.segments_left == 0:
@@ -582,6 +661,14 @@ class _Indexer:
         self._frames_done += count
         if self.on_frames is not None:
             self.on_frames(self._frames_done, self._frames_total)
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    """``"exit code 3"``, or the signal that killed the process (``"killed by SIGSEGV"``)."""
+    if exitcode is not None and exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit code {exitcode}"
 
 
 @contextmanager

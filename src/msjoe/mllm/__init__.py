@@ -18,6 +18,8 @@ from msjoe.mllm.errors import UnknownBackendError
 from msjoe.registry import Registry
 
 __all__ = [
+    "DEFAULT_HTTP_MAX_RETRIES",
+    "DEFAULT_HTTP_TIMEOUT",
     "MLLM",
     "GenerationConfig",
     "ImagePart",
@@ -30,6 +32,13 @@ __all__ = [
     "load_mllm",
     "register_backend",
 ]
+
+# The HTTP backend's defaults live here, not in msjoe.mllm.http_backend, so that the command line can show them in
+# --help without importing httpx (about 50 ms of every `msjoe --help`).
+DEFAULT_HTTP_TIMEOUT = 120.0
+"""Seconds to wait for an OpenAI-compatible server, per attempt."""
+DEFAULT_HTTP_MAX_RETRIES = 3
+"""Retries after a timeout, dropped connection, 408, 429 or 5xx."""
 
 # Built-in backends register when their module is imported (lazily: torch and transformers load only when needed).
 _REGISTRY: Registry[type[MLLM]] = Registry(

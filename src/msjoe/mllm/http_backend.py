@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from PIL import Image
 
-from msjoe.mllm import register_backend
+from msjoe.mllm import DEFAULT_HTTP_MAX_RETRIES, DEFAULT_HTTP_TIMEOUT, register_backend
 from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message, OptionScores
 from msjoe.mllm.errors import (
     BackendCheckError,
@@ -47,10 +47,10 @@ T = TypeVar("T")
 RETRYABLE_4XX = frozenset({408, 429})  # request timeout, rate limit: the same request can succeed later
 API_KEY_VARIABLES = ("MSJOE_API_KEY", "OPENAI_API_KEY")
 """Where the API key is read from by default, first set wins (``api_key_env`` names another variable)."""
-DEFAULT_TIMEOUT = 120.0
+DEFAULT_TIMEOUT = DEFAULT_HTTP_TIMEOUT
+DEFAULT_MAX_RETRIES = DEFAULT_HTTP_MAX_RETRIES
 TOP_LOGPROBS = 20
 """Alternatives asked for by :meth:`HTTPMLLM.option_probabilities` (OpenAI's maximum and vLLM's default cap)."""
-DEFAULT_MAX_RETRIES = 3
 
 
 def is_retryable_status(status: int) -> bool:

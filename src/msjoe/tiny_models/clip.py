@@ -112,7 +112,7 @@ def _vocab_from(special_tokens: list[str], base_symbols: list[str], merges: list
     return vocab
 
 
-def _train_clip_tokenizer(num_merges: int = 400) -> CLIPTokenizer:
+def train_clip_tokenizer(num_merges: int = 400) -> CLIPTokenizer:
     """A byte-level BPE with CLIP's normalisation, word split and ``</w>`` end-of-word marker."""
     # Same text pipeline as CLIPTokenizer: lowercase, split into letters / digits / punctuation runs, map bytes to
     # printable characters. The last symbol of each word carries the "</w>" marker.
@@ -186,7 +186,7 @@ def write_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
     embeddings. The logit scale starts at 100 (ln 100), the value trained CLIP models converge to, so code that
     uses it (Q-Frame's temperature) sees a realistic scale.
     """
-    tokenizer = _train_clip_tokenizer()
+    tokenizer = train_clip_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     config = CLIPConfig(
         text_config=dict(

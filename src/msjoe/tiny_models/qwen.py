@@ -80,7 +80,7 @@ _CORPUS = [
 ]
 
 
-def _train_tokenizer(vocab_size: int) -> Qwen2Tokenizer:
+def train_qwen_tokenizer(vocab_size: int) -> Qwen2Tokenizer:
     """Train a byte-level BPE on ``_CORPUS`` with Qwen2's pre-tokeniser and wrap it as a ``Qwen2Tokenizer``."""
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
@@ -157,7 +157,7 @@ def write_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0, vocab_size: int = 4
     ``msjoe.mllm.load_mllm``. The weights are random: the model produces gibberish.
     """
     folder = Path(folder)
-    tokenizer = _train_tokenizer(vocab_size)
+    tokenizer = train_qwen_tokenizer(vocab_size)
     config = tiny_qwen2_5_vl_config(tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
