@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,6 +152,21 @@ def test_gold_probability_difficulty_is_the_mean_gold_probability_shared_with_st
     assert outcome.cached and outcome.gold_probability == written[0].difficulty
     with pytest.raises(ValueError, match="score must be"):
         CalibrationConfig(k=4, score="likelihood")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"k": 0}, "k must be an int >= 1, got 0"),
+        ({"k": 4, "samples": 2.0}, "samples must be an int >= 1, got 2.0"),
+        ({"k": 4, "batch_size": True}, "batch_size must be an int >= 1, got True"),
+        ({"k": 4, "fps": math.nan}, "fps must be a finite number > 0, got nan"),
+        ({"k": 4, "score": "likelihood"}, "score must be one of ('correct', 'gold_probability'), got 'likelihood'"),
+    ],
+)
+def test_calibration_config_names_the_field_the_rule_and_the_value(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CalibrationConfig(**settings)
 
 
 def test_batches_go_to_the_model_together(

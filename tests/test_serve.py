@@ -306,3 +306,16 @@ def test_several_roots_are_named_apart_and_must_be_named(video_root: Path, tmp_p
     assert roots.redact(f"cannot read {video_root}/short.mp4") == "cannot read <videos>/short.mp4"
     with pytest.raises(ValueError, match="is not a folder"):
         VideoRoots([tmp_path / "missing"])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_upload_bytes": 0}, "max_upload_bytes must be an int >= 1, got 0"),
+        ({"queue_size": 1.5}, "queue_size must be an int >= 1, got 1.5"),
+        ({"max_answers_listed": -1}, "max_answers_listed must be an int >= 1, got -1"),
+    ],
+)
+def test_serve_config_names_the_field_the_rule_and_the_value(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ServeConfig(**settings)

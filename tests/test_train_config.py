@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import typing
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from msjoe.samplers.usampler import USamplerConfig
 from msjoe.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -22,6 +25,7 @@ from msjoe.train.checkpoint import (
 from msjoe.train.config import (
     ConfigError,
     DataConfig,
+    MLLMDtype,
     ModelsConfig,
     RunConfig,
     Stage1RunConfig,
@@ -69,11 +73,26 @@ def test_scientific_notation_without_dot_is_read_as_a_number(tmp_path: Path) -> 
         ({"stage": 1, "trainer": 3}, "trainer must be a mapping"),
         ({"trainer": {}}, "add `stage: 1` or `stage: 2`"),
         ({"stage": 1, "run": {"mixed_precision": False}}, "quote it"),
-        ({"stage": 1, "run": {"keep_last": -1}}, "keep_last must be >= 0"),
-        ({"stage": 1, "data": {"limit": -1}}, "limit must be None or >= 1"),
-        ({"stage": 1, "data": {"fps": 0}}, "fps must be > 0"),
+        ({"stage": 1, "run": {"keep_last": -1}}, "run: keep_last must be an int >= 0, got -1"),
+        ({"stage": 1, "run": {"save_every": 2.5}}, "run.save_every must be an integer, got 2.5"),
+        ({"stage": 1, "data": {"limit": -1}}, "data: limit must be None or an int >= 1, got -1"),
+        ({"stage": 1, "data": {"frame_max_pixels": 0}}, "data: frame_max_pixels must be an int >= 1, got 0"),
+        ({"stage": 1, "data": {"max_frames": 0}}, "data: max_frames must be an int >= 1, got 0"),
+        ({"stage": 1, "data": {"fps": 0}}, "data: fps must be a finite number > 0, got 0.0"),
+        ({"stage": 1, "data": {"fps": float("inf")}}, "data: fps must be a finite number > 0, got inf"),
         ({"stage": 1, "models": {"sampler_config": {"widths": [8], "depth": 3}}}, "unknown USamplerConfig fields"),
-        ({"stage": 1, "models": {"dtype": "fp32"}}, "dtype must be auto"),
+        (
+            {"stage": 1, "models": {"dtype": "fp32"}},
+            "models.dtype must be one of ['auto', 'float32', 'bfloat16', 'float16'], got 'fp32'",
+        ),
+        (
+            {"stage": 1, "models": {"sampler_config": {"widths": [8, 12]}}},
+            "models: sampler_config: widths must be positive multiples of norm_group_size=8: [8, 12]",
+        ),
+        (
+            {"stage": 1, "models": {"sampler_config": {"temperature": 0}}},
+            "models: sampler_config: temperature must be a finite number > 0, got 0",
+        ),
         ({"stage": 7}, "stage must be one of"),
     ],
 )
@@ -81,6 +100,41 @@ def test_bad_configs_name_the_offending_key(data: dict, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         run_config_from_dict(data)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [  # built in code, not from YAML: the dataclasses check their own fields from their annotations
+        (
+            lambda: ModelsConfig(dtype="fp16"),
+            "dtype must be one of ('auto', 'float32', 'bfloat16', 'float16'), got 'fp16'",
+        ),
+        (lambda: ModelsConfig(mllm=None), "mllm must be a str, got None"),
+        (lambda: ModelsConfig(sampler_seed=True), "sampler_seed must be an int, got True"),
+        (lambda: DataConfig(fps=-1.0), "fps must be a finite number > 0, got -1.0"),
+        (lambda: DataConfig(max_frames=0), "max_frames must be an int >= 1, got 0"),
+        (lambda: DataConfig(limit=0), "limit must be None or an int >= 1, got 0"),
+        (lambda: DataConfig(queries="captions"), "queries must be one of ('mllm', 'question'), got 'captions'"),
+        (lambda: RunConfig(save_every=-1), "save_every must be an int >= 0, got -1"),
+        (lambda: RunConfig(keep_last=1.5), "keep_last must be an int >= 0, got 1.5"),
+        (lambda: RunConfig(output_dir=""), "output_dir must not be empty"),
+    ],
+)
+def test_sections_refuse_wrong_types_and_ranges_naming_field_value_and_rule(make, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+def test_default_sections_are_valid() -> None:
+    assert ModelsConfig().dtype == "auto" and DataConfig().limit is None and RunConfig().keep_last == 3
+    assert [ModelsConfig(dtype=dtype).dtype for dtype in typing.get_args(MLLMDtype)] == list(typing.get_args(MLLMDtype))
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("stage*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_config_loads_with_a_valid_sampler_config(path: Path) -> None:
+    config = load_run_config(path)
+    assert config.stage == int(path.name[len("stage")])
+    USamplerConfig.from_dict(config.models.sampler_config)  # the U-Sampler fields are checked too
 
 
 def test_empty_sections_mean_defaults() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -371,23 +372,39 @@ def test_registry_builds_it_and_reports_untrained() -> None:
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [
-        ({"inference_rule": "best"}, "inference_rule"),
-        ({"features": ("cosine", "colour")}, "features"),
-        ({"widths": (8, 12)}, "multiples of norm_group_size"),
-        ({"kernel_size": 4}, "odd"),
-        ({"temperature": 0.0}, "temperature"),
-        ({"nms_radius": -1}, "nms_radius"),
-        ({"nms_radius": 2.5}, "nms_radius must be None or a non-negative integer"),
-        ({"nms_radius": True}, "nms_radius"),
-        ({"suppression": True}, "suppression must be a finite number"),
-        ({"suppression": -0.5}, "suppression"),
-        ({"suppression": float("nan")}, "suppression"),
+    [  # each message names the field, what it must be and the value given
+        ({"inference_rule": "best"}, "inference_rule must be one of ('policy', 'nms', 'topk', 'quantile'), got 'best'"),
+        ({"features": ("cosine", "colour")}, "features must be distinct names from"),
+        ({"features": "cosine"}, "features must be a tuple of str, got 'cosine'"),
+        ({"widths": (8, 12)}, "widths must be positive multiples of norm_group_size=8: [8, 12]"),
+        ({"widths": (8, 16.0)}, "widths must be a tuple of int, got (8, 16.0)"),
+        ({"widths": ()}, "widths must list at least one level"),
+        ({"kernel_size": 4}, "kernel_size must be a positive odd number, got 4"),
+        ({"kernel_size": 0}, "kernel_size must be an int >= 1, got 0"),
+        ({"query_width": 0}, "query_width must be an int >= 1, got 0"),
+        ({"query_width": 8.0}, "query_width must be an int >= 1, got 8.0"),
+        ({"level_stride": 1}, "level_stride must be an int >= 2, got 1"),
+        ({"norm_group_size": 0}, "norm_group_size must be an int >= 1, got 0"),
+        ({"global_context": 1}, "global_context must be true or false, got 1"),
+        ({"temperature": 0.0}, "temperature must be a finite number > 0, got 0.0"),
+        ({"temperature": "1"}, "temperature must be a finite number > 0, got '1'"),
+        ({"nms_radius": -1}, "nms_radius must be None or an int >= 0, got -1"),
+        ({"nms_radius": 2.5}, "nms_radius must be None or an int >= 0, got 2.5"),
+        ({"nms_radius": True}, "nms_radius must be None or an int >= 0, got True"),
+        ({"suppression": True}, "suppression must be a finite number >= 0, got True"),
+        ({"suppression": -0.5}, "suppression must be a finite number >= 0, got -0.5"),
+        ({"suppression": float("nan")}, "suppression must be a finite number >= 0, got nan"),
     ],
 )
 def test_config_rejects_bad_values(changes: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         USamplerConfig(**changes)
+
+
+def test_config_accepts_json_lists_and_every_inference_rule() -> None:
+    config = USamplerConfig(features=["cosine"], widths=[8, 16], nms_radius=None, suppression=0)
+    assert config.features == ("cosine",) and config.widths == (8, 16)
+    assert [USamplerConfig(inference_rule=rule).inference_rule for rule in INFERENCE_RULES] == list(INFERENCE_RULES)
 
 
 def test_config_json_round_trip() -> None:

@@ -18,13 +18,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import torch
 
 from msjoe import video as video_io
 from msjoe.cache import FeatureCache, FrameFeatures, fingerprint
+from msjoe.checks import AT_LEAST_1, POSITIVE, Bounds, check_fields
 from msjoe.errors import CacheError
 from msjoe.features import DEFAULT_CLIP, DualEncoder, similarity
 from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore, budget_frame_size
@@ -67,14 +68,14 @@ class PipelineConfig:
             (frames already stored are read, others decoded).
     """
 
-    k: int = 32
+    k: Annotated[int, AT_LEAST_1] = 32
     sampler: str = DEFAULT_SAMPLER
     sampler_checkpoint: str | None = None
-    fps: float = video_io.DEFAULT_FPS
-    max_frames: int = video_io.DEFAULT_MAX_FRAMES
-    max_queries: int = MAX_QUERIES
-    preview_max_pixels: int = PREVIEW_MAX_PIXELS
-    answer_max_pixels: int = DEFAULT_MAX_PIXELS
+    fps: Annotated[float, POSITIVE] = video_io.DEFAULT_FPS
+    max_frames: Annotated[int, AT_LEAST_1] = video_io.DEFAULT_MAX_FRAMES
+    max_queries: Annotated[int, Bounds(1, MAX_QUERIES)] = MAX_QUERIES
+    preview_max_pixels: Annotated[int, AT_LEAST_1] = PREVIEW_MAX_PIXELS
+    answer_max_pixels: Annotated[int, AT_LEAST_1] = DEFAULT_MAX_PIXELS
     query_generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=128))
     answer_generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=32))
     seed: int = 0
@@ -82,10 +83,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         # Fail before any model is loaded: a bad setting should not cost minutes of loading a 7B model.
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if not 1 <= self.max_queries <= MAX_QUERIES:
-            raise ValueError(f"max_queries must be 1 to {MAX_QUERIES}, got {self.max_queries}")
+        check_fields(self)  # every field's type and range, from its annotation
         if self.sampler not in available_samplers():
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(available_samplers())}")
         if (self.sampler == "usampler") != (self.sampler_checkpoint is not None):

@@ -34,11 +34,11 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
-from msjoe.checks import is_int
+from msjoe.checks import AT_LEAST_1, POSITIVE, check_fields
 from msjoe.data.replies import ReplyCache, VideoFingerprints, answer_key, describe_mllm, prompt_version
 from msjoe.data.schema import QAItem, write_qa_jsonl
 from msjoe.distributed import SingleProcess, all_results, main_process_first, my_share, on_every_process
@@ -78,27 +78,20 @@ class CalibrationConfig:
             of the gold letter (one forward pass per answer; ``samples`` and the decoding settings are unused).
     """
 
-    k: int
-    samples: int = 1
+    k: Annotated[int, AT_LEAST_1]
+    samples: Annotated[int, AT_LEAST_1] = 1
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=32))
-    fps: float = DEFAULT_FPS
-    max_frames: int = DEFAULT_MAX_FRAMES
-    frame_max_pixels: int = DEFAULT_MAX_PIXELS
-    batch_size: int = 8
+    fps: Annotated[float, POSITIVE] = DEFAULT_FPS
+    max_frames: Annotated[int, AT_LEAST_1] = DEFAULT_MAX_FRAMES
+    frame_max_pixels: Annotated[int, AT_LEAST_1] = DEFAULT_MAX_PIXELS
+    batch_size: Annotated[int, AT_LEAST_1] = 8
     blind: bool = False
     overwrite: bool = False
     model_id: str | None = None
     score: Literal["correct", "gold_probability"] = "correct"
 
     def __post_init__(self) -> None:
-        for name in ("k", "samples", "max_frames", "frame_max_pixels", "batch_size"):
-            value = getattr(self, name)
-            if not is_int(value) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not (math.isfinite(self.fps) and self.fps > 0):
-            raise ValueError(f"fps must be a finite number > 0, got {self.fps!r}")
-        if self.score not in ("correct", "gold_probability"):
-            raise ValueError(f"score must be 'correct' or 'gold_probability', got {self.score!r}")
+        check_fields(self)  # every field's type and range, from its annotation
 
     @property
     def sampling(self) -> bool:

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from safetensors import SafetensorError
@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from msjoe.atomic import umask_file_mode
-from msjoe.checks import is_int, is_number
+from msjoe.checks import AT_LEAST_0, AT_LEAST_1, POSITIVE, Bounds, check_fields, is_int
 from msjoe.errors import ModelLoadError
 from msjoe.samplers import policy, register_sampler
 from msjoe.samplers.base import Sampler, all_frames, check_similarity
@@ -50,7 +50,8 @@ from msjoe.samplers.unet1d import FEATURES, UNet1D, count_parameters
 
 logger = logging.getLogger(__name__)
 
-INFERENCE_RULES = ("policy", "nms", "topk", "quantile")
+InferenceRule = Literal["policy", "nms", "topk", "quantile"]
+INFERENCE_RULES: tuple[str, ...] = typing.get_args(InferenceRule)
 
 CHECKPOINT_FORMAT = "msjoe-usampler"
 # 2: every linear map of the U-Net reads a normalised input (see msjoe.samplers.unet1d); version-1 weights (the
@@ -77,67 +78,59 @@ class USamplerConfig:
     cosine keeps the absolute level ("does this match at all"). ``"percentile"`` (rank-based, robust to any
     monotone rescaling) is available but off by default: it needs a sort per row, which torch's CPU sort makes
     the costliest op of the forward pass beyond a few thousand frames, and on unimodal rows it adds little to z."""
-    query_width: int = 8
+    query_width: Annotated[int, AT_LEAST_1] = 8
     """Channels of the pointwise query encoder; pooling (mean and max over queries) doubles them."""
     widths: tuple[int, ...] = (16, 32, 64, 144, 272)
     """Channels per U-Net level, finest first; each further level divides the time resolution by ``level_stride``.
     Keep the first entries small (they run at full T) and put capacity in the last ones (they run at T / 256)."""
-    kernel_size: int = 5
+    kernel_size: Annotated[int, AT_LEAST_1] = 5
     """Temporal kernel of the convolutions in every residual block (odd)."""
-    level_stride: int = 4
+    level_stride: Annotated[int, Bounds(2)] = 4
     """Down/up-sampling factor between levels. 4 rather than the classic 2: half the levels, hence half the
     (overhead-bound) convolution calls for the same reach, which is what makes CPU inference fast; with 5 levels
     one bottleneck position covers 256 candidates (about 4 minutes at 1 fps)."""
-    norm_group_size: int = 8
+    norm_group_size: Annotated[int, AT_LEAST_1] = 8
     """Channels per GroupNorm group; every width must be a multiple. GroupNorm works at batch size 1 and any T."""
     global_context: bool = True
     """Add a projection of the bottleneck's mean and max over time to every position (whole-video context)."""
     similarity_prior: bool = True
     """Add a learned gain (initialised to 1) times the max-over-queries z-score to the logits, so an untrained
     sampler already prefers frames that match a query and the network learns a correction."""
-    suppression: float = 0.125
+    suppression: Annotated[float, AT_LEAST_0] = 0.125
     """Width of the policy's temporal suppression as a fraction of the even spacing ``T / K``: after each pick, the
     ``floor(suppression · T / K)`` candidates on either side are unavailable (:mod:`msjoe.samplers.policy`). Part of
     the policy, used identically in training and inference. Chosen among 0.125, 0.25 and 0.5 on the simulator's
     validation variants (docs/decisions.md, "One policy"); 0 is plain sampling without replacement (Plackett–Luce)."""
-    inference_rule: str = "policy"
+    inference_rule: InferenceRule = "policy"
     """Deterministic rule of :meth:`USampler.select`: ``"policy"`` (greedy read of the training policy),
     ``"nms"``, ``"topk"`` or ``"quantile"``."""
-    nms_radius: int | None = 4
+    nms_radius: Annotated[int | None, AT_LEAST_0] = 4
     """Suppression radius in candidates for ``"nms"`` only; None uses ``selection.default_nms_radius(T, K)``."""
-    temperature: float = 1.0
+    temperature: Annotated[float, POSITIVE] = 1.0
     """Logits are divided by this before the softmax (affects sampling, probabilities and ``"quantile"``)."""
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so configs compare equal and stay hashable.
-        self.features = tuple(self.features)
-        self.widths = tuple(int(w) for w in self.widths)
+        if isinstance(self.features, list):
+            self.features = tuple(self.features)
+        if isinstance(self.widths, list):
+            self.widths = tuple(self.widths)
+        check_fields(self)  # every field's type and range, from its annotation
+        # What annotations cannot say: names from a table, one field's relation to another, odd numbers.
         unknown = [name for name in self.features if name not in FEATURES]
         if unknown or not self.features or len(set(self.features)) != len(self.features):
             raise ValueError(
                 f"features must be distinct names from {sorted(FEATURES)}, got {list(self.features)} "
                 f"(unknown: {unknown})"
             )
-        if self.query_width < 1:
-            raise ValueError(f"query_width must be >= 1, got {self.query_width}")
         if not self.widths:
             raise ValueError("widths must list at least one level")
-        if self.norm_group_size < 1 or any(w < 1 or w % self.norm_group_size for w in self.widths):
+        if any(w < 1 or w % self.norm_group_size for w in self.widths):
             raise ValueError(
                 f"widths must be positive multiples of norm_group_size={self.norm_group_size}: {list(self.widths)}"
             )
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+        if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number, got {self.kernel_size}")
-        if self.level_stride < 2:
-            raise ValueError(f"level_stride must be >= 2, got {self.level_stride}")
-        if not (is_number(self.suppression) and math.isfinite(self.suppression) and self.suppression >= 0):
-            raise ValueError(f"suppression must be a finite number >= 0, got {self.suppression!r}")
-        if self.inference_rule not in INFERENCE_RULES:
-            raise ValueError(f"inference_rule must be one of {INFERENCE_RULES}, got {self.inference_rule!r}")
-        if self.nms_radius is not None and (not is_int(self.nms_radius) or self.nms_radius < 0):
-            raise ValueError(f"nms_radius must be None or a non-negative integer, got {self.nms_radius!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""

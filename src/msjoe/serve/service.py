@@ -20,10 +20,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from msjoe import video as video_io
 from msjoe.cache import CacheKey, fingerprint
+from msjoe.checks import AT_LEAST_1, check_fields
 from msjoe.errors import MsjoeError, VideoError, VideoNotFoundError
 from msjoe.index import index_video
 from msjoe.mllm.http_backend import HTTPMLLM
@@ -56,15 +57,12 @@ class ServeConfig:
 
     video_roots: list[str | Path] = field(default_factory=list)
     state_dir: str | Path = DEFAULT_STATE_DIR
-    max_upload_bytes: int = 2 << 30
-    queue_size: int = 16
-    max_answers_listed: int = 200
+    max_upload_bytes: Annotated[int, AT_LEAST_1] = 2 << 30
+    queue_size: Annotated[int, AT_LEAST_1] = 16
+    max_answers_listed: Annotated[int, AT_LEAST_1] = 200
 
     def __post_init__(self) -> None:
-        if self.max_upload_bytes < 1:
-            raise ValueError(f"max_upload_bytes must be >= 1, got {self.max_upload_bytes}")
-        if self.queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
+        check_fields(self)  # every field's type and range, from its annotation
 
 
 class VideoService:

@@ -21,11 +21,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 
-from msjoe.checks import is_int, is_number
+from msjoe.checks import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields, is_int, is_number
 from msjoe.train.stage1 import Stage1Config
 from msjoe.train.stage2 import Stage2Config
 from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
@@ -33,6 +33,9 @@ from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
 
 class ConfigError(ValueError):
     """A run config that cannot be used; the message names the offending key."""
+
+
+MLLMDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 @dataclass
@@ -47,7 +50,7 @@ class ModelsConfig:
     """The frozen CLIP/SigLIP model that embeds frames and queries (Hugging Face id or local folder)."""
     dual_encoder_revision: str | None = None
     """Hub branch, tag or commit of ``dual_encoder``."""
-    dtype: str = "auto"
+    dtype: MLLMDtype = "auto"
     """Weights dtype of the MLLM: ``auto`` (the checkpoint's), ``float32``, ``bfloat16`` or ``float16``. Full
     fine-tuning in stage 2 needs ``float32`` weights (AdamW keeps no master copy; use ``run.mixed_precision:
     bf16`` for speed); LoRA adapters train in float32 whatever the base's dtype."""
@@ -62,9 +65,11 @@ class ModelsConfig:
     def __post_init__(self) -> None:
         from msjoe.samplers.usampler import USamplerConfig
 
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        USamplerConfig.from_dict(self.sampler_config)  # unknown or invalid fields fail here, before any work
+        check_fields(self)  # every field's type (dtype: one of MLLMDtype), from its annotation
+        try:  # unknown or invalid fields fail here, before any work
+            USamplerConfig.from_dict(self.sampler_config)
+        except ValueError as error:
+            raise ValueError(f"sampler_config: {error}") from error
 
 
 @dataclass
@@ -78,27 +83,22 @@ class DataConfig:
     """Folder that relative ``video`` paths in ``train`` are resolved against (default: the file's folder)."""
     cache_dir: str | None = None
     """Feature cache folder (default: msjoe's cache, ``$MSJOE_CACHE`` or ``~/.cache/msjoe``)."""
-    fps: float = DEFAULT_FPS
+    fps: Annotated[float, POSITIVE] = DEFAULT_FPS
     """Candidate frames per second of video."""
-    max_frames: int = DEFAULT_MAX_FRAMES
+    max_frames: Annotated[int, AT_LEAST_1] = DEFAULT_MAX_FRAMES
     """Most candidate frames a video gets (uniform over the video beyond that)."""
     queries: Literal["mllm", "question"] = "mllm"
     """Stage 1's queries: ``mllm`` (the frozen MLLM writes them once, greedily, cached) or ``question`` (the
     question text is the single query: cheaper, weaker)."""
     frame_store: bool = False
     """Keep decoded candidate frames as small JPEGs next to the feature cache (faster answers, more disk)."""
-    frame_max_pixels: int = 448 * 448
+    frame_max_pixels: Annotated[int, AT_LEAST_1] = 448 * 448
     """Pixel budget of each key frame shown to the MLLM."""
-    limit: int | None = None
+    limit: Annotated[int | None, AT_LEAST_1] = None
     """Use only the first N items (quick runs)."""
 
     def __post_init__(self) -> None:
-        if not self.fps > 0 or self.max_frames < 1:
-            raise ValueError(f"fps must be > 0 and max_frames >= 1, got {self.fps} and {self.max_frames}")
-        if self.frame_max_pixels < 1:
-            raise ValueError(f"frame_max_pixels must be >= 1, got {self.frame_max_pixels}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be None or >= 1, got {self.limit}")
+        check_fields(self)  # every field's type and range, from its annotation
 
 
 @dataclass
@@ -108,9 +108,9 @@ class RunConfig:
     output_dir: str = "runs/msjoe"
     """Folder of the run: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``, ``sampler/`` (the final U-Sampler),
     ``config.yaml``, ``skipped.jsonl``, ``bad_batches/``."""
-    save_every: int = 100
+    save_every: Annotated[int, AT_LEAST_0] = 100
     """Write a checkpoint every this many optimiser steps (and at the end); 0: only at the end."""
-    keep_last: int = 3
+    keep_last: Annotated[int, AT_LEAST_0] = 3
     """Checkpoints kept (oldest deleted first); 0 keeps all."""
     resume: str = "auto"
     """``auto``: continue from the newest checkpoint in ``output_dir`` if there is one; ``never``: refuse to run
@@ -125,8 +125,7 @@ class RunConfig:
     loss scaler): use ``bf16``."""
 
     def __post_init__(self) -> None:
-        if self.save_every < 0 or self.keep_last < 0:
-            raise ValueError(f"save_every and keep_last must be >= 0, got {self.save_every} and {self.keep_last}")
+        check_fields(self)  # every field's type and range, from its annotation
         if not self.output_dir:
             raise ValueError("output_dir must not be empty")
 
