@@ -102,6 +102,16 @@ def test_select_missing_video_is_a_clear_error(tiny_clip_dir: Path, tmp_path: Pa
     assert code == 1 and "nope.mp4" in out
 
 
+@pytest.mark.parametrize(
+    "command", [["select", "-q", "x"], ["ask", "Which?", "-o", "a", "-o", "b", "--mllm", "no-mllm"]]
+)
+def test_a_missing_video_is_reported_before_any_model_loads(command: list[str], tmp_path: Path) -> None:
+    # The models do not exist either: the video's error first means nothing was loaded (a 7B MLLM takes minutes).
+    video = tmp_path / "nope.mp4"
+    code, out = run(command[0], video, *command[1:], "--clip", tmp_path / "no-clip", "--cache-dir", tmp_path)
+    assert code == 1 and f"video file not found: {video}" in out.replace("\n", "") and "no-" not in out
+
+
 def test_ask_json_with_an_http_mllm(
     server: ScriptedServer, videos: list[Path], tiny_clip_dir: Path, tmp_path: Path
 ) -> None:

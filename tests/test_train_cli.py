@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from msjoe.cli import app
@@ -111,12 +112,15 @@ def test_config_errors_exit_with_code_2_and_name_the_key(tmp_path: Path) -> None
     assert "trainer.learning_rat" in result.output
 
 
-def test_missing_training_file_is_a_clear_error(tmp_path: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path) -> None:
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_missing_training_file_is_a_clear_error_before_any_model_loads(tmp_path: Path, stage: str) -> None:
+    # The models do not exist either: the data file's error first means nothing was loaded (the paper's command
+    # with a misspelt data.train would otherwise load a 7B MLLM before saying so).
     config = tmp_path / "c.yaml"
     config.write_text(
-        f"stage: 1\nmodels:\n  mllm: {tiny_qwen_dir}\n  dual_encoder: {tiny_clip_dir}\n"
+        f"stage: {stage[-1]}\nmodels:\n  mllm: {tmp_path / 'no-mllm'}\n  dual_encoder: {tmp_path / 'no-clip'}\n"
         f"data:\n  train: {tmp_path / 'absent.jsonl'}\nrun:\n  output_dir: {tmp_path / 'run'}\n"
     )
-    result = runner.invoke(app, ["train", "stage1", "--config", str(config)])
+    result = runner.invoke(app, ["train", stage, "--config", str(config)])
     assert result.exit_code == 1
-    assert "absent.jsonl" in result.output
+    assert f"data.train: the training QA JSONL {tmp_path / 'absent.jsonl'} does not exist" in result.output

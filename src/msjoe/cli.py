@@ -256,6 +256,7 @@ def select(
 
     try:
         device = check_device(device)
+        video_io.existing_video_file(video)  # before the encoder loads
         if explain is not None:
             check_explain_path(explain)
         chosen_sampler = build_sampler(sampler, checkpoint=sampler_checkpoint)
@@ -355,6 +356,7 @@ def ask(
 
     try:
         device = check_device(device)
+        video_io.existing_video_file(video)  # before minutes of loading a 7B model
         if explain is not None:
             check_explain_path(explain)
         mllm_options = http_options(

@@ -157,11 +157,13 @@ def _start(config: Any, accelerator: Any) -> _RunContext:
     decision: list[Any] = [None]
     if accelerator.is_main_process:
         try:
+            if not Path(config.data.train).is_file():  # before minutes of loading models; every process raises it
+                raise MsjoeError(f"data.train: the training QA JSONL {config.data.train} does not exist")
             found = resolve_resume(output_dir, config.run.resume)
             decision = [str(found) if found is not None else ""]
             if found is not None:
                 set_aside_newer_checkpoints(output_dir, found)
-        except CheckpointError as error:
+        except MsjoeError as error:  # a CheckpointError too
             decision = [error]
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
