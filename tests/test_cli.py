@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,34 @@ def run_json(*args: str) -> dict:
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["index", "v.mp4"],
+        ["eval", "--benchmark", "videomme", "--annotations", "a", "--videos", "v", "--out", "o"],
+        ["data", "calibrate", "qa.jsonl", "-o", "out.jsonl", "--mllm", "m", "-k", "4"],
+    ],
+)
+def test_a_launch_that_cannot_work_is_one_error_line(command: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # `accelerate launch --multi_gpu` on a machine without GPUs: accelerate sets up one process of N (found on a
+    # CPU machine pasting the README's index command, which printed a traceback from every process).
+    import contextlib
+
+    import msjoe.distributed
+    from msjoe.errors import MsjoeError
+
+    @contextlib.contextmanager
+    def single_of_eight() -> Iterator[None]:
+        raise MsjoeError("launched as 8 processes but accelerate set up a single one")
+        yield
+
+    monkeypatch.setattr(msjoe.distributed, "launched_processes", single_of_eight)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1 and not isinstance(result.exception, MsjoeError)  # handled, not raised
+    assert "error: launched as 8 processes but accelerate set up a single one" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_index_reports_failures_at_the_end_and_resumes(videos: list[Path], tiny_clip_dir: Path, tmp_path: Path) -> None:

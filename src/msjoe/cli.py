@@ -14,7 +14,7 @@ from rich.table import Table
 
 from msjoe import video as video_io
 from msjoe.cli_score import score as score_command
-from msjoe.cli_support import console, csv_list, fail, flag
+from msjoe.cli_support import command_processes, console, csv_list, fail, flag
 from msjoe.data.cli import app as data_app
 from msjoe.eval.explain_cli import explain_run as explain_command
 from msjoe.mllm import DEFAULT_HTTP_MAX_RETRIES as DEFAULT_MAX_RETRIES
@@ -161,7 +161,7 @@ def index(
     """
     from msjoe.cache import FeatureCache
     from msjoe.devices import check_device
-    from msjoe.distributed import all_results, launched_processes, my_share, on_every_process, process_device
+    from msjoe.distributed import all_results, my_share, on_every_process, process_device
     from msjoe.errors import MsjoeError
     from msjoe.features import ENCODER_DTYPES, DualEncoder
     from msjoe.frame_store import FrameStore
@@ -169,7 +169,7 @@ def index(
 
     if dtype not in ENCODER_DTYPES:  # before any process starts or any weights load
         raise fail(f"--dtype must be one of {', '.join(ENCODER_DTYPES)}, got {dtype!r}")
-    with launched_processes() as state:
+    with command_processes() as state:
         try:
             device = check_device(process_device(state, device))
             share = my_share(state, _video_files(videos), lambda path: str(path.expanduser().resolve()))
@@ -500,12 +500,12 @@ def evaluate(
     run finished but some items ended in an error (counted wrong, listed in the report); 1 when the run stopped: a
     bad setting, an unreachable or failing server, or the first 5 items all failing with the same error."""
     from msjoe.devices import check_device
-    from msjoe.distributed import launched_processes, on_every_process, process_device
+    from msjoe.distributed import on_every_process, process_device
     from msjoe.errors import MsjoeError
     from msjoe.eval.harness import is_run_fatal, run_eval
     from msjoe.pipeline import PipelineConfig, VideoQA
 
-    with launched_processes() as state:
+    with command_processes() as state:
         try:
             device = check_device(process_device(state, device))
             mllm_options = _eval_mllm_options(

@@ -6,11 +6,30 @@ commands need not import the main CLI module back.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 console = Console(stderr=True)
+
+
+@contextmanager
+def command_processes() -> Iterator[Any]:
+    """:func:`msjoe.distributed.launched_processes` for a command: a launch that cannot work (``accelerate launch
+    --multi_gpu`` without GPUs) is the one-line error it explains, not a traceback from every process."""
+    from msjoe.distributed import launched_processes
+    from msjoe.errors import MsjoeError
+
+    with ExitStack() as stack:
+        try:
+            state = stack.enter_context(launched_processes())
+        except MsjoeError as error:
+            raise fail(error) from error
+        yield state
 
 
 def flag(name: str) -> str:

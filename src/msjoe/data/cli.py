@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from msjoe.cli_support import console, fail
+from msjoe.cli_support import command_processes, console, fail
 from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
 
 app = typer.Typer(
@@ -172,14 +172,14 @@ def calibrate_command(
     from msjoe.data.calibrate import CalibrationConfig, calibrate, default_cache_path
     from msjoe.data.schema import QAFormatError
     from msjoe.devices import check_device
-    from msjoe.distributed import launched_processes, on_every_process, process_device
+    from msjoe.distributed import on_every_process, process_device
     from msjoe.errors import MsjoeError
     from msjoe.frame_store import FrameStore
     from msjoe.mllm import load_mllm
     from msjoe.mllm.base import GenerationConfig
 
     is_http = mllm.startswith(("http://", "https://"))
-    with launched_processes() as state:
+    with command_processes() as state:
         try:
             if model and not is_http:
                 raise ValueError("--model names a model on an HTTP server: use it with an http(s) --mllm URL")
