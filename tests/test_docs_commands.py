@@ -4,7 +4,8 @@ The commands come from README.md, docs/*.md and the comments of configs/: fenced
 spans. Running them all needs models, GPUs and data (they are run as pasted in test_data_readme.py,
 test_lmms_eval_plugin.py and by .ci/run for the set-up blocks); what rots silently is a renamed flag, a
 subcommand that moved, a config path or an lmms-eval model argument, and those are checked here against the
-command-line definitions themselves, loading nothing.
+command-line definitions themselves, loading nothing. README's "### Python" examples are run as pasted, on the
+smoke-test models.
 """
 
 from __future__ import annotations
@@ -156,3 +157,18 @@ def test_documented_lmms_eval_model_arguments_exist() -> None:
     assert documented, "no lmms-eval command with --model_args found in the docs"
     unknown = [(where, name) for where, name in documented if name not in accepted]
     assert not unknown, f"model arguments MSJoE does not take: {unknown}"
+
+
+def test_the_readme_python_examples_run_as_pasted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's "### Python" blocks, in order, in a folder where `msjoe smoke-models smoke-models` has run."""
+    from msjoe.tiny_models import write_smoke_models
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Python") : text.index("## Scoring")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    write_smoke_models("smoke-models")
+    for number, code in enumerate(blocks):
+        exec(compile(code, f"README.md Python example {number + 1}", "exec"), {"__name__": "__readme__"})
+    assert (tmp_path / "why.html").is_file()
