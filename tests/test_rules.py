@@ -67,6 +67,21 @@ def test_registry_defaults_are_the_current_official_code_and_cite_a_commit():
         get_rules("mvbench", "msjoe")
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"unparsed": "skip"}, "unparsed must be one of ('wrong', 'exclude', 'random'), got 'skip'"),
+        ({"missing": "random"}, "missing must be one of ('wrong', 'exclude', 'as_empty'), got 'random'"),
+        ({"repeated_groups": "twice"}, "repeated_groups must be one of ('once', 'each'), got 'twice'"),
+        ({"mean_over": 0.5}, "mean_over must be None or an int, got 0.5"),
+        ({"sources": ["x"]}, "sources must be a tuple of Source, got ['x']"),
+    ],
+)
+def test_a_rule_set_names_the_field_the_allowed_values_and_the_value(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dataclasses.replace(get_rules("videomme"), **changes)
+
+
 def test_a_taken_rule_set_name_or_default_is_refused_and_the_same_rule_set_again_is_a_no_op():
     official = get_rules("videomme")
     assert register_rules(official, default=True) is official  # a module imported twice registers again

@@ -32,6 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from msjoe.checks import check_fields
+
 UnparsedPolicy = Literal["wrong", "exclude", "random"]
 MissingPolicy = Literal["wrong", "exclude", "as_empty"]
 
@@ -143,12 +145,7 @@ class RuleSet:
     notes: str = ""
 
     def __post_init__(self) -> None:
-        if self.unparsed not in ("wrong", "exclude", "random"):
-            raise ValueError(f"unparsed must be 'wrong', 'exclude' or 'random', got {self.unparsed!r}")
-        if self.missing not in ("wrong", "exclude", "as_empty"):
-            raise ValueError(f"missing must be 'wrong', 'exclude' or 'as_empty', got {self.missing!r}")
-        if self.repeated_groups not in ("once", "each"):
-            raise ValueError(f"repeated_groups must be 'once' or 'each', got {self.repeated_groups!r}")
+        check_fields(self)  # every field's type (the policies: their Literal values), from its annotation
 
     @property
     def official(self) -> bool:
