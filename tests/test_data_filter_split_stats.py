@@ -176,3 +176,20 @@ def test_the_run_table_shows_evidence_recall_only_for_datasets_with_spans() -> N
     assert "evidence recall % (items)" in page and "| 75.0 (2) |" in page
     bench["runs"] = [{**run, "evidence_recall": None}]
     assert "evidence recall" not in render_markdown({"benchmarks": {"lvbench": bench}})
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"near_duplicate": 0.0}, "near_duplicate must be a finite number in (0, 1], got 0.0"),
+        ({"max_blind": 1.5}, "max_blind must be a finite number in [0, 1], got 1.5"),
+        ({"min_duration": "8"}, "min_duration must be None or a finite number, got '8'"),
+        ({"dedupe": "yes"}, "dedupe must be true or false, got 'yes'"),
+        ({"min_difficulty": 0.8, "max_difficulty": 0.2}, "min difficulty 0.8 is above max difficulty 0.2"),
+    ],
+)
+def test_filter_config_names_the_field_the_rule_and_the_value(settings: dict[str, Any], message: str) -> None:
+    import re
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        FilterConfig(**settings)

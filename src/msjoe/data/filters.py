@@ -28,7 +28,9 @@ import string
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
+from msjoe.checks import Bounds, check_fields
 from msjoe.data.schema import QAItem
 
 __all__ = [
@@ -69,26 +71,23 @@ class FilterConfig:
     min_duration: float | None = None
     max_duration: float | None = None
     dedupe: bool = False
-    near_duplicate: float = 0.9
+    near_duplicate: Annotated[float, Bounds(0, 1, low_open=True)] = 0.9
     min_difficulty: float | None = None
     max_difficulty: float | None = None
     drop_always_correct: bool = False
     drop_blind: bool = False
-    max_blind: float = 0.0
+    max_blind: Annotated[float, Bounds(0, 1)] = 0.0
     balance_letters: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.near_duplicate <= 1:
-            raise ValueError(f"near_duplicate must be in (0, 1], got {self.near_duplicate}")
+        check_fields(self)  # every field's type and range, from its annotation
         for low, high, what in (
             (self.min_duration, self.max_duration, "duration"),
             (self.min_difficulty, self.max_difficulty, "difficulty"),
         ):
             if low is not None and high is not None and low > high:
                 raise ValueError(f"min {what} {low} is above max {what} {high}")
-        if not 0 <= self.max_blind <= 1:
-            raise ValueError(f"max_blind must be in [0, 1], got {self.max_blind}")
 
 
 @dataclass
