@@ -216,8 +216,8 @@ def test_index_with_an_unloadable_encoder_is_a_clear_error(videos: list[Path], t
 def test_cli_defaults_are_the_librarys() -> None:
     import typer.main
 
-    from msjoe.features import DEFAULT_CLIP
-    from msjoe.pipeline import DEFAULT_MLLM, DEFAULT_SAMPLER, PipelineConfig
+    from msjoe.defaults import DEFAULT_CLIP, DEFAULT_MLLM, DEFAULT_SAMPLER
+    from msjoe.pipeline import PipelineConfig
 
     ask = typer.main.get_command(app).commands["ask"]
     defaults = {param.name: param.default for param in ask.params}
