@@ -7,5 +7,5 @@ DEFAULT_MLLM = "Qwen/Qwen2.5-VL-7B-Instruct"
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 """The paper's frozen dual encoder (CLIP ViT-L/14)."""
 
-DEFAULT_SAMPLER = "bolt"
+DEFAULT_SAMPLER = "nms-z"
 """The sampler of ``ask``, ``select``, ``eval``, ``serve`` and the lmms-eval model when none is named."""
