@@ -37,7 +37,7 @@ from msjoe.train.stage1 import Stage1Config
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "sim_family"
 RUNS = CACHE / "runs"
-BASELINES = ("binmax", "binmax-z", "uniform", "bolt", "aks", "qframe", "topk", "topk-z")
+BASELINES = ("binmax", "binmax-z", "nms-z", "uniform", "bolt", "aks", "qframe", "topk", "topk-z")
 KS = (4, 8, 16)
 SEED_OF_ROLE = {"validation": 1, "held-out": 2}
 
@@ -200,23 +200,24 @@ def print_tables(report, recipe, mix, per_variant, untrained, validation, held_o
 
     print("\n## Targets on held-out variants (paired differences in evidence recall, mean ± s.e. over items)\n")
     print(
-        "| variant | seed | K | trained − binmax | trained − binmax-z | trained − untrained "
+        "| variant | seed | K | trained − binmax | trained − binmax-z | trained − nms-z | trained − untrained "
         "| trained at K/2 − best baseline at K |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for v in held_out:
         for seed, folder in enumerate(mix):
             for k in (8, 16):
                 trained = scores_of(report, v, folder, k).recall
                 binmax = scores_of(report, v, "binmax", k).recall
                 binmax_z = scores_of(report, v, "binmax-z", k).recall
+                nms_z = scores_of(report, v, "nms-z", k).recall
                 start = scores_of(report, v, untrained[seed], k).recall
                 best = max(BASELINES, key=lambda b: scores_of(report, v, b, k).mean_recall)
                 half = scores_of(report, v, folder, k // 2).recall
                 best_scores = scores_of(report, v, best, k).recall
                 print(
                     f"| {v} | {seed} | {k} | {fmt(paired_difference(trained, binmax))} | "
-                    f"{fmt(paired_difference(trained, binmax_z))} | "
+                    f"{fmt(paired_difference(trained, binmax_z))} | {fmt(paired_difference(trained, nms_z))} | "
                     f"{fmt(paired_difference(trained, start))} | {fmt(paired_difference(half, best_scores))} ({best}) |"
                 )
 

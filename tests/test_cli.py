@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from _chat_server import ScriptedServer, completion, status
 from _torchrun import TWO_PROCESSES, two_process_env
 from msjoe.cli import app, format_time
+from msjoe.defaults import DEFAULT_SAMPLER
 from msjoe.samplers import available_samplers, get_sampler
 from msjoe.synthetic_video import write_video
 
@@ -110,7 +111,7 @@ def test_select_with_a_usampler_checkpoint(
 def test_select_table_output(videos: list[Path], tiny_clip_dir: Path, tmp_path: Path) -> None:
     code, out = run("select", videos[0], "-q", "a square", "-k", "2", "--clip", tiny_clip_dir, "--cache-dir", tmp_path)
     assert code == 0, out
-    assert "2 key frames (bolt)" in out and "a square" in out
+    assert f"2 key frames ({DEFAULT_SAMPLER})" in out and "a square" in out
 
 
 @pytest.mark.parametrize(
@@ -255,8 +256,8 @@ def test_index_with_an_unloadable_encoder_is_a_clear_error(videos: list[Path], t
 def test_cli_defaults_are_the_librarys() -> None:
     import typer.main
 
-    from msjoe.features import DEFAULT_CLIP
-    from msjoe.pipeline import DEFAULT_MLLM, DEFAULT_SAMPLER, PipelineConfig
+    from msjoe.defaults import DEFAULT_CLIP, DEFAULT_MLLM, DEFAULT_SAMPLER
+    from msjoe.pipeline import PipelineConfig
 
     ask = typer.main.get_command(app).commands["ask"]
     defaults = {param.name: param.default for param in ask.params}

@@ -187,7 +187,7 @@ def test_sampler_probabilities_are_what_it_selects_from(name: str, tmp_path: Pat
     sim = torch.rand(2, 50, generator=generator) * 0.4
     sampler = get_sampler(name, seed=1) if name == "usampler" else get_sampler(name)
     probs = sampler.probabilities(sim)
-    if name in ("uniform", "topk", "topk-z", "aks", "binmax", "binmax-z"):  # deterministic: no distribution
+    if name in ("uniform", "topk", "topk-z", "aks", "binmax", "binmax-z", "nms-z"):  # deterministic: no distribution
         assert probs is None
         return
     assert probs.shape == (50,) and float(probs.sum()) == pytest.approx(1.0, abs=1e-5) and (probs >= 0).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -214,14 +215,21 @@ def test_row_zscores_by_hand() -> None:
 
 @pytest.mark.parametrize(
     ("name", "k", "expected"),
-    [("topk", 1, [1]), ("topk-z", 1, [4]), ("binmax", 2, [1, 3]), ("binmax-z", 2, [1, 4]), ("topk-z", 2, [1, 4])],
+    [
+        ("topk", 1, [1]),
+        ("topk-z", 1, [4]),
+        ("binmax", 2, [1, 3]),
+        ("binmax-z", 2, [1, 4]),
+        ("topk-z", 2, [1, 4]),
+        ("nms-z", 1, [4]),
+    ],
 )
 def test_standardised_rows_let_a_low_band_query_win(name: str, k: int, expected: list[int]) -> None:
     # z of A at 1: 0.015 / (0.00764 + 0.001) = 1.74; z of B at 4: 0.0833 / (0.0373 + 0.001) = 2.18
     assert get_sampler(name).select(torch.tensor(TWO_BANDS), k).tolist() == expected
 
 
-@pytest.mark.parametrize("name", ["binmax-z", "topk-z"])
+@pytest.mark.parametrize("name", ["binmax-z", "topk-z", "nms-z"])
 def test_standardised_samplers_ignore_each_rows_band(name: str) -> None:
     """Shifting one query's cosines and widening another's changes nothing once rows are standardised (the floor
     of 0.001 on the std is small next to these spreads)."""
@@ -434,3 +442,48 @@ def test_choice_is_invariant_to_shift_and_positive_scale(name: str, num_queries:
         assert torch.equal(sampler.select(sim + 7.0, k), reference), (name, k)
         assert torch.equal(sampler.select(sim * 3.0, k), reference), (name, k)
         assert torch.equal(sampler.select(sim * 0.5 - 40.0, k), reference), (name, k)
+
+
+# --- nms-z: the U-Sampler's prior through its policy, without the network ---------------------------------------
+
+
+def spaced_top_k_by_hand(scores: list[float], k: int, width: int) -> list[int]:
+    """K picks, each the highest score (earliest on ties) not within ``width`` of an earlier pick; when suppression
+    has blocked every unpicked frame, the highest unpicked one."""
+    picks: list[int] = []
+    for _ in range(k):
+        open_frames = [i for i in range(len(scores)) if all(abs(i - p) > width for p in picks)]
+        pool = open_frames or [i for i in range(len(scores)) if i not in picks]
+        picks.append(max(pool, key=lambda i: (scores[i], -i)))
+    return sorted(picks)
+
+
+@pytest.mark.parametrize(("num_frames", "k", "suppression"), [(40, 4, 0.125), (100, 8, 0.5), (30, 7, 1.0), (9, 4, 2.0)])
+def test_nms_z_is_spaced_top_k_of_the_standardised_maximum(num_frames: int, k: int, suppression: float) -> None:
+    for seed in range(5):
+        sim = random_similarity(3, num_frames, seed)
+        scores = row_zscores(sim).max(dim=0).values.tolist()
+        width = math.floor(suppression * num_frames / k)
+        chosen = get_sampler("nms-z", suppression=suppression).select(sim, k).tolist()
+        assert chosen == spaced_top_k_by_hand(scores, k, width), (seed, width)
+
+
+def test_nms_z_suppression_keeps_picks_apart_and_zero_is_top_k() -> None:
+    sim = random_similarity(2, 400, seed=3)
+    chosen = get_sampler("nms-z").select(sim, 8).tolist()  # width floor(0.125 * 400 / 8) = 6
+    assert min(b - a for a, b in itertools.pairwise(chosen)) > 6
+    assert torch.equal(get_sampler("nms-z", suppression=0.0).select(sim, 8), get_sampler("topk-z").select(sim, 8))
+    with pytest.raises(ValueError, match=r"suppression fraction must be a finite number >= 0, got -0\.5"):
+        get_sampler("nms-z", suppression=-0.5)
+
+
+def test_nms_z_equals_a_u_sampler_whose_network_adds_nothing_to_its_prior() -> None:
+    """With the head's weights zeroed, the U-Sampler's logits are its prior (the max-over-queries z-score, gain 1),
+    and its greedy policy reading picks exactly what nms-z picks."""
+    usampler = get_sampler("usampler", seed=0)
+    with torch.no_grad():
+        usampler.module.head.weight.zero_()
+    nms_z = get_sampler("nms-z")
+    for num_queries, num_frames, k in [(1, 300, 8), (3, 1000, 16), (4, 64, 32)]:
+        sim = random_similarity(num_queries, num_frames, seed=num_frames)
+        assert torch.equal(usampler.select(sim, k), nms_z.select(sim, k)), (num_queries, num_frames, k)

@@ -16,6 +16,7 @@ from msjoe import video as video_io
 from msjoe.cli_score import score as score_command
 from msjoe.cli_support import command_processes, console, csv_list, fail, flag
 from msjoe.data.cli import app as data_app
+from msjoe.defaults import DEFAULT_CLIP, DEFAULT_MLLM, DEFAULT_SAMPLER
 from msjoe.eval.explain_cli import explain_run as explain_command
 from msjoe.mllm import DEFAULT_HTTP_MAX_RETRIES as DEFAULT_MAX_RETRIES
 from msjoe.mllm import DEFAULT_HTTP_TIMEOUT as DEFAULT_TIMEOUT
@@ -126,7 +127,7 @@ def index(
     videos: Annotated[
         list[Path], typer.Argument(help="Video files, or folders of videos (searched recursively).", show_default=False)
     ],
-    clip: ClipOption = "openai/clip-vit-large-patch14",
+    clip: ClipOption = DEFAULT_CLIP,
     fps: FpsOption = video_io.DEFAULT_FPS,
     max_frames: MaxFramesOption = video_io.DEFAULT_MAX_FRAMES,
     cache_dir: CacheOption = None,
@@ -231,11 +232,11 @@ def select(
         list[str], typer.Option("--query", "-q", help="A visual query (1 to 4; repeat the option).", show_default=False)
     ],
     k: Annotated[int, typer.Option("-k", help="Frame budget K.", min=1)] = 32,
-    sampler: Annotated[str, typer.Option(help="Sampler name (see `msjoe samplers`).")] = "bolt",
+    sampler: Annotated[str, typer.Option(help="Sampler name (see `msjoe samplers`).")] = DEFAULT_SAMPLER,
     sampler_checkpoint: Annotated[
         Path | None, typer.Option(help="U-Sampler weights folder (required for --sampler usampler).")
     ] = None,
-    clip: ClipOption = "openai/clip-vit-large-patch14",
+    clip: ClipOption = DEFAULT_CLIP,
     fps: FpsOption = video_io.DEFAULT_FPS,
     max_frames: MaxFramesOption = video_io.DEFAULT_MAX_FRAMES,
     cache_dir: CacheOption = None,
@@ -328,16 +329,16 @@ def ask(
         ),
     ] = None,
     k: Annotated[int, typer.Option("-k", help="Key frames shown to the MLLM.", min=1)] = 32,
-    sampler: Annotated[str, typer.Option(help="Sampler name (see `msjoe samplers`).")] = "bolt",
+    sampler: Annotated[str, typer.Option(help="Sampler name (see `msjoe samplers`).")] = DEFAULT_SAMPLER,
     sampler_checkpoint: Annotated[
         Path | None, typer.Option(help="U-Sampler weights folder (required for --sampler usampler).")
     ] = None,
-    mllm: MllmOption = "Qwen/Qwen2.5-VL-7B-Instruct",
+    mllm: MllmOption = DEFAULT_MLLM,
     model: ModelOption = None,
     timeout: TimeoutOption = None,
     max_retries: MaxRetriesOption = None,
     api_key_env: ApiKeyEnvOption = None,
-    clip: ClipOption = "openai/clip-vit-large-patch14",
+    clip: ClipOption = DEFAULT_CLIP,
     fps: FpsOption = video_io.DEFAULT_FPS,
     max_frames: MaxFramesOption = video_io.DEFAULT_MAX_FRAMES,
     cache_dir: CacheOption = None,
@@ -449,7 +450,7 @@ def evaluate(
     ],
     videos: Annotated[Path | None, typer.Option(help="Folder of the benchmark's videos.")] = None,
     sampler: Annotated[str, typer.Option(help="Samplers to compare, comma-separated (e.g. usampler,bolt,uniform).")] = (
-        "bolt"
+        DEFAULT_SAMPLER
     ),
     frames: Annotated[str, typer.Option("--frames", help="Frame budgets K, comma-separated (e.g. 8,16,32,64).")] = (
         "32"
@@ -467,12 +468,12 @@ def evaluate(
     sampler_checkpoint: Annotated[
         Path | None, typer.Option(help="U-Sampler weights folder (required when --sampler lists usampler).")
     ] = None,
-    mllm: MllmOption = "Qwen/Qwen2.5-VL-7B-Instruct",
+    mllm: MllmOption = DEFAULT_MLLM,
     model: ModelOption = None,
     timeout: TimeoutOption = None,
     max_retries: MaxRetriesOption = None,
     api_key_env: ApiKeyEnvOption = None,
-    clip: ClipOption = "openai/clip-vit-large-patch14",
+    clip: ClipOption = DEFAULT_CLIP,
     fps: FpsOption = video_io.DEFAULT_FPS,
     max_frames: MaxFramesOption = video_io.DEFAULT_MAX_FRAMES,
     cache_dir: CacheOption = None,

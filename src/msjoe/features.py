@@ -28,13 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from msjoe.defaults import DEFAULT_CLIP
 from msjoe.devices import check_device
 from msjoe.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-"""The paper's frozen encoder."""
 
 # Text towers that pool the *last* position (SigLIP family) were trained on texts padded to a fixed length; padding
 # to the batch's longest text would change their embeddings. CLIP pools at the EOS token, so any padding works.

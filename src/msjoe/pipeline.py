@@ -26,8 +26,9 @@ import torch
 from msjoe import video as video_io
 from msjoe.cache import FeatureCache, FrameFeatures, fingerprint
 from msjoe.checks import AT_LEAST_1, POSITIVE, Bounds, check_fields
+from msjoe.defaults import DEFAULT_CLIP, DEFAULT_MLLM, DEFAULT_SAMPLER
 from msjoe.errors import CacheError
-from msjoe.features import DEFAULT_CLIP, DualEncoder, similarity
+from msjoe.features import DualEncoder, similarity
 from msjoe.frame_store import DEFAULT_MAX_PIXELS, FrameStore, budget_frame_size
 from msjoe.index import index_video
 from msjoe.mllm import MLLM, GenerationConfig, load_mllm
@@ -39,9 +40,6 @@ if TYPE_CHECKING:
     from msjoe.explain import Explanation
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MLLM = "Qwen/Qwen2.5-VL-7B-Instruct"
-DEFAULT_SAMPLER = "bolt"
 
 
 @dataclass

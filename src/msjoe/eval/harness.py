@@ -52,6 +52,7 @@ from msjoe.checks import is_int
 from msjoe.data.benchmarks import get_benchmark
 from msjoe.data.benchmarks.base import BenchmarkSpec, LoadResult, UnrunnableRow
 from msjoe.data.schema import QAItem
+from msjoe.defaults import DEFAULT_SAMPLER
 from msjoe.distributed import SingleProcess, all_results, main_process_first, my_share, on_every_process
 from msjoe.errors import MsjoeError
 from msjoe.eval.evidence import evidence_recall
@@ -98,7 +99,7 @@ class EvalConfig:
     annotations: str | Path
     videos: str | Path | None
     output_dir: str | Path
-    samplers: Sequence[str] = ("bolt",)
+    samplers: Sequence[str] = (DEFAULT_SAMPLER,)
     budgets: Sequence[int] = (32,)
     sampler_checkpoint: str | None = None
     limit: int | None = None

@@ -48,13 +48,13 @@ except ImportError as err:  # the module is useless without lmms-eval: say how t
     ) from err
 
 from msjoe import video as video_io
+from msjoe.defaults import DEFAULT_CLIP, DEFAULT_MLLM, DEFAULT_SAMPLER
 from msjoe.eval.failures import FailureGate
 from msjoe.eval.harness import is_run_fatal
-from msjoe.features import DEFAULT_CLIP
 from msjoe.mllm import http_options
 from msjoe.mllm.base import GenerationConfig
 from msjoe.mllm.prompts import LETTERS, strip_option_prefix
-from msjoe.pipeline import DEFAULT_MLLM, DEFAULT_SAMPLER, Answer, PipelineConfig, VideoQA
+from msjoe.pipeline import Answer, PipelineConfig, VideoQA
 
 logger = logging.getLogger(__name__)
 

@@ -41,6 +41,7 @@ from msjoe.samplers import aks as aks  # noqa: E402
 from msjoe.samplers import binmax as binmax  # noqa: E402
 from msjoe.samplers import bolt as bolt  # noqa: E402
 from msjoe.samplers import qframe as qframe  # noqa: E402
+from msjoe.samplers import spaced as spaced  # noqa: E402
 from msjoe.samplers import topk as topk  # noqa: E402
 from msjoe.samplers import uniform as uniform  # noqa: E402
 from msjoe.samplers import usampler as usampler  # noqa: E402

@@ -91,3 +91,20 @@ def frame_scores(sim: torch.Tensor, rows: RowScale = "raw") -> torch.Tensor:
     if rows == "zscore":
         return row_zscores(sim).max(dim=0).values
     raise ValueError(f"rows must be 'raw' or 'zscore', got {rows!r}")
+
+
+class RowScoredSampler(Sampler):
+    """A rule over one score per candidate, the max over query rows (:func:`frame_scores`): bin-max, top-k.
+
+    Args:
+        rows: ``"raw"`` takes the max of the cosines; ``"zscore"`` standardises each query row first (see
+            :func:`frame_scores`).
+    """
+
+    def __init__(self, rows: RowScale = "raw") -> None:
+        frame_scores(torch.zeros(1, 1), rows)  # refuses an unknown value now, not at the first question
+        self.rows: RowScale = rows
+
+    def scores(self, sim: torch.Tensor) -> torch.Tensor:
+        """The per-candidate scores ``[T]`` this rule ranks."""
+        return frame_scores(sim, self.rows)

@@ -11,7 +11,7 @@ from itertools import pairwise
 import torch
 
 from msjoe.samplers import register_sampler
-from msjoe.samplers.base import RowScale, Sampler, all_frames, check_similarity, frame_scores
+from msjoe.samplers.base import RowScale, RowScoredSampler, all_frames, check_similarity
 
 
 def bin_edges(num_frames: int, num_bins: int) -> list[int]:
@@ -24,28 +24,20 @@ def bin_edges(num_frames: int, num_bins: int) -> list[int]:
 
 
 @register_sampler("binmax")
-class BinMaxSampler(Sampler):
+class BinMaxSampler(RowScoredSampler):
     """One frame per equal time bin: the argmax of the max-over-queries similarity inside each of K bins.
 
     Guarantees coverage of the whole video (one frame per ``T / K`` stretch) while still following the query
     inside each stretch. Ties inside a bin go to the earlier frame, so a constant similarity gives the first
     frame of every bin.
-
-    Args:
-        rows: ``"raw"`` takes the max of the cosines; ``"zscore"`` standardises each query row first (see
-            :func:`~msjoe.samplers.base.frame_scores`).
     """
-
-    def __init__(self, rows: RowScale = "raw") -> None:
-        frame_scores(torch.zeros(1, 1), rows)  # refuses an unknown value now, not at the first question
-        self.rows: RowScale = rows
 
     def select(self, sim: torch.Tensor, k: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         sim = check_similarity(sim, k)
         num_frames = sim.shape[1]
         if k >= num_frames:
             return all_frames(num_frames, sim.device)
-        scores = frame_scores(sim, self.rows).cpu()
+        scores = self.scores(sim).cpu()
         edges = bin_edges(num_frames, k)
         # torch.argmax returns the first maximal index, which is the tie rule documented above.
         picks = [start + int(torch.argmax(scores[start:end])) for start, end in pairwise(edges)]

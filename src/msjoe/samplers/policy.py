@@ -30,6 +30,10 @@ import math
 
 import torch
 
+DEFAULT_SUPPRESSION = 0.125
+"""The default suppression fraction ``f`` (of the U-Sampler, and of ``nms-z``), chosen among 0.125, 0.25 and 0.5 on
+the simulator's validation variants (docs/decisions.md, "One policy")."""
+
 
 def suppression_width(num_frames: int, k: int, fraction: float) -> int:
     """``floor(fraction · T / K)`` candidates on each side of a pick (0 when ``fraction = 0`` or ``K >= T``)."""

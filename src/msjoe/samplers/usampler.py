@@ -96,7 +96,7 @@ class USamplerConfig:
     similarity_prior: bool = True
     """Add a learned gain (initialised to 1) times the max-over-queries z-score to the logits, so an untrained
     sampler already prefers frames that match a query and the network learns a correction."""
-    suppression: Annotated[float, AT_LEAST_0] = 0.125
+    suppression: Annotated[float, AT_LEAST_0] = policy.DEFAULT_SUPPRESSION
     """Width of the policy's temporal suppression as a fraction of the even spacing ``T / K``: after each pick, the
     ``floor(suppression · T / K)`` candidates on either side are unavailable (:mod:`msjoe.samplers.policy`). Part of
     the policy, used identically in training and inference. Chosen among 0.125, 0.25 and 0.5 on the simulator's

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from msjoe.defaults import DEFAULT_CLIP, DEFAULT_MLLM, DEFAULT_SAMPLER
 from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
 
 console = Console(stderr=True)
@@ -23,10 +24,8 @@ TOKEN_ENV = "MSJOE_SERVE_TOKEN"
 def serve(
     mllm: Annotated[
         str, typer.Option("--mllm", help="MLLM: Hugging Face id, local folder, or an OpenAI-compatible http(s) URL.")
-    ] = "Qwen/Qwen2.5-VL-7B-Instruct",
-    clip: Annotated[
-        str, typer.Option("--clip", help="Frozen CLIP/SigLIP dual encoder.")
-    ] = "openai/clip-vit-large-patch14",
+    ] = DEFAULT_MLLM,
+    clip: Annotated[str, typer.Option("--clip", help="Frozen CLIP/SigLIP dual encoder.")] = DEFAULT_CLIP,
     video_root: Annotated[
         list[Path] | None,
         typer.Option(
@@ -39,7 +38,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8000,
     model: Annotated[str | None, typer.Option("--model", help="Model name to request from an HTTP --mllm.")] = None,
     k: Annotated[int, typer.Option("-k", help="Default key frames per question.", min=1)] = 32,
-    sampler: Annotated[str, typer.Option(help="Default sampler (see `msjoe samplers`).")] = "bolt",
+    sampler: Annotated[str, typer.Option(help="Default sampler (see `msjoe samplers`).")] = DEFAULT_SAMPLER,
     sampler_checkpoint: Annotated[
         Path | None, typer.Option(help="U-Sampler weights (enables --sampler usampler).")
     ] = None,

@@ -79,7 +79,7 @@ def eval_command(
     simulator: SimulatorOption,
     sampler: Annotated[
         str, typer.Option("--sampler", help="Samplers to compare, comma-separated; the first is the reference.")
-    ] = "usampler,binmax,uniform",
+    ] = "usampler,nms-z,binmax-z,binmax,uniform",
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="U-Sampler folder for `usampler` (untrained without it).")
     ] = None,

@@ -68,6 +68,11 @@ class AnswerOutcome:
     """With ``reward="gold_probability"``: the model's probability of the gold letter (renormalised over the option
     letters); ``letter`` is then the most probable letter and ``reply`` is empty (nothing is decoded)."""
 
+    @property
+    def verdict(self) -> bool | float:
+        """What the answer is worth to the reward: :attr:`gold_probability` when scored, else :attr:`correct`."""
+        return self.correct if self.gold_probability is None else self.gold_probability
+
 
 @dataclass
 class AnswererStats:
@@ -164,17 +169,13 @@ class MLLMAnswerer:
     def answer_correct(self, item: TrainExample, chosen_indices: torch.Tensor | Sequence[int]) -> bool | float:
         """Answer ``item``'s question from its candidate frames ``chosen_indices``: True if the letter is the gold
         (``reward="correct"``), or the gold letter's probability (``reward="gold_probability"``)."""
-        outcome = self.answer(item, chosen_indices)
-        return outcome.correct if outcome.gold_probability is None else outcome.gold_probability
+        return self.answer(item, chosen_indices).verdict
 
     def answer(
         self, example: TrainExample, chosen_indices: torch.Tensor | Sequence[int], *, seed: int | None = None
     ) -> AnswerOutcome:
         """The full outcome of answering ``example`` from ``chosen_indices`` (see :meth:`answer_frames`)."""
-        features = example.features
-        return self.answer_frames(
-            example.qa, features.timestamps, chosen_indices, fps=features.fps, max_frames=features.max_frames, seed=seed
-        )
+        return self._outcomes([self._example_request(example, chosen_indices)], seed=seed)[0]
 
     def answer_frames(
         self,
@@ -200,15 +201,12 @@ class MLLMAnswerer:
         uncached ones together: ``batch_size`` chats per call of the backend's ``option_probabilities_many`` or
         ``chat_many`` (one left-padded forward pass on the transformers backend; concurrent requests over HTTP).
         Sampled answers are asked one at a time, in order, so their seeds follow :meth:`answer`'s sequence."""
-        prepared = [
-            self._request(example.qa, example.features.timestamps, chosen, example.features.fps,
-                          example.features.max_frames)
-            for example, chosen in requests
-        ]  # fmt: skip
-        return [
-            outcome.correct if outcome.gold_probability is None else outcome.gold_probability
-            for outcome in self._outcomes(prepared)
-        ]
+        prepared = [self._example_request(example, chosen) for example, chosen in requests]
+        return [outcome.verdict for outcome in self._outcomes(prepared)]
+
+    def _example_request(self, example: TrainExample, chosen_indices: torch.Tensor | Sequence[int]) -> _Request:
+        features = example.features
+        return self._request(example.qa, features.timestamps, chosen_indices, features.fps, features.max_frames)
 
     def _request(
         self,

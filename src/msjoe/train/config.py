@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 
 from msjoe.checks import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields, is_int, is_number
+from msjoe.defaults import DEFAULT_CLIP, DEFAULT_MLLM
 from msjoe.train.stage1 import Stage1Config
 from msjoe.train.stage2 import Stage2Config
 from msjoe.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES
@@ -42,11 +43,11 @@ MLLMDtype = Literal["auto", "float32", "bfloat16", "float16"]
 class ModelsConfig:
     """The models a run starts from."""
 
-    mllm: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    mllm: str = DEFAULT_MLLM
     """The MLLM (Hugging Face id or local folder): frozen answerer in stage 1, policy in stage 2."""
     mllm_revision: str | None = None
     """Hub branch, tag or commit of ``mllm``."""
-    dual_encoder: str = "openai/clip-vit-large-patch14"
+    dual_encoder: str = DEFAULT_CLIP
     """The frozen CLIP/SigLIP model that embeds frames and queries (Hugging Face id or local folder)."""
     dual_encoder_revision: str | None = None
     """Hub branch, tag or commit of ``dual_encoder``."""
