@@ -207,8 +207,15 @@ def test_variants_differ_as_described() -> None:
     assert all(item.kind == "global" and 6 <= len(item.evidence) <= 12 for item in summary)
     spans = [generate_item(variants.get_variant("multi_span").config, split_seed=9, index=i) for i in range(20)]
     assert all(item.kind == "multi_hop" and 2 <= len(item.evidence) <= 4 for item in spans)
-    mix = list(load_simulator("validation").items(6, seed=0))
-    assert [item.num_frames >= 300 for item in mix] == [True] * 6
+    for name, after in (("relations", 0.75), ("relations_long", 0.5)):
+        config = variants.get_variant(name).config
+        assert config.relation_fraction > 0 and config.relation_after == after
+    relation = [generate_item(variants.get_variant("relations_long").config, split_seed=9, index=i) for i in range(20)]
+    assert 8 <= sum(item.kind == "relation" for item in relation) <= 19
+    mix = list(load_simulator("validation").items(40, seed=0))
+    assert all(item.num_frames >= 300 for item in mix)
+    # The validation mix takes its variants in turn; only the 4th, relations, asks relation questions.
+    assert {i % 4 for i, item in enumerate(mix) if item.kind == "relation"} == {3}
 
 
 def test_estimated_pass_rate_matches_the_exact_one() -> None:

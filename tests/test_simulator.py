@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,6 +143,47 @@ def test_evidence_stands_out_on_informative_queries_only() -> None:
     assert abs(sum(flat_gap) / len(flat_gap)) < 0.01
 
 
+RELATIONS = SimulatorConfig(min_frames=300, max_frames=900, multi_hop_fraction=0.2, relation_fraction=0.75)
+
+
+def test_relation_items_put_the_query_peak_on_an_anchor_beside_the_evidence() -> None:
+    items = generate_items(120, RELATIONS, split_seed=4, budget=8)
+    relation = [item for item in items if item.kind == "relation"]
+    # 3 in 4 of the single-span items (80% of all items) are relation items.
+    assert 0.45 < len(relation) / len(items) < 0.75
+    assert all(not item.anchors for item in items if item.kind != "relation")
+    after, anchor_gaps, evidence_gaps = 0, [], []
+    for item in relation:
+        (anchor,), (evidence,) = item.anchors, item.evidence
+        gap = evidence.start - anchor.end if evidence.start >= anchor.end else anchor.start - evidence.end
+        assert 0 <= gap <= RELATIONS.relation_gap[1]
+        after += evidence.start >= anchor.end
+        for other in item.distractors:  # the anchor is a span of its own, apart from the look-alikes
+            assert other.end < anchor.start or anchor.end < other.start
+        for row, target in zip(item.sim, item.query_targets, strict=True):
+            if target is not None:
+                anchor_gaps.append(float(row[anchor.start : anchor.end].mean() - row.median()))
+                evidence_gaps.append(float(row[evidence.start : evidence.end].mean() - row.median()))
+        # The answer needs the evidence: the anchor's frames alone give no coverage.
+        assert item.coverage(range(anchor.start, anchor.end)) == 0.0
+        assert item.coverage(range(evidence.start, evidence.end)) == 1.0
+    assert 0.55 < after / len(relation) < 0.9  # relation_after = 0.75
+    # The queries describe the anchor: their rows rise there, and far less on the evidence (echo <= 0.3).
+    assert np.mean(anchor_gaps) > 0.03 and np.mean(evidence_gaps) < 0.4 * np.mean(anchor_gaps)
+
+
+def test_relation_items_leave_the_other_items_as_they_were() -> None:
+    plain = replace(RELATIONS, relation_fraction=0.0)
+    for index in range(40):
+        with_relations = generate_item(RELATIONS, split_seed=6, index=index)
+        without = generate_item(plain, split_seed=6, index=index)
+        if with_relations.kind != "relation":
+            assert torch.equal(with_relations.sim, without.sim)
+            assert with_relations.evidence == without.evidence and with_relations.distractors == without.distractors
+        else:
+            assert without.kind == "single"
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="min_frames"):
         SimulatorConfig(min_frames=500, max_frames=100)
@@ -152,6 +195,14 @@ def test_config_validation() -> None:
         SimulatorConfig(coverage_exponent=0)
     with pytest.raises(ValueError, match="split_seed"):
         generate_item(split_seed=-1)
+    with pytest.raises(ValueError, match="relation_fraction"):
+        SimulatorConfig(relation_fraction=1.5)
+    with pytest.raises(ValueError, match="relation_gap"):
+        SimulatorConfig(relation_gap=(5, 2))
+    with pytest.raises(ValueError, match="relation_echo"):
+        SimulatorConfig(relation_echo=(0.2, 1.5))
+    with pytest.raises(ValueError, match="relation item's anchor and gap of up to 150"):  # they must fit too
+        SimulatorConfig(min_frames=200, relation_fraction=0.5, relation_gap=(0, 150))
 
 
 # --- answer model and difficulty --------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ another seed.
 - 1 to 4 query rows ``S [Nq, T]`` of CLIP-like cosines;
 - **evidence spans**: a *single* item needs ``m`` (1 to 3) frames of one span (an action seen over several
   frames); a *multi-hop* item needs one frame from each of 2 or 3 spans;
+- optionally **relation** items (``relation_fraction``): the queries describe an *anchor* next to the evidence
+  ("what happens after X?") and only echo on the evidence itself;
 - **look-alike distractor spans** that match exactly one query, as strongly as the evidence or more;
 - a **temporally smooth background**: per-shot offsets shared by all queries (scene changes move every row
   together) plus Gaussian-filtered noise plus a little white noise, around a per-query base level drawn from the
@@ -51,7 +53,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -59,7 +61,7 @@ import torch
 from msjoe.checks import is_int
 from msjoe.samplers.base import Sampler, check_similarity
 
-ItemKind = Literal["single", "multi_hop", "global"]
+ItemKind = Literal["single", "multi_hop", "global", "relation"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,17 @@ class SimulatorConfig:
     queries that describe the video as a whole (each matches one span, weakly). Coverage wins there."""
     global_spans: tuple[int, int] = (6, 12)
     """Range of the number of evidence spans of a global item."""
+    relation_fraction: float = 0.0
+    """Share of the single-span items that are *relation* items ("what does she do after X?"): the evidence lies
+    next to an *anchor* span that the queries describe, so the queries peak on the anchor and only echo on the
+    evidence; the answer needs the evidence, not the anchor. A similarity prior cannot read that offset, a
+    temporal model can learn it. 0 (default): none, and the other items are the same whatever this value."""
+    relation_gap: tuple[int, int] = (0, 20)
+    """Range of the gap between anchor and evidence, in candidates."""
+    relation_after: float = 0.75
+    """Probability that the evidence follows its anchor (else it precedes it: "what happened before X?")."""
+    relation_echo: tuple[float, float] = (0.0, 0.3)
+    """Per relation item: the evidence's bump on the queries, as a fraction of the anchor's."""
     max_distractors: int = 4
     """Most look-alike distractor spans (at least 1 per item)."""
     distractor_strength: tuple[float, float] = (0.7, 1.4)
@@ -199,12 +212,29 @@ class SimulatorConfig:
             raise ValueError(f"max_hardness must lie in [0, 1), got {self.max_hardness}")
         if not self.coverage_exponent > 0:
             raise ValueError(f"coverage_exponent must be > 0, got {self.coverage_exponent}")
-        # The worst case must fit: every span at its longest cap plus a one-frame gap around each.
+        if not 0 <= self.relation_fraction <= 1:
+            raise ValueError(f"relation_fraction must lie in [0, 1], got {self.relation_fraction}")
+        if not 0 <= self.relation_gap[0] <= self.relation_gap[1]:
+            raise ValueError(f"relation_gap must be a range (low, high) with 0 <= low <= high, got {self.relation_gap}")
+        if not 0 <= self.relation_after <= 1:
+            raise ValueError(f"relation_after must lie in [0, 1], got {self.relation_after}")
+        if not 0 <= self.relation_echo[0] <= self.relation_echo[1] <= 1:
+            raise ValueError(f"relation_echo must be a range with 0 <= low <= high <= 1, got {self.relation_echo}")
+        # The worst case must fit: every span at its longest cap plus a one-frame gap around each. A relation item
+        # has one evidence span, its anchor beside it (the gap between them at its widest) and the look-alikes.
+        cap = self._span_cap(self.min_frames)
         most_spans = max(self.max_hops, self.global_spans[1] if self.global_fraction else 0) + self.max_distractors
-        if most_spans * (self._span_cap(self.min_frames) + 1) + 1 > self.min_frames:
+        widest = most_spans * (cap + 1) + 1
+        if self.relation_fraction:
+            widest = max(widest, (2 + self.max_distractors) * (cap + 1) + 1 + self.relation_gap[1])
+        if widest > self.min_frames:
             raise ValueError(
-                f"{most_spans} spans of up to {self._span_cap(self.min_frames)} frames do not fit in "
-                f"min_frames={self.min_frames}; lower max_span_fraction or max_distractors"
+                f"spans of up to {cap} frames ({most_spans} of them, or a relation item's anchor and gap of up to "
+                f"{self.relation_gap[1]}) need {widest} frames but min_frames={self.min_frames}; lower "
+                "max_span_fraction, max_distractors or relation_gap"
+                if self.relation_fraction
+                else f"{most_spans} spans of up to {cap} frames do not fit in min_frames={self.min_frames}; lower "
+                "max_span_fraction or max_distractors"
             )
 
     def _span_cap(self, num_frames: int) -> int:
@@ -240,6 +270,7 @@ class SimulatedItem:
     distractors: tuple[Span, ...]
     """Look-alike spans: they match one query each and carry no evidence."""
     kind: ItemKind
+    """``single``, ``multi_hop``, ``global`` or ``relation`` (see :class:`SimulatorConfig`)."""
     query_targets: tuple[int | None, ...]
     """For each query row, the index of the evidence span it describes, or None for an uninformative query."""
     query_quality: tuple[float, ...]
@@ -256,6 +287,8 @@ class SimulatedItem:
     """The frame budget ``difficulty`` refers to."""
     seed: tuple[int, int]
     """``(split_seed, index)`` the item was generated from."""
+    anchors: tuple[Span, ...] = ()
+    """A relation item's anchor (the span its queries describe; the answer does not need it), else empty."""
 
     @property
     def num_frames(self) -> int:
@@ -405,9 +438,20 @@ def generate_item(
     # Spans: lengths log-uniform up to the cap, placed in random order with random gaps, never overlapping.
     cap = config._span_cap(num_frames)
     lengths = [min(cap, max(n, _span_length(rng, config, cap))) for n in [*needed, *[1] * num_distractors]]
-    starts = _place_spans(rng, num_frames, lengths)
+    relation = _draw_relation(config, split_seed, index, cap) if not (multi_hop or summary) else None
+    if relation is None:
+        starts = _place_spans(rng, num_frames, lengths)
+    else:  # the evidence, the gap and the anchor are placed as one block
+        starts = _place_spans(rng, num_frames, [lengths[0] + relation.gap + relation.anchor_length, *lengths[1:]])
+        block = starts[0]
+        starts[0] = block + relation.anchor_length + relation.gap if relation.after else block
+        lengths.append(relation.anchor_length)
+        starts.append(block if relation.after else block + lengths[0] + relation.gap)
     evidence = tuple(Span(starts[s], starts[s] + lengths[s], needed[s]) for s in range(num_evidence))
-    distractors = tuple(Span(starts[s], starts[s] + lengths[s]) for s in range(num_evidence, len(lengths)))
+    distractors = tuple(
+        Span(starts[s], starts[s] + lengths[s]) for s in range(num_evidence, num_evidence + num_distractors)
+    )
+    anchors = tuple(Span(starts[-1], starts[-1] + lengths[-1]) for _ in range(relation is not None))
     # A distractor copies one informative query (or any query when none is informative: it then matches
     # something the question does not ask for, still pulling raw-similarity samplers).
     distractor_queries = tuple(
@@ -424,6 +468,9 @@ def generate_item(
     for d, q in enumerate(distractor_queries):
         reference = quality[q] * peak if targets[q] is not None else float(rng.uniform(*config.query_quality)) * peak
         heights[q, num_evidence + d] = rng.uniform(*config.distractor_strength) * reference
+    if relation is not None:  # the queries describe the anchor; the evidence only echoes them
+        heights[:, -1] = heights[:, 0]
+        heights[:, 0] *= relation.echo
 
     sim = _background(rng, config, num_queries, num_frames)
     time_axis = np.arange(num_frames)
@@ -438,7 +485,7 @@ def generate_item(
         sim=torch.from_numpy(sim.astype(np.float32)),
         evidence=evidence,
         distractors=distractors,
-        kind="multi_hop" if multi_hop else "global" if summary else "single",
+        kind="multi_hop" if multi_hop else "global" if summary else "single" if relation is None else "relation",
         query_targets=tuple(targets),
         query_quality=tuple(quality),
         distractor_queries=distractor_queries,
@@ -448,6 +495,7 @@ def generate_item(
         difficulty=float("nan"),
         budget=budget,
         seed=(split_seed, index),
+        anchors=anchors,
     )
     # The difficulty is a property of the finished item, so it is filled in last (the dataclass is frozen).
     object.__setattr__(item, "difficulty", item.uniform_pass_rate(budget))
@@ -478,6 +526,30 @@ def _span_length(rng: np.random.Generator, config: SimulatorConfig, cap: int) ->
     levels = [q for q, _ in config.span_length_quantiles]
     log_lengths = [math.log1p(length) for _, length in config.span_length_quantiles]
     return round(math.expm1(float(np.interp(rng.random(), levels, log_lengths))))
+
+
+class _Relation(NamedTuple):
+    gap: int
+    anchor_length: int
+    after: bool
+    """The evidence follows the anchor (else it precedes it)."""
+    echo: float
+
+
+def _draw_relation(config: SimulatorConfig, split_seed: int, index: int, cap: int) -> _Relation | None:
+    """How a single-span item's evidence relates to its anchor, when the item is a relation item.
+
+    Drawn from a stream of its own, so a config's other items are the same with or without relation items."""
+    if not config.relation_fraction:
+        return None
+    rng = np.random.default_rng([split_seed, index, 1])
+    if rng.random() >= config.relation_fraction:
+        return None
+    gap = int(rng.integers(config.relation_gap[0], config.relation_gap[1] + 1))
+    anchor_length = min(cap, max(config.min_span_frames, _span_length(rng, config, cap)))
+    return _Relation(
+        gap, anchor_length, bool(rng.random() < config.relation_after), float(rng.uniform(*config.relation_echo))
+    )
 
 
 def _place_spans(rng: np.random.Generator, num_frames: int, lengths: Sequence[int]) -> list[int]:

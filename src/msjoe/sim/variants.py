@@ -134,6 +134,12 @@ register_variant(
     "every question needs one frame of each of 2-4 distant events; T 600-7200",
     replace(_BASE, min_frames=600, max_frames=7200, multi_hop_fraction=1.0, max_hops=4),
 )
+register_variant(
+    "relations",
+    "validation",
+    "3 in 5 questions ask what happens next to a moment (after it, 3 times in 4): the queries describe that moment",
+    replace(_BASE, min_frames=300, multi_hop_fraction=0.2, relation_fraction=0.75),
+)
 
 # --- held-out: reported only, never tuned on -------------------------------------------------------------------
 register_variant(
@@ -177,5 +183,23 @@ register_variant(
         query_quality=(0.15, 0.6),
         max_span_fraction=0.03,
         coverage_exponent=1.0,
+    ),
+)
+register_variant(
+    "relations_long",
+    "held-out",
+    "relation questions in hour-long videos: LVBench's span lengths, gaps up to 60 s, after or before alike",
+    replace(
+        _BASE,
+        min_frames=1800,
+        max_frames=7200,
+        span_length_quantiles=LVBENCH_SPAN_QUANTILES,
+        max_span_frames=1200,
+        max_span_fraction=0.1,
+        max_distractors=3,
+        multi_hop_fraction=0.2,
+        relation_fraction=0.75,
+        relation_gap=(0, 60),
+        relation_after=0.5,
     ),
 )
