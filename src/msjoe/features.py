@@ -147,6 +147,8 @@ class DualEncoder:
         """
         from transformers import AutoModel, AutoProcessor
 
+        from msjoe.hub import require_hub_model
+
         device = check_device(device)  # before the weights load: a missing GPU is a one-line error
         torch_dtype = _parse_dtype(dtype)
         name = str(name_or_path)
@@ -161,6 +163,7 @@ class DualEncoder:
             raise ModelLoadError(f"model folder not found: {local}")
         else:
             source, model_id, load_revision, is_local = name, name, revision, False
+            require_hub_model(name, revision)
 
         try:
             model = AutoModel.from_pretrained(source, revision=load_revision, dtype=torch_dtype)

@@ -22,6 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from msjoe.devices import check_device
 from msjoe.errors import ModelLoadError
+from msjoe.hub import require_hub_model
 from msjoe.mllm import register_backend
 from msjoe.mllm.base import MLLM, GenerationConfig, ImagePart, Message, OptionScores
 
@@ -95,6 +96,8 @@ class TransformersMLLM(MLLM):
                 raise ModelLoadError(f"model path {model!r} is a file; expected a folder written by save_pretrained")
         elif _looks_like_local_path(model):
             raise ModelLoadError(f"model folder {model!r} does not exist")
+        else:
+            require_hub_model(model, revision)
 
         load_options = {"revision": revision}
         # device_map loads the weights straight onto the device (no full copy in CPU memory first).

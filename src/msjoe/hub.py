@@ -1,0 +1,54 @@
+"""Fail fast when a Hugging Face model id can neither come from the local cache nor from the hub.
+
+Without this check, ``from_pretrained`` on an uncached id with no network retries every file for about a minute
+(printing a warning for each try) before it gives up. :func:`require_hub_model` looks in the local cache first
+(no network: cached models load exactly as before) and otherwise makes one short request to the hub.
+"""
+
+from __future__ import annotations
+
+import httpx2
+from huggingface_hub import constants, get_session, try_to_load_from_cache
+
+from msjoe.errors import ModelLoadError
+
+PROBE_TIMEOUT_S = 4.0
+"""How long the one reachability request may take; a hub that answers at all answers well within it."""
+
+_ADVICE = (
+    "pass a local model folder (`msjoe smoke-models` writes tiny test models), or download the model where the "
+    "hub is reachable (HF_HOME / HF_HUB_CACHE select the cache)"
+)
+
+
+def _is_cached(repo_id: str, revision: str | None) -> bool:
+    """Whether the cache holds a snapshot of ``repo_id`` at ``revision`` (its ``config.json`` stands for it)."""
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
+    except ValueError:  # an id huggingface_hub rejects: let from_pretrained report it in its own words
+        return True
+
+
+def require_hub_model(repo_id: str, revision: str | None = None) -> None:
+    """Return when ``repo_id`` can be loaded from the local cache or the hub answers; else raise at once.
+
+    Raises:
+        ModelLoadError: the model is not in the local cache, and HF_HUB_OFFLINE is set or the hub
+            (``HF_ENDPOINT``) did not answer within :data:`PROBE_TIMEOUT_S`. The message names the id.
+    """
+    if _is_cached(repo_id, revision):
+        return
+    if constants.is_offline_mode():
+        raise ModelLoadError(
+            f"model {repo_id!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            f"HF_HUB_OFFLINE is set; {_ADVICE}"
+        )
+    # Any HTTP answer (even an error status) means the hub is there: the loader then reports what is wrong (unknown
+    # id, gated model) in its own words. Only a connection that fails or hangs stops here.
+    try:
+        get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S)
+    except httpx2.TransportError as err:
+        raise ModelLoadError(
+            f"model {repo_id!r} is not in the local Hugging Face cache and the hub {constants.ENDPOINT} is "
+            f"unreachable ({type(err).__name__}: {err or 'no answer'}); {_ADVICE}"
+        ) from err
