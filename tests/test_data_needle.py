@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +124,32 @@ def test_letterboxed_haystack_and_the_command(sources: list[QAItem], tmp_path: P
     assert bad.exit_code == 1 and "--size must be WIDTHxHEIGHT" in bad.output
     plan = json.loads((tmp_path / "cmd" / "videos" / "needle-00000.plan.json").read_text())
     assert plan["needle_frames"][1] - plan["needle_frames"][0] == 24
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [  # each message names the field, what it must be and the value given
+        ({"count": 0}, "count must be an int >= 1, got 0"),
+        ({"count": 2.0}, "count must be an int >= 1, got 2.0"),
+        ({"duration": 0.0}, "duration must be a finite number > 0, got 0.0"),
+        ({"haystack_clip": -1}, "haystack_clip must be a finite number > 0, got -1"),
+        ({"fps": math.inf}, "fps must be a finite number > 0, got inf"),
+        ({"gop_seconds": "2"}, "gop_seconds must be a finite number > 0, got '2'"),
+        ({"margin": -0.5}, "margin must be a finite number >= 0, got -0.5"),
+        ({"crf": 52}, "crf must be an int in [0, 51] (libx264's quality scale), got 52"),
+        ({"question": "where"}, "question must be one of ('source', 'when'), got 'where'"),
+        ({"describe": 3}, "describe must be None or a str, got 3"),
+        ({"seed": True}, "seed must be an int, got True"),
+        ({"size": (128.0, 72)}, "size must be a tuple of int, got (128.0, 72)"),
+        # checks no single annotation states, kept by hand
+        ({"size": (127, 72)}, "size must be (width, height), both even and >= 16, got (127, 72)"),
+        ({"size": (128, 72, 3)}, "size must be (width, height), both even and >= 16, got (128, 72, 3)"),
+        ({"question": "when"}, "the 'when' question needs describe"),
+        ({"max_needle": 30.0}, "max_needle (30 s) must be shorter than the video (30 s)"),
+    ],
+)
+def test_config_refuses_a_bad_value_naming_the_field(changes: dict[str, object], message: str) -> None:
+    valid = {"count": 3, "duration": 30.0, "haystack_clip": 8.0, "max_needle": 10.0, "fps": FPS, "size": SIZE}
+    NeedleConfig(**valid)  # the base is valid: each case fails for its own change
+    with pytest.raises(ValueError, match=re.escape(message)):
+        NeedleConfig(**{**valid, **changes})

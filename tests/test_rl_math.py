@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -253,8 +254,23 @@ def test_default_weights_order_rollouts_lexicographically(weights: RewardWeights
 def test_rollout_reward_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="info_fraction"):
         rollout_reward(True, True, True, 1.5)
-    with pytest.raises(ValueError, match=r"RewardWeights\.format"):
-        RewardWeights(format=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [  # each message names the field, what it must be and the value given
+        ({"accuracy": -0.5}, "accuracy must be a finite number >= 0, got -0.5"),
+        ({"format": -1.0}, "format must be a finite number >= 0, got -1.0"),
+        ({"info": math.nan}, "info must be a finite number >= 0, got nan"),
+        ({"info": math.inf}, "info must be a finite number >= 0, got inf"),
+        ({"accuracy": "1"}, "accuracy must be a finite number >= 0, got '1'"),
+        ({"format": True}, "format must be a finite number >= 0, got True"),
+    ],
+)
+def test_reward_weights_refuse_a_bad_value_naming_the_field(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RewardWeights(**changes)
+    assert RewardWeights(accuracy=0, format=2, info=0.0).format == 2  # ints and zeros are fine
 
 
 def test_reply_level_tests() -> None:

@@ -94,6 +94,7 @@ def images(messages: list) -> list[ImagePart]:
         ({"batch_size": True}, "batch_size"),
         ({"generation_batch_size": 0}, "generation_batch_size"),
         ({"scoring_max_tokens": 0}, "scoring_max_tokens"),
+        ({"reward_weights": {"info": -0.1}}, r"reward_weights\.info must be a finite number >= 0, got -0\.1"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(overrides: dict[str, object], field: str) -> None:

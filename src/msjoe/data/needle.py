@@ -37,12 +37,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
 from msjoe.atomic import atomic_file, write_text_atomically
-from msjoe.checks import is_int
+from msjoe.checks import AT_LEAST_0, AT_LEAST_1, POSITIVE, Bounds, check_fields
 from msjoe.data.schema import QAItem, write_qa_jsonl
 from msjoe.errors import VideoError
 from msjoe.mllm.prompts import format_clock, option_letters
@@ -78,33 +78,24 @@ class NeedleConfig:
         seed: everything random is drawn from it.
     """
 
-    count: int = 100
-    duration: float = 600.0
-    haystack_clip: float = 60.0
-    max_needle: float = 60.0
-    margin: float = 1.0
-    fps: float = 4.0
+    count: Annotated[int, AT_LEAST_1] = 100
+    duration: Annotated[float, POSITIVE] = 600.0
+    haystack_clip: Annotated[float, POSITIVE] = 60.0
+    max_needle: Annotated[float, POSITIVE] = 60.0
+    margin: Annotated[float, AT_LEAST_0] = 1.0
+    fps: Annotated[float, POSITIVE] = 4.0
     size: tuple[int, int] = (640, 360)
     question: QuestionKind = "source"
     describe: str | None = None
-    gop_seconds: float = 2.0
-    crf: int = 23
+    gop_seconds: Annotated[float, POSITIVE] = 2.0
+    crf: Annotated[int, Bounds(0, 51, why="libx264's quality scale")] = 23
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not is_int(self.count) or self.count < 1:
-            raise ValueError(f"count must be a positive int, got {self.count!r}")
-        for name in ("duration", "haystack_clip", "max_needle", "fps", "gop_seconds"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if self.margin < 0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}")
-        width, height = self.size
-        if width < 16 or height < 16 or width % 2 or height % 2:
+        check_fields(self)  # every field's type and range, from its annotation
+        # What one annotation cannot say: two sides, both even (yuv420p), and the checks across fields.
+        if len(self.size) != 2 or min(self.size) < 16 or any(side % 2 for side in self.size):
             raise ValueError(f"size must be (width, height), both even and >= 16, got {self.size!r}")
-        if self.question not in ("source", "when"):
-            raise ValueError(f"question must be 'source' or 'when', got {self.question!r}")
         if (self.question == "when") != (self.describe is not None):
             raise ValueError("the 'when' question needs describe (the field describing the clip), and only it does")
         limit = self.duration / QUARTERS if self.question == "when" else self.duration

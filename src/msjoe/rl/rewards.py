@@ -26,9 +26,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
+from msjoe.checks import AT_LEAST_0, check_fields
 from msjoe.mllm.parsing import answer_follows_format, parse_answer, queries_follow_format
 from msjoe.mllm.prompts import option_letters
 
@@ -212,15 +214,12 @@ class RewardWeights:
         info: weight of ``r_info`` (the fraction of informative queries). Paper: 0.1.
     """
 
-    accuracy: float = 1.0
-    format: float = 0.5
-    info: float = 0.1
+    accuracy: Annotated[float, AT_LEAST_0] = 1.0
+    format: Annotated[float, AT_LEAST_0] = 0.5
+    info: Annotated[float, AT_LEAST_0] = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("accuracy", "format", "info"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"RewardWeights.{name} must be a finite number >= 0, got {value!r}")
+        check_fields(self)  # every weight a finite number >= 0, from its annotation
 
 
 @dataclass(frozen=True)

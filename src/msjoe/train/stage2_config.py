@@ -146,7 +146,10 @@ class Stage2Config(ScheduledConfig):
     def __post_init__(self) -> None:
         # YAML gives lists and mappings: normalise them so configs compare equal and stay hashable.
         if isinstance(self.reward_weights, dict):
-            self.reward_weights = RewardWeights(**self.reward_weights)
+            try:
+                self.reward_weights = RewardWeights(**self.reward_weights)
+            except ValueError as error:  # "format must be ..." alone would not say whose format
+                raise ValueError(f"reward_weights.{error}") from error
         if not isinstance(self.reward_weights, RewardWeights):
             raise ValueError(f"reward_weights must be a RewardWeights or a mapping, got {self.reward_weights!r}")
         self.lora_target_modules = _names(self.lora_target_modules, "lora_target_modules", allow_empty=False)
