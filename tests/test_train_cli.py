@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from _torchrun import TWO_PROCESSES, two_process_env
 from msjoe.cli import app
 from msjoe.data.schema import read_qa_jsonl
 from msjoe.data.smoke import write_smoke_dataset
@@ -124,3 +126,46 @@ def test_missing_training_file_is_a_clear_error_before_any_model_loads(tmp_path:
     result = runner.invoke(app, ["train", stage, "--config", str(config)])
     assert result.exit_code == 1
     assert f"data.train: the training QA JSONL {tmp_path / 'absent.jsonl'} does not exist" in result.output
+
+
+TRAIN_THEN_REPORT = """
+import sys
+
+import torch.distributed as dist
+
+from msjoe.cli import app
+
+try:
+    app(sys.argv[1:], standalone_mode=False)
+finally:
+    print(f"process group still up at exit: {dist.is_initialized()}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_stage1_on_two_processes_tears_the_process_group_down(
+    tmp_path: Path, tiny_clip_dir: Path, tiny_qwen_dir: Path
+) -> None:
+    """Left up, gloo's worker threads outlive the command and can abort the interpreter at exit (rarely)."""
+    qa_file = write_smoke_dataset(tmp_path / "data", num_items=4)
+    script = tmp_path / "train_then_report.py"
+    script.write_text(TRAIN_THEN_REPORT)
+    overrides = [
+        f"models.mllm={tiny_qwen_dir}",
+        f"models.dual_encoder={tiny_clip_dir}",
+        f"data.train={qa_file}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"run.output_dir={tmp_path / 'run'}",
+        "run.progress=false",
+        "trainer.steps=1",
+        "models.sampler_config={widths: [8, 16], query_width: 4, norm_group_size: 4}",
+    ]
+    args = ["train", "stage1", "--config", str(CONFIGS / "stage1_tiny.yaml")]
+    for override in overrides:
+        args += ["--set", override]
+    command = [*TWO_PROCESSES, str(script), *args]
+    result = subprocess.run(command, env=two_process_env(), capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert output.count("stage 1: 1 steps on 4 items, 0 skipped") == 1, output[-4000:]  # the main process reports
+    assert output.count("process group still up at exit: False") == 2, output[-4000:]

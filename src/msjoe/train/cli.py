@@ -24,9 +24,7 @@ SetOption = Annotated[
 
 
 def _run(stage: int, config_path: Path, overrides: list[str] | None) -> None:
-    from accelerate import PartialState
-
-    from msjoe.distributed import PeerFailedError
+    from msjoe.distributed import PeerFailedError, launched_processes
     from msjoe.errors import MsjoeError
     from msjoe.train import run
     from msjoe.train.config import ConfigError, load_run_config
@@ -37,12 +35,16 @@ def _run(stage: int, config_path: Path, overrides: list[str] | None) -> None:
         console.print(f"[bold red]config error:[/] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(code=2) from error
     try:
-        summary = run.train_stage1(config) if stage == 1 else run.train_stage2(config)
+        # The command owns the processes: the process group is torn down before the interpreter exits, which stops
+        # gloo's worker threads; left running, one can free a collective's tensors during interpreter shutdown and
+        # abort the process (about 1 run in 60).
+        with launched_processes() as state:
+            summary = run.train_stage1(config) if stage == 1 else run.train_stage2(config)
     except (MsjoeError, ValueError, FileNotFoundError) as error:
         if not isinstance(error, PeerFailedError):  # another process failed: it prints its own error
             console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(code=1) from error
-    if not PartialState().is_main_process:  # the run set up the processes; one summary is enough
+    if not state.is_main_process:  # one summary is enough
         return
     resumed = f" (resumed from {summary.resumed_from.name})" if summary.resumed_from else ""
     typer.echo(
