@@ -111,4 +111,8 @@ def main(qwen_dir: str, clip_dir: str, folder: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    try:
+        main(*sys.argv[1:4])
+    finally:  # as the CLI commands do: else gloo's worker threads can abort the interpreter at exit
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

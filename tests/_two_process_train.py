@@ -81,4 +81,8 @@ def main(config_path: str, record_error: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], record_error="--record-error" in sys.argv[2:])
+    try:
+        main(sys.argv[1], record_error="--record-error" in sys.argv[2:])
+    finally:  # as the CLI commands do: else gloo's worker threads can abort the interpreter at exit
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
