@@ -7,7 +7,7 @@ Without this check, ``from_pretrained`` on an uncached id with no network retrie
 
 from __future__ import annotations
 
-import httpx2
+import httpx2  # huggingface_hub's HTTP client: get_session() returns an httpx2.Client
 from huggingface_hub import constants, get_session, try_to_load_from_cache
 
 from msjoe.errors import ModelLoadError
