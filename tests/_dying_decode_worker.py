@@ -1,6 +1,7 @@
 """Decoding workers (``msjoe.decode_worker.run``) whose process is killed between videos, as the out-of-memory killer
-may pick an idle worker. Tests pass :func:`run_dying_once_when_idle` or :func:`run_dying_at_once` as the worker's
-target (they run in spawned processes, which import this module by name from the tests folder).
+may pick an idle worker, or part-way through writing a message. Tests pass :func:`run_dying_once_when_idle`,
+:func:`run_dying_at_once` or :func:`run_dying_mid_message` as the worker's target (they run in spawned processes,
+which import this module by name from the tests folder).
 
 ``MSJOE_TEST_DEATH_MARKER``: a file the first worker to die creates; with it, only that one worker ever dies.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
+from pathlib import Path
 from typing import Any
 
 from msjoe import decode_worker
@@ -45,3 +48,20 @@ def run_dying_once_when_idle(tasks: Any, results: Any, busy: Any = None) -> None
 def run_dying_at_once(tasks: Any, results: Any, busy: Any = None) -> None:
     """Dies before its first task: no worker ever decodes anything."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_dying_mid_message(tasks: Any, results: Any, busy: Any = None) -> None:
+    """Killed while writing the first message of any video whose file name contains "cut": the queue's write lock
+    held and a message cut short in the pipe, promising a megabyte and holding a kilobyte."""
+    decode_segment = decode_worker.decode_segment
+
+    def decode_or_die_writing(segment: decode_worker.Segment, send: Any) -> None:
+        if "cut" not in Path(segment.path).name:
+            decode_segment(segment, send)
+            return
+        results._wlock.acquire()
+        os.write(results._writer.fileno(), struct.pack("!i", 1 << 20) + bytes(1024))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    decode_worker.decode_segment = decode_or_die_writing
+    decode_worker.run(tasks, results, busy)

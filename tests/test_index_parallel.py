@@ -302,3 +302,25 @@ def test_workers_dying_again_and_again_stop_the_indexing(
     assert (report.cached, report.indexed, report.failed) == ([str(videos[0])], [str(videos[1])], [])  # resumes
     expected = cache.put(expected_key(clip, videos[1]), index_video(videos[1], clip, fps=FPS, batch_size=BATCH))
     assert torch.equal(entry(cache, clip, videos[1]).embeddings, expected.embeddings)
+
+
+def test_a_worker_killed_while_writing_a_message_fails_its_video_alone(
+    clip: DualEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import _dying_decode_worker
+
+    # The dead worker leaves half a message in the result pipe and its write lock taken: reading it here would
+    # wait forever for the rest; the reading thread does instead, and the dead worker is noticed.
+    monkeypatch.setattr(msjoe.decode_worker, "run", _dying_decode_worker.run_dying_mid_message)
+    good = [write_video(tmp_path / f"v{i}.mp4", duration=6.0 + i, fps=8, size=(96, 64), gop=8) for i in range(2)]
+    cut = write_video(tmp_path / "cut.mp4", duration=9.0, fps=8, size=(96, 64), gop=8)
+    cache = FeatureCache(tmp_path / "cache")
+
+    # First, so that nothing else arrives before the cut message: this process is waiting for it, and reads it.
+    report = index_videos([cut, *good], clip, cache, fps=FPS, batch_size=BATCH, workers=2)
+
+    assert [(f.path, f.error_type) for f in report.failed] == [(str(cut), "DecoderCrashedError")]
+    assert sorted(report.indexed) == sorted(str(v) for v in good)
+    for video in good:
+        expected = cache.put(expected_key(clip, video), index_video(video, clip, fps=FPS, batch_size=BATCH))
+        assert torch.equal(entry(cache, clip, video).embeddings, expected.embeddings)

@@ -25,7 +25,8 @@ the video fails with :class:`~msjoe.errors.DecoderCrashedError` and the unfinish
 worker that dies between videos (e.g. killed for lack of memory while idle) fails nothing: the unfinished videos are
 decoded again by a full set of new workers. Workers dying :data:`MAX_DEATHS_WITHOUT_PROGRESS` times in a row with no
 segment decoded in between stop the indexing with :class:`~msjoe.errors.DecodingWorkersDiedError` (finished videos
-stay cached: a rerun resumes).
+stay cached: a rerun resumes). Messages are read off the result queue in a thread, so a worker killed part-way
+through writing one cannot leave this process waiting forever for its end.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ import multiprocessing
 import os
 import queue
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -565,10 +568,12 @@ class _Indexer:
             for i, marker in enumerate(busy)
         ]
         finished = False
+        reader: _ResultReader | None = None
         try:
             with decode_worker.without_main_module():
                 for process in processes:
                     process.start()
+            reader = _ResultReader(results)
             while any(state.outcome is None for state in states):
                 for process, marker in zip(processes, busy, strict=True):
                     if process.exitcode not in (None, 0):
@@ -576,11 +581,9 @@ class _Indexer:
                             return None, process.exitcode
                         crashed = by_job[marker.value]
                         return (crashed if crashed.outcome is None else None), process.exitcode
-                try:
-                    message = results.get(timeout=1.0)
-                except queue.Empty:
-                    continue
-                self._handle(message, by_job[message[1]])
+                message = reader.next_message(timeout=1.0)
+                if message is not None:
+                    self._handle(message, by_job[message[1]])
             finished = True
         finally:
             for state in states:
@@ -595,6 +598,9 @@ class _Indexer:
                 process.join(timeout=10.0)
                 if process.is_alive():
                     process.kill()
+                    process.join()
+            if reader is not None:
+                reader.stop()  # every worker is gone: its read ends (see _ResultReader)
             tasks.cancel_join_thread()
             results.cancel_join_thread()
         return None
@@ -692,6 +698,49 @@ class _Indexer:
         self._frames_done += count
         if self.on_frames is not None:
             self.on_frames(self._frames_done, self._frames_total)
+
+
+class _ResultReader:
+    """Takes the workers' messages off the result queue in a thread, so that this process never blocks in a read.
+
+    A worker killed part-way through writing a message (a batch of frames is megabytes) leaves it cut short in the
+    pipe, and the lock other workers need to write: a ``results.get`` here would then wait forever for the rest,
+    with no chance to notice the dead worker. The thread may block so; :meth:`next_message` waits at most its
+    timeout. This process gives up its own write end of the queue (it never writes there), so once the round's
+    workers are all gone, the thread's read ends (end of file) whatever state the queue is in."""
+
+    def __init__(self, results: Any) -> None:
+        results._writer.close()  # the children hold their copies; no public way to drop the parent's
+        self._results = results
+        self._inbox: queue.Queue[tuple] = queue.Queue(maxsize=1)  # one message ahead: memory stays bounded
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="msjoe-decode-results", daemon=True)
+        self._thread.start()
+
+    def next_message(self, timeout: float) -> tuple | None:
+        """The next message, or None when none came within ``timeout`` seconds."""
+        try:
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def stop(self) -> None:
+        """Stop reading; call once the workers are gone (then the read in progress, if any, ends)."""
+        self._stopped.set()
+        self._thread.join(timeout=10.0)
+
+    def _read(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                message = self._results.get()
+            except (EOFError, OSError):  # every worker is gone
+                return
+            while not self._stopped.is_set():
+                try:
+                    self._inbox.put(message, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
 
 
 def _exit_reason(exitcode: int | None) -> str:
