@@ -18,19 +18,20 @@ from msjoe import decode_worker
 
 
 class _TasksKillingOnce:
-    """The task queue of a worker that dies (SIGKILL) when it asks for its second task: after its first segment,
-    whose messages it has flushed first, so the death is between videos, with nothing lost."""
+    """The task queue of a worker that dies (SIGKILL) when it asks for its next task after a segment of a video whose
+    file name contains "die-after", having flushed that segment's messages: a death between videos that loses
+    nothing. That video comes first, so other videos' segments are still to do when the worker dies."""
 
     def __init__(self, tasks: Any, results: Any) -> None:
-        self.tasks, self.results, self.asked = tasks, results, 0
+        self.tasks, self.results, self.previous = tasks, results, None
 
     def get(self) -> Any:
-        self.asked += 1
-        if self.asked == 2 and _first_to_die():
+        if self.previous is not None and "die-after" in Path(self.previous.path).name and _first_to_die():
             self.results.close()
-            self.results.join_thread()  # the first segment's messages are all on the queue
+            self.results.join_thread()  # the segment's messages are all on the queue
             os.kill(os.getpid(), signal.SIGKILL)
-        return self.tasks.get()
+        self.previous = self.tasks.get()
+        return self.previous
 
 
 def _first_to_die() -> bool:

@@ -254,7 +254,8 @@ def test_a_worker_killed_between_videos_fails_nothing(
 ) -> None:
     import _dying_decode_worker
 
-    # One worker dies (SIGKILL) once it has sent its first segment, as the out-of-memory killer may pick an idle one.
+    # The worker that decodes the first segment of die-after.mp4 dies (SIGKILL) once it has sent it, idle, as the
+    # out-of-memory killer may pick an idle worker; the other videos' segments are still to decode.
     monkeypatch.setattr(msjoe.decode_worker, "run", _dying_decode_worker.run_dying_once_when_idle)
     monkeypatch.setenv("MSJOE_TEST_DEATH_MARKER", str(tmp_path / "died"))
     rounds: list[int] = []
@@ -265,7 +266,11 @@ def test_a_worker_killed_between_videos_fails_nothing(
         return run_round(indexer, states, workers)
 
     monkeypatch.setattr(msjoe.index._Indexer, "_run_round", counted_round)
-    videos = [write_video(tmp_path / f"v{i}.mp4", duration=6.0 + i, fps=8, size=(96, 64), gop=8) for i in range(4)]
+    names = ["die-after", "v1", "v2", "v3"]
+    videos = [
+        write_video(tmp_path / f"{name}.mp4", duration=6.0 + i, fps=8, size=(96, 64), gop=8)
+        for i, name in enumerate(names)
+    ]
 
     cache, store = index_into(tmp_path / "cache", videos, clip, workers=2)  # asserts every video indexed
 
