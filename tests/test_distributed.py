@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from _torchrun import TWO_PROCESSES, two_process_env
+from msjoe.cli_support import failure_exit
 from msjoe.distributed import (
+    PeerFailedError,
     SingleProcess,
     all_results,
     check_launch,
@@ -20,6 +24,7 @@ from msjoe.distributed import (
     process_state,
 )
 from msjoe.errors import MsjoeError
+from msjoe.synthetic_video import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,3 +105,50 @@ def test_the_collective_timeout_defaults_to_three_hours(monkeypatch: pytest.Monk
     assert collective_timeout().total_seconds() == 3 * 3600
     monkeypatch.setenv("MSJOE_COLLECTIVE_TIMEOUT_MIN", "30")
     assert collective_timeout().total_seconds() == 1800
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_only_the_failed_process_prints_its_error_and_ends_with_1(tmp_path: Path) -> None:
+    # The two processes are started here, with the variables torchrun would set, rather than under torchrun: torchrun
+    # stops the other processes at the first failure and reports no exit status per process.
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "a.mp4", duration=2.0, fps=4, size=(64, 48))
+    port = str(_free_port())
+    options = ["--cache-dir", str(tmp_path / "cache"), "--workers", "0"]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "_two_process_cli.py"), str(tmp_path / "videos"), *options],
+            env=two_process_env(
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE="2",
+                LOCAL_WORLD_SIZE="2",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for rank in (0, 1)
+    ]
+    (_, main_err), (_, other_err) = (process.communicate(timeout=300) for process in processes)
+    main_err, other_err = main_err.decode(), other_err.decode()
+    assert [process.returncode for process in processes] == [0, 1], main_err[-3000:] + other_err[-3000:]
+    assert other_err.count("error:") == 1 and "cannot load" in other_err and "CUDA out of memory" in other_err
+    assert "error" not in main_err.lower() and "Traceback" not in main_err + other_err
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [(PeerFailedError("process 1 failed while indexing: ValueError: bad video"), 0), (MsjoeError("bad video"), 1)],
+)
+def test_a_process_that_only_heard_of_another_failure_ends_with_0(error: Exception, code: int) -> None:
+    # A process's own error ends it with 1 (as with one process); a failure forwarded from another process with 0,
+    # so that the launcher reports the process that failed, with its message.
+    assert failure_exit(error).exit_code == code

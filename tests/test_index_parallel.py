@@ -247,3 +247,85 @@ def test_a_video_that_kills_its_worker_fails_alone(
     assert [p.name for p in store.root.rglob("*") if p.is_file() and not p.name.endswith(".safetensors")] == []
     with pytest.raises(msjoe.errors.DecoderCrashedError, match=r"crash\.mp4: the process decoding it died"):
         index_video(crash, clip, fps=FPS, batch_size=4, workers=2)
+
+
+def test_a_worker_killed_between_videos_fails_nothing(
+    clip: DualEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import _dying_decode_worker
+
+    # The worker that decodes the first segment of die-after.mp4 dies (SIGKILL) once it has sent it, idle, as the
+    # out-of-memory killer may pick an idle worker; the other videos' segments are still to decode.
+    monkeypatch.setattr(msjoe.decode_worker, "run", _dying_decode_worker.run_dying_once_when_idle)
+    monkeypatch.setenv("MSJOE_TEST_DEATH_MARKER", str(tmp_path / "died"))
+    rounds: list[int] = []
+    run_round = msjoe.index._Indexer._run_round
+
+    def counted_round(indexer: msjoe.index._Indexer, states: list, workers: int) -> object:
+        rounds.append(len(states))
+        return run_round(indexer, states, workers)
+
+    monkeypatch.setattr(msjoe.index._Indexer, "_run_round", counted_round)
+    names = ["die-after", "v1", "v2", "v3"]
+    videos = [
+        write_video(tmp_path / f"{name}.mp4", duration=6.0 + i, fps=8, size=(96, 64), gop=8)
+        for i, name in enumerate(names)
+    ]
+
+    cache, store = index_into(tmp_path / "cache", videos, clip, workers=2)  # asserts every video indexed
+
+    assert (tmp_path / "died").exists()
+    assert len(rounds) == 2 and rounds[0] == 4  # the unfinished videos were decoded again by new workers
+    for video in videos:  # equal to sequential indexing, as stored by the cache
+        expected = cache.put(expected_key(clip, video), index_video(video, clip, fps=FPS, batch_size=BATCH))
+        assert torch.equal(entry(cache, clip, video).embeddings, expected.embeddings)
+        times = candidate_timestamps(probe(video), FPS)
+        assert [read_frame_index(f) for f in store.read(video, times, STORE_PIXELS, fps=FPS)] == [
+            int(t * 8.0) for t in times
+        ]
+
+
+def test_workers_dying_again_and_again_stop_the_indexing(
+    clip: DualEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import _dying_decode_worker
+
+    videos = [write_video(tmp_path / f"v{i}.mp4", duration=6.0 + i, fps=8, size=(96, 64), gop=8) for i in range(2)]
+    cache, store = index_into(tmp_path / "cache", videos[:1], clip, workers=2)
+    monkeypatch.setattr(msjoe.decode_worker, "run", _dying_decode_worker.run_dying_at_once)
+
+    with pytest.raises(msjoe.errors.DecodingWorkersDiedError) as raised:
+        index_videos(videos, clip, cache, fps=FPS, batch_size=BATCH, frame_store=store, workers=2)
+
+    message = str(raised.value)
+    assert f"died {msjoe.index.MAX_DEATHS_WITHOUT_PROGRESS} times in a row with no progress" in message
+    assert "killed by SIGKILL between videos" in message and "fewer --workers" in message
+    assert entry(cache, clip, videos[0]) is not None and store.has(videos[0], fps=FPS)  # finished work stays
+    assert entry(cache, clip, videos[1]) is None and not store.has(videos[1], fps=FPS)
+    monkeypatch.undo()
+    report = index_videos(videos, clip, cache, fps=FPS, batch_size=BATCH, frame_store=store, workers=2)
+    assert (report.cached, report.indexed, report.failed) == ([str(videos[0])], [str(videos[1])], [])  # resumes
+    expected = cache.put(expected_key(clip, videos[1]), index_video(videos[1], clip, fps=FPS, batch_size=BATCH))
+    assert torch.equal(entry(cache, clip, videos[1]).embeddings, expected.embeddings)
+
+
+def test_a_worker_killed_while_writing_a_message_fails_its_video_alone(
+    clip: DualEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import _dying_decode_worker
+
+    # The dead worker leaves half a message in the result pipe and its write lock taken: reading it here would
+    # wait forever for the rest; the reading thread does instead, and the dead worker is noticed.
+    monkeypatch.setattr(msjoe.decode_worker, "run", _dying_decode_worker.run_dying_mid_message)
+    good = [write_video(tmp_path / f"v{i}.mp4", duration=6.0 + i, fps=8, size=(96, 64), gop=8) for i in range(2)]
+    cut = write_video(tmp_path / "cut.mp4", duration=9.0, fps=8, size=(96, 64), gop=8)
+    cache = FeatureCache(tmp_path / "cache")
+
+    # First, so that nothing else arrives before the cut message: this process is waiting for it, and reads it.
+    report = index_videos([cut, *good], clip, cache, fps=FPS, batch_size=BATCH, workers=2)
+
+    assert [(f.path, f.error_type) for f in report.failed] == [(str(cut), "DecoderCrashedError")]
+    assert sorted(report.indexed) == sorted(str(v) for v in good)
+    for video in good:
+        expected = cache.put(expected_key(clip, video), index_video(video, clip, fps=FPS, batch_size=BATCH))
+        assert torch.equal(entry(cache, clip, video).embeddings, expected.embeddings)

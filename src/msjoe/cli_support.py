@@ -38,17 +38,36 @@ def flag(name: str) -> str:
 
 
 def fail(error: Exception | str, hint: str | None = None) -> typer.Exit:
-    """Print the error (and a hint) and return the exit to raise. Another process's failure, forwarded to this one
-    under ``accelerate launch``, is not printed again: the failed process prints it."""
-    from msjoe.distributed import PeerFailedError
+    """Print the error (and a hint) and return the exit to raise (see :func:`failure_exit`). Another process's
+    failure, forwarded to this one under ``accelerate launch``, is not printed again: the failed process prints it."""
     from msjoe.errors import CacheError
 
+    if is_peer_failure(error):
+        return failure_exit(error)
     if isinstance(error, CacheError) and error.remedy:  # the library's remedy names Python arguments
         error, hint = error.problem, "choose a writable folder with --cache-dir or $MSJOE_CACHE"
-    if not isinstance(error, PeerFailedError):
-        message = str(error) + (f" ({hint})" if hint else "")
-        console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    return typer.Exit(code=1)
+    message = str(error) + (f" ({hint})" if hint else "")
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return failure_exit(error)
+
+
+def is_peer_failure(error: BaseException | str) -> bool:
+    """Whether ``error`` is only another process's failure (:class:`msjoe.distributed.PeerFailedError`), which
+    that process prints itself."""
+    from msjoe.distributed import PeerFailedError
+
+    return isinstance(error, PeerFailedError)
+
+
+def failure_exit(error: BaseException | str) -> typer.Exit:
+    """The exit of a command that stopped on ``error``: status 1 for this process's own error, 0 for another
+    process's failure (:class:`msjoe.distributed.PeerFailedError`).
+
+    torchrun (and ``accelerate launch``) report the first process to end with a non-zero status and stop the
+    others: were the processes that only heard of the failure to end with 1, one of them could be reported, with
+    no message, before the failed process has printed its error. Ending with 0, they leave the job's status and the
+    report to the failed process. With one process there is no PeerFailedError: every failure ends with 1."""
+    return typer.Exit(code=0 if is_peer_failure(error) else 1)
 
 
 def csv_list(text: str, what: str, convert: type = str) -> list:

@@ -38,6 +38,11 @@ class DecoderCrashedError(VideoError):
     """The worker process decoding the video died (a crash in FFmpeg on this file, or killed for lack of memory)."""
 
 
+class DecodingWorkersDiedError(MsjoeError):
+    """Indexing's decoding worker processes kept dying with no progress (memory too short for that many workers,
+    or FFmpeg crashing on file after file): indexing stops instead of starting new workers forever."""
+
+
 # --- feature cache -----------------------------------------------------------------------------------------
 class CacheError(MsjoeError):
     """The feature cache cannot be read or written (the entry itself is rebuilt, not reported).

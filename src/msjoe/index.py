@@ -21,7 +21,12 @@ batches of frames in memory; the store's JPEGs are written in candidate order as
 only batches that arrive early wait. The result equals sequential indexing exactly: the same frames in the same
 encoder batches, the same cache and store entries. A bad video is reported by its own path and error, and the others
 are indexed: whether it fails in this process (probing), in a worker (decoding), or kills its worker process (then
-the video fails with :class:`~msjoe.errors.DecoderCrashedError` and the unfinished others are decoded again).
+the video fails with :class:`~msjoe.errors.DecoderCrashedError` and the unfinished others are decoded again). A
+worker that dies between videos (e.g. killed for lack of memory while idle) fails nothing: the unfinished videos are
+decoded again by a full set of new workers. Workers dying :data:`MAX_DEATHS_WITHOUT_PROGRESS` times in a row with no
+segment decoded in between stop the indexing with :class:`~msjoe.errors.DecodingWorkersDiedError` (finished videos
+stay cached: a rerun resumes). Messages are read off the result queue in a thread, so a worker killed part-way
+through writing one cannot leave this process waiting forever for its end.
 """
 
 from __future__ import annotations
@@ -34,11 +39,13 @@ import multiprocessing
 import os
 import queue
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +53,7 @@ import torch
 from msjoe import decode_worker
 from msjoe.cache import CacheKey, FeatureCache, FrameFeatures, fingerprint
 from msjoe.checks import check_int, check_sampling
-from msjoe.errors import CacheError, DecoderCrashedError, ModelLoadError
+from msjoe.errors import CacheError, DecoderCrashedError, DecodingWorkersDiedError, ModelLoadError
 from msjoe.features import DualEncoder
 from msjoe.frame_store import EntryWriter, FrameStore, FrameStoreKey, encode_jpegs
 from msjoe.progress import progress_bar
@@ -59,7 +66,19 @@ from msjoe.video import (
     probe,
 )
 
-__all__ = ["IndexFailure", "IndexReport", "default_workers", "index_video", "index_videos", "worker_segments"]
+MAX_DEATHS_WITHOUT_PROGRESS = 3
+"""Decoding workers dying this many times in a row, with no segment decoded in between, stop the indexing: a cause
+that new workers would meet again (memory too short for this many workers), not one bad video."""
+
+__all__ = [
+    "MAX_DEATHS_WITHOUT_PROGRESS",
+    "IndexFailure",
+    "IndexReport",
+    "default_workers",
+    "index_video",
+    "index_videos",
+    "worker_segments",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -468,6 +487,7 @@ class _Indexer:
         self.on_frames = on_frames
         self.on_video_done: Callable[[_Job, Outcome], None] | None = None
         self._frames_done = self._frames_total = 0
+        self._segments_done = 0  # segments decoded to their end, over every round: progress despite dying workers
 
     def run(self, jobs: Sequence[_Job], workers: int) -> list[Outcome]:
         """Index ``jobs`` with ``workers`` decoding processes; one outcome (features or the error) per job.
@@ -475,7 +495,12 @@ class _Indexer:
         A worker that dies while decoding a video (FFmpeg crashing on a damaged file, the out-of-memory killer)
         fails that video alone, with :class:`DecoderCrashedError`. The dead process may have left the shared
         result queue unusable (its lock held, a message cut short), so the round stops, and the videos not
-        finished yet are decoded again from their start in a new round, with new processes and queues."""
+        finished yet are decoded again from their start in a new round, with new processes and queues.
+
+        A worker that dies between videos fails nothing: the round stops the same way (the dead process may have
+        held the task queue's lock) and the next one starts a full set of workers. After
+        :data:`MAX_DEATHS_WITHOUT_PROGRESS` deaths with no segment decoded in between, raises
+        :class:`DecodingWorkersDiedError` rather than starting workers forever."""
         states: list[_Progress] = []
         for job in jobs:
             state = _Progress(job, 0)
@@ -488,11 +513,16 @@ class _Indexer:
                 self._settle(state, error)
         self._report_frames(0)
         pending = [state for state in states if state.outcome is None]
+        deaths: list[str] = []  # since a segment was last decoded to its end
         while pending:
+            segments_done_before = self._segments_done
             crash = self._run_round(pending, workers)
             if crash is None:
                 break
             crashed, exitcode = crash
+            if self._segments_done > segments_done_before:
+                deaths.clear()
+            deaths.append(_exit_reason(exitcode) + (f" decoding {crashed.job.path}" if crashed else " between videos"))
             for state in pending:  # their frames are decoded again in the next round
                 if state is not crashed and state.outcome is None:
                     self._restart(state)
@@ -504,12 +534,18 @@ class _Indexer:
                         "crashed on this file, or memory ran out (then rerun with fewer --workers)"
                     ),
                 )
+            if len(deaths) >= MAX_DEATHS_WITHOUT_PROGRESS:
+                raise DecodingWorkersDiedError(
+                    f"decoding worker processes died {len(deaths)} times in a row with no progress "
+                    f"({'; '.join(deaths)}): memory ran out (rerun with fewer --workers, or --workers 0) or FFmpeg "
+                    "crashes on these files; finished videos are cached, a rerun resumes"
+                )
             pending = [state for state in pending if state.outcome is None]
         return [state.outcome for state in states]
 
     def _run_round(self, states: list[_Progress], workers: int) -> tuple[_Progress | None, int] | None:
-        """Decode ``states``' jobs until each is settled (None), or until a worker dies in the middle of a job:
-        then ``(that job's state, or None if it was already settled, exit code)``."""
+        """Decode ``states``' jobs until each is settled (None), or until a worker dies: then ``(the state of the
+        job it was decoding, or None if it was idle or that job is already settled, exit code)``."""
         context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or torch threads
         tasks = context.Queue()
         results = context.Queue(maxsize=2 * workers)  # bounds the frames in flight
@@ -532,25 +568,22 @@ class _Indexer:
             for i, marker in enumerate(busy)
         ]
         finished = False
+        reader: _ResultReader | None = None
         try:
             with decode_worker.without_main_module():
                 for process in processes:
                     process.start()
+            reader = _ResultReader(results)
             while any(state.outcome is None for state in states):
                 for process, marker in zip(processes, busy, strict=True):
                     if process.exitcode not in (None, 0):
                         if marker.value == decode_worker.IDLE:  # between videos: nothing to blame it on
-                            raise RuntimeError(
-                                f"a decoding worker process died ({_exit_reason(process.exitcode)}; killed for "
-                                "lack of memory?): rerun to resume, with fewer --workers"
-                            )
+                            return None, process.exitcode
                         crashed = by_job[marker.value]
                         return (crashed if crashed.outcome is None else None), process.exitcode
-                try:
-                    message = results.get(timeout=1.0)
-                except queue.Empty:
-                    continue
-                self._handle(message, by_job[message[1]])
+                message = reader.next_message(timeout=1.0)
+                if message is not None:
+                    self._handle(message, by_job[message[1]])
             finished = True
         finally:
             for state in states:
@@ -565,6 +598,9 @@ class _Indexer:
                 process.join(timeout=10.0)
                 if process.is_alive():
                     process.kill()
+                    process.join()
+            if reader is not None:
+                reader.stop()  # every worker is gone: its read ends (see _ResultReader)
             tasks.cancel_join_thread()
             results.cancel_join_thread()
         return None
@@ -618,6 +654,7 @@ class _Indexer:
             state.frames_done += count
             self._report_frames(count)
         elif kind == decode_worker.SEGMENT_DONE:
+            self._segments_done += 1
             state.segments_left -= 1
             if state.segments_left == 0:
                 self._complete(state)
@@ -661,6 +698,49 @@ class _Indexer:
         self._frames_done += count
         if self.on_frames is not None:
             self.on_frames(self._frames_done, self._frames_total)
+
+
+class _ResultReader:
+    """Takes the workers' messages off the result queue in a thread, so that this process never blocks in a read.
+
+    A worker killed part-way through writing a message (a batch of frames is megabytes) leaves it cut short in the
+    pipe, and the lock other workers need to write: a ``results.get`` here would then wait forever for the rest,
+    with no chance to notice the dead worker. The thread may block so; :meth:`next_message` waits at most its
+    timeout. This process gives up its own write end of the queue (it never writes there), so once the round's
+    workers are all gone, the thread's read ends (end of file) whatever state the queue is in."""
+
+    def __init__(self, results: Any) -> None:
+        results._writer.close()  # the children hold their copies; no public way to drop the parent's
+        self._results = results
+        self._inbox: queue.Queue[tuple] = queue.Queue(maxsize=1)  # one message ahead: memory stays bounded
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="msjoe-decode-results", daemon=True)
+        self._thread.start()
+
+    def next_message(self, timeout: float) -> tuple | None:
+        """The next message, or None when none came within ``timeout`` seconds."""
+        try:
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def stop(self) -> None:
+        """Stop reading; call once the workers are gone (then the read in progress, if any, ends)."""
+        self._stopped.set()
+        self._thread.join(timeout=10.0)
+
+    def _read(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                message = self._results.get()
+            except (EOFError, OSError):  # every worker is gone
+                return
+            while not self._stopped.is_set():
+                try:
+                    self._inbox.put(message, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
 
 
 def _exit_reason(exitcode: int | None) -> str:

@@ -24,7 +24,8 @@ SetOption = Annotated[
 
 
 def _run(stage: int, config_path: Path, overrides: list[str] | None) -> None:
-    from msjoe.distributed import PeerFailedError, launched_processes
+    from msjoe.cli_support import failure_exit, is_peer_failure
+    from msjoe.distributed import launched_processes
     from msjoe.errors import MsjoeError
     from msjoe.train import run
     from msjoe.train.config import ConfigError, load_run_config
@@ -41,9 +42,9 @@ def _run(stage: int, config_path: Path, overrides: list[str] | None) -> None:
         with launched_processes() as state:
             summary = run.train_stage1(config) if stage == 1 else run.train_stage2(config)
     except (MsjoeError, ValueError, FileNotFoundError) as error:
-        if not isinstance(error, PeerFailedError):  # another process failed: it prints its own error
+        if not is_peer_failure(error):  # another process failed: it prints its own error
             console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
-        raise typer.Exit(code=1) from error
+        raise failure_exit(error) from error
     if not state.is_main_process:  # one summary is enough
         return
     resumed = f" (resumed from {summary.resumed_from.name})" if summary.resumed_from else ""
