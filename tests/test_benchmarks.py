@@ -4,6 +4,11 @@ missing video each), and scores checked against hand-computed accuracies (rule s
 import json
 import random
 import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -49,35 +54,103 @@ def test_registry_lists_the_four_benchmarks():
         get_benchmark("mvbench")
 
 
-def test_hub_ids_are_fetched_with_the_annotation_patterns_only(tmp_path, monkeypatch):
+class NotFoundHub(BaseHTTPRequestHandler):
+    """A hub on 127.0.0.1 that knows no repository: every request gets 404."""
+
+    def do_GET(self) -> None:  # the names http.server dispatches requests to
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache in ``tmp_path``, hub calls allowed (HF_HUB_OFFLINE unset)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return cache
+
+
+@pytest.fixture
+def answering_hub(monkeypatch) -> Iterator[str]:
+    from huggingface_hub import constants
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFoundHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+def cache_dataset(cache: Path, repo_id: str, files: dict[str, str]) -> Path:
+    """``repo_id``'s snapshot at branch main in the hub-cache layout, as snapshot_download leaves it."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = cache / ("datasets--" + repo_id.replace("/", "--")) / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, text in files.items():
+        (snapshot / name).write_text(text)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_hub_ids_are_fetched_with_the_annotation_patterns_only(hub_cache, answering_hub, monkeypatch):
     import huggingface_hub
 
     calls = []
 
-    def fake_snapshot_download(**kwargs):
+    def recording_snapshot_download(**kwargs):  # records what would be downloaded: no hub with data here
         calls.append(kwargs)
-        return str(tmp_path)
+        return str(hub_cache)
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    assert resolve_annotations("zai-org/LVBench", hf_patterns=lvbench.HF_PATTERNS) == tmp_path
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", recording_snapshot_download)
+    assert resolve_annotations("zai-org/LVBench", hf_patterns=lvbench.HF_PATTERNS) == hub_cache
     assert calls == [
-        {"repo_id": "zai-org/LVBench", "repo_type": "dataset", "allow_patterns": ["video_info.meta.jsonl"]}
+        {
+            "repo_id": "zai-org/LVBench",
+            "repo_type": "dataset",
+            "allow_patterns": ["video_info.meta.jsonl"],
+            "local_files_only": False,  # the hub answered
+        }
     ]
 
 
-def test_unreachable_hub_and_missing_files_raise_file_not_found(tmp_path, monkeypatch):
-    import huggingface_hub
-
-    def offline(**kwargs):
-        raise ConnectionError("no network")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(FileNotFoundError, match="fetching it as a Hugging Face dataset failed: ConnectionError"):
+def test_a_hub_that_does_not_know_the_id_and_missing_files_raise_file_not_found(tmp_path, hub_cache, answering_hub):
+    with pytest.raises(FileNotFoundError, match="fetching it as a Hugging Face dataset failed: .*404 Not Found"):
         videomme.load("lmms-lab/Video-MME", None)
     with pytest.raises(FileNotFoundError, match="annotation file or folder not found"):
         lvbench.load(tmp_path / "nowhere" / "video_info.meta.jsonl", None)  # a path, never sent to the Hub
     with pytest.raises(FileNotFoundError, match="video folder not found"):
         lvbench.load(write_lvbench(tmp_path), tmp_path / "no-videos")
+
+
+def test_without_a_hub_a_cached_dataset_loads_and_an_uncached_one_fails_at_once(tmp_path, hub_cache, monkeypatch):
+    """No retries against an unreachable hub: the cache answers alone (without the probe this took about a minute)."""
+    from huggingface_hub import constants
+
+    with socket.socket() as probe:  # a port where nothing listens: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{probe.getsockname()[1]}")
+    rows = write_lvbench(tmp_path).read_text()
+    snapshot = cache_dataset(hub_cache, "zai-org/LVBench", {"video_info.meta.jsonl": rows})
+
+    start = time.monotonic()
+    assert resolve_annotations("zai-org/LVBench", hf_patterns=lvbench.HF_PATTERNS) == snapshot
+    with pytest.raises(FileNotFoundError, match=r"'lmms-lab/Video-MME' is not a local path nor a dataset in the local"):
+        videomme.load("lmms-lab/Video-MME", None)
+    assert time.monotonic() - start < 20  # a generous bound: huggingface_hub's retries took about a minute
+    with pytest.raises(FileNotFoundError, match=rf"the hub {constants.ENDPOINT} is unreachable \(ConnectError"):
+        videomme.load("lmms-lab/Video-MME", None)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Fail fast when a Hugging Face model id can neither come from the local cache nor from the hub.
+"""Fail fast when a Hugging Face id can neither come from the local cache nor from the hub.
 
 Without this check, ``from_pretrained`` on an uncached id with no network retries every file for about a minute
 (printing a warning for each try) before it gives up. :func:`require_hub_model` looks in the local cache first
@@ -42,13 +42,23 @@ def require_hub_model(repo_id: str, revision: str | None = None) -> None:
             f"model {repo_id!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
             f"HF_HUB_OFFLINE is set; {_ADVICE}"
         )
-    # Any HTTP answer (even an error status) means the hub is there: the loader then reports what is wrong (unknown
-    # id, gated model) in its own words. head() raises only when no answer came (refused, reset, timed out). The
-    # exception's class belongs to whichever HTTP client huggingface_hub uses (httpx2 today), hence the broad catch.
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise ModelLoadError(
+            f"model {repo_id!r} is not in the local Hugging Face cache and the hub {constants.ENDPOINT} is "
+            f"unreachable ({unreachable}); {_ADVICE}"
+        )
+
+
+def hub_unreachable() -> str | None:
+    """None when the hub (``HF_ENDPOINT``) answers one request within :data:`PROBE_TIMEOUT_S`, else why not.
+
+    Any HTTP answer (even an error status) means the hub is there: the caller's download then reports what is
+    wrong (unknown id, gated repository) in its own words. ``head()`` raises only when no answer came (refused,
+    reset, timed out); the exception's class belongs to whichever HTTP client huggingface_hub uses (httpx2 today),
+    hence the broad catch."""
     try:
         get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S)
     except Exception as err:
-        raise ModelLoadError(
-            f"model {repo_id!r} is not in the local Hugging Face cache and the hub {constants.ENDPOINT} is "
-            f"unreachable ({type(err).__name__}: {err or 'no answer'}); {_ADVICE}"
-        ) from err
+        return f"{type(err).__name__}: {err or 'no answer'}"
+    return None

@@ -139,11 +139,29 @@ def resolve_annotations(annotations: str | Path, *, hf_patterns: Sequence[str]) 
     text = str(annotations)
     if not _HUB_ID.fullmatch(text) or text.endswith(_FILE_SUFFIXES):
         raise FileNotFoundError(f"annotation file or folder not found: {path}")
-    from huggingface_hub import snapshot_download  # only needed for Hub ids
+    from huggingface_hub import constants, snapshot_download  # only needed for Hub ids
 
+    from msjoe.hub import hub_unreachable
+
+    # Without a reachable hub, snapshot_download retries for about a minute before it falls back to the cache: ask
+    # the cache alone at once instead (a dataset downloaded earlier still loads offline).
+    unreachable = None if constants.is_offline_mode() else hub_unreachable()
     try:
-        return Path(snapshot_download(repo_id=text, repo_type="dataset", allow_patterns=list(hf_patterns)))
+        return Path(
+            snapshot_download(
+                repo_id=text,
+                repo_type="dataset",
+                allow_patterns=list(hf_patterns),
+                local_files_only=unreachable is not None,
+            )
+        )
     except Exception as err:  # offline, gated, unknown id...: one clear message, the cause chained
+        if unreachable:
+            raise FileNotFoundError(
+                f"annotations {text!r} is not a local path nor a dataset in the local Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}), and the hub {constants.ENDPOINT} is unreachable ({unreachable}); pass "
+                "the annotation file or folder"
+            ) from err
         raise FileNotFoundError(
             f"annotations {text!r} is not a local path, and fetching it as a Hugging Face dataset failed: "
             f"{type(err).__name__}: {err}"
