@@ -126,7 +126,7 @@ def test_hub_ids_are_fetched_with_the_annotation_patterns_only(hub_cache, answer
 
 
 def test_a_hub_that_does_not_know_the_id_and_missing_files_raise_file_not_found(tmp_path, hub_cache, answering_hub):
-    with pytest.raises(FileNotFoundError, match="fetching it as a Hugging Face dataset failed: .*404 Not Found"):
+    with pytest.raises(FileNotFoundError, match=r"fetching it as a Hugging Face dataset failed: .*404 Not Found"):
         videomme.load("lmms-lab/Video-MME", None)
     with pytest.raises(FileNotFoundError, match="annotation file or folder not found"):
         lvbench.load(tmp_path / "nowhere" / "video_info.meta.jsonl", None)  # a path, never sent to the Hub

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import socket
 import subprocess
 import sys
@@ -70,15 +72,42 @@ def test_two_processes_share_results_and_fail_together(tmp_path: Path) -> None:
     assert main["every_ran"] == [0] and other["every_ran"] == [1]
 
 
-def test_my_share_gives_whole_groups_round_robin_and_keeps_the_order() -> None:
+def test_my_share_deals_whole_groups_largest_first_and_keeps_the_order() -> None:
     videos = ["a", "a", "b", "c", "b", "d", "a", "e"]
     items = [(video, position) for position, video in enumerate(videos)]
     shares = [my_share(SingleProcess(3, rank, rank == 0), items, lambda item: item[0]) for rank in range(3)]
-    # Groups in order of first appearance: a -> 0, b -> 1, c -> 2, d -> 0, e -> 1.
-    assert [[video for video, _ in share] for share in shares] == [["a", "a", "d", "a"], ["b", "b", "e"], ["c"]]
+    # By size: a (3 items) -> 0, b (2) -> 1, c (1) -> 2; d -> 2 (least loaded: 1); e -> 1 (2 and 2 tie: lower index).
+    assert [[video for video, _ in share] for share in shares] == [["a", "a", "a"], ["b", "b", "e"], ["c", "d"]]
     assert sorted(item for share in shares for item in share) == sorted(items)  # nothing lost or doubled
     assert all(share == sorted(share, key=lambda item: item[1]) for share in shares)
     assert my_share(SingleProcess(), items, lambda item: item[0]) == items
+    # A weight of its own (msjoe index passes the file size): the heaviest group goes alone.
+    sizes = {"a": 1.0, "b": 1.0, "c": 9.0, "d": 1.0, "e": 1.0}
+    heavy = [
+        my_share(SingleProcess(2, rank, rank == 0), items, lambda item: item[0], lambda g: sizes[g[0][0]])
+        for rank in range(2)
+    ]
+    assert [sorted({video for video, _ in share}) for share in heavy] == [["c"], ["a", "b", "d", "e"]]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_my_share_is_within_graham_bound_of_the_best_split(seed: int) -> None:
+    """Longest-processing-time first is within (4/3 - 1/(3m)) of the best makespan (Graham 1969): brute force."""
+    rng = random.Random(seed)
+    processes = rng.choice([2, 3])
+    weights = [rng.randint(1, 20) for _ in range(rng.randint(processes, 8))]
+    items = list(enumerate(weights))
+    shares = [
+        my_share(SingleProcess(processes, rank, rank == 0), items, lambda item: item[0], lambda g: g[0][1])
+        for rank in range(processes)
+    ]
+    assert sorted(item for share in shares for item in share) == items
+    makespan = max(sum(w for _, w in share) for share in shares)
+    best = min(
+        max(sum(w for w, p in zip(weights, assignment, strict=True) if p == q) for q in range(processes))
+        for assignment in itertools.product(range(processes), repeat=len(weights))
+    )
+    assert best <= makespan <= (4 / 3 - 1 / (3 * processes)) * best + 1e-9
 
 
 def test_a_launch_that_accelerate_saw_as_one_process_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

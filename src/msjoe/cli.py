@@ -156,9 +156,9 @@ def index(
     """Decode candidate frames and cache their CLIP embeddings. Resumable: cached videos are skipped.
 
     A video that cannot be read is reported at the end; the others are still indexed. Under `accelerate launch`
-    (or `torchrun`; on CPU with ACCELERATE_USE_CPU=true) each process indexes every N-th video (with `--device
-    cuda`, on its own GPU) into the cache, which must be on a file system every process sees; the main process
-    prints the combined report.
+    (or `torchrun`; on CPU with ACCELERATE_USE_CPU=true) each process indexes whole videos, the largest files first
+    to the least-loaded process (with `--device cuda`, on its own GPU), into the cache, which must be on a file
+    system every process sees; the main process prints the combined report.
     """
     from msjoe.cache import FeatureCache
     from msjoe.devices import check_device
@@ -173,7 +173,9 @@ def index(
     with command_processes() as state:
         try:
             device = check_device(process_device(state, device))
-            share = my_share(state, _video_files(videos), lambda path: str(path.expanduser().resolve()))
+            share = my_share(
+                state, _video_files(videos), lambda path: str(path.expanduser().resolve()), weight=_file_size
+            )
             encoder, cache = on_every_process(
                 state,
                 lambda: (DualEncoder.from_pretrained(clip, device=device, dtype=dtype), FeatureCache(cache_dir)),
@@ -208,6 +210,15 @@ def index(
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg", ".wmv"})
 """File name endings ``msjoe index FOLDER`` takes for videos."""
+
+
+def _file_size(paths: list[Path]) -> float:
+    """Bytes of a video (its share of indexing work: decoding time grows with the file); 0 when unreadable, which
+    indexing then reports by name."""
+    try:
+        return float(paths[0].stat().st_size)
+    except OSError:
+        return 0.0
 
 
 def _video_files(paths: list[Path]) -> list[Path]:
@@ -493,9 +504,9 @@ def evaluate(
 ) -> None:
     """Evaluate samplers x frame budgets on a benchmark: resumable per-item predictions, scoring by a rule set
     (the benchmark's official one by default; `msjoe score` rescores without models), OUT/report.md and
-    OUT/scores.json. Under `accelerate launch` (or `torchrun`; on CPU with
-    ACCELERATE_USE_CPU=true) each process answers the questions of every N-th video with its own model copy (with
-    `--device cuda`, on its own GPU); OUT must be on a file system every process sees.
+    OUT/scores.json. Under `accelerate launch` (or `torchrun`; on CPU with ACCELERATE_USE_CPU=true) each process
+    answers the questions of whole videos (balanced by question count) with its own model copy (with `--device
+    cuda`, on its own GPU); OUT must be on a file system every process sees.
 
     Exit status: 0 when every item was answered (items whose video is missing are listed, not failed); 3 when the
     run finished but some items ended in an error (counted wrong, listed in the report); 1 when the run stopped: a

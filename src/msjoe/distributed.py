@@ -91,15 +91,33 @@ def check_launch(state: Any) -> None:
         )
 
 
-def my_share(state: Any, items: Sequence[T], group: Callable[[T], Hashable]) -> list[T]:
+def my_share(
+    state: Any,
+    items: Sequence[T],
+    group: Callable[[T], Hashable],
+    weight: Callable[[list[T]], float] = len,
+) -> list[T]:
     """The items this process handles when each group (e.g. every question about one video) goes whole to one
-    process: groups in order of first appearance, group ``i`` to process ``i mod N``; the items keep their order.
+    process; the items keep their order.
 
-    Splitting item by item instead would have several processes decode and encode the same video at once."""
+    Groups are dealt largest first, by ``weight`` (default: how many items they hold; ``msjoe index`` passes the
+    file size), each to the process with the least weight so far: longest-processing-time-first scheduling, within
+    4/3 of the best split, where dealing in turn can give one process every long video. Ties go to the group seen
+    first and the lower process index, so every process computes the same split. Splitting item by item instead
+    would have several processes decode and encode the same video at once."""
     if state.num_processes == 1:
         return list(items)
-    groups = list(dict.fromkeys(group(item) for item in items))
-    mine = set(groups[state.process_index :: state.num_processes])
+    members: dict[Hashable, list[T]] = {}
+    for item in items:
+        members.setdefault(group(item), []).append(item)
+    weights = {key: float(weight(group_items)) for key, group_items in members.items()}
+    loads = [0.0] * state.num_processes
+    mine: set[Hashable] = set()
+    for key in sorted(members, key=lambda key: -weights[key]):  # a stable sort: equal weights keep first-seen order
+        process = min(range(state.num_processes), key=lambda p: (loads[p], p))
+        loads[process] += weights[key]
+        if process == state.process_index:
+            mine.add(key)
     return [item for item in items if group(item) in mine]
 
 

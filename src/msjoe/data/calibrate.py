@@ -14,7 +14,7 @@ backend (greedy only; a batched reply can differ from an unbatched one in the la
 concurrent requests with the HTTP backend.
 
 Several processes (``accelerate launch`` / ``torchrun``, one model per GPU, as ``msjoe eval``): each answers the
-items of every N-th video into its own cache file ``<cache>.rank<R>.jsonl``; the main process then moves those
+items of its share of the videos into its own cache file ``<cache>.rank<R>.jsonl``; the main process then moves those
 lines into the cache and writes the output. Shards left by an interrupted run are merged by the next one.
 
 With ``score="gold_probability"`` an item's ``c`` is instead the MLLM's mean probability of the gold letter as

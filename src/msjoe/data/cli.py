@@ -165,7 +165,7 @@ def calibrate_command(
     """Measure each item's difficulty c: the base MLLM's pass rate with K uniform frames (stage 1 needs it).
 
     Resumable (every answer is cached as it comes) and batched. Under `accelerate launch` (or `torchrun`; on CPU
-    with ACCELERATE_USE_CPU=true) each process answers the items of every N-th video; the answer cache must be on
+    with ACCELERATE_USE_CPU=true) each process answers the items of whole videos; the answer cache must be on
     a file system every process sees.
     """
     from msjoe.cache import FeatureCache

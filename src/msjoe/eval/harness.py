@@ -25,10 +25,10 @@ Scores: ``correct`` in a prediction line is the rule set applied to that reply a
 reports always rescore the stored replies with the chosen rule set (:mod:`msjoe.rules`), so changing it needs no
 rerun (``msjoe score`` rescores a prediction file without loading any model).
 
-Several processes (``accelerate launch`` / ``torchrun``, one model per GPU): each answers every N-th pending item
-into its own shard file ``<sampler>_k<K>.rank<R>.jsonl`` beside the prediction file; the main process then moves
-the shards' lines into the prediction file and writes the reports. Shards left by an interrupted run are merged
-first by the next run, with any number of processes.
+Several processes (``accelerate launch`` / ``torchrun``, one model per GPU): each answers the pending items of its
+whole videos into its own shard file ``<sampler>_k<K>.rank<R>.jsonl`` beside the prediction file; the main process
+then moves the shards' lines into the prediction file and writes the reports. Shards left by an interrupted run are
+merged first by the next run, with any number of processes.
 
 Concurrency: ``workers > 1`` answers items from a thread pool. It only pays with the HTTP backend, where the
 time goes into waiting for the server; a local transformers model computes one request at a time anyway (and

@@ -262,7 +262,7 @@ def _prepare(
     skipped_before: list[Any] = []
     if accelerator.num_processes > 1:
         # Each process first does the expensive part — indexing and the frozen MLLM's queries — for the items of
-        # every N-th video, into the shared caches; afterwards every process prepares all items from the caches,
+        # its share of the videos, into the shared caches; afterwards every process prepares all items from the caches,
         # except those some process already had to skip (a corrupt video is not decoded again by everyone).
         share = my_share(accelerator, items, lambda item: item.video_key)
         first = on_every_process(
