@@ -103,7 +103,8 @@ class SimulatorConfig:
     """Share of the single-span items that are *relation* items ("what does she do after X?"): the evidence lies
     next to an *anchor* span that the queries describe, so the queries peak on the anchor and only echo on the
     evidence; the answer needs the evidence, not the anchor. A similarity prior cannot read that offset; a
-    temporal model could learn it (stage 1 does not yet: bench/RESULTS.md, "Relation questions"). 0 (default): none, and the other items are the same whatever this value."""
+    temporal model could learn it (stage 1 does not yet: bench/RESULTS.md, "Relation questions"). 0 (default):
+    none, and the other items are the same whatever this value."""
     relation_gap: tuple[int, int] = (0, 20)
     """Range of the gap between anchor and evidence, in candidates."""
     relation_after: float = 0.75
