@@ -57,12 +57,15 @@ def refused_url() -> str:
         return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
-def write_cached_snapshot(cache: Path, repo_id: str) -> None:
-    """The hub-cache layout of ``repo_id`` at branch main (one config.json), as from_pretrained leaves it."""
+def write_cached_snapshot(
+    cache: Path, repo_id: str, files: tuple[str, ...] = ("config.json", "model.safetensors")
+) -> None:
+    """The hub-cache layout of ``repo_id`` at branch main holding ``files``, as from_pretrained leaves it."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = cache / ("models--" + repo_id.replace("/", "--"))
     (repo / "snapshots" / commit).mkdir(parents=True)
-    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    for name in files:
+        (repo / "snapshots" / commit / name).write_text("{}")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
 
@@ -82,6 +85,15 @@ def test_a_cached_model_needs_no_hub_and_an_uncached_one_is_probed_once(
     with pytest.raises(ModelLoadError, match=r"'org/absent' is not in the local Hugging Face cache and the hub"):
         hub.require_hub_model("org/absent")
     assert len(silent_server.connections) == 1  # one probe, no retries
+
+    # A download that stopped after the config: the weights are missing, so the hub is probed (and found silent).
+    write_cached_snapshot(tmp_path, "org/config-only", files=("config.json",))
+    with pytest.raises(ModelLoadError, match=r"'org/config-only' is not in the local Hugging Face cache"):
+        hub.require_hub_model("org/config-only")
+    assert len(silent_server.connections) == 2
+    write_cached_snapshot(tmp_path, "org/sharded", files=("config.json", "model.safetensors.index.json"))
+    hub.require_hub_model("org/sharded")  # sharded weights: their index stands for them
+    assert len(silent_server.connections) == 2
 
 
 class NotFoundHandler(BaseHTTPRequestHandler):

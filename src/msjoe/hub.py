@@ -20,10 +20,25 @@ _ADVICE = (
 )
 
 
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+"""The names transformers looks for first: one of them in the cache stands for the weights (shards follow their
+index, which ``from_pretrained`` checks itself)."""
+
+
 def _is_cached(repo_id: str, revision: str | None) -> bool:
-    """Whether the cache holds a snapshot of ``repo_id`` at ``revision`` (its ``config.json`` stands for it)."""
+    """Whether the cache holds ``repo_id`` at ``revision``: its ``config.json`` and its weights (a download that
+    stopped after the config would otherwise skip the probe and meet the minute of retries)."""
+
+    def cached(filename: str) -> bool:
+        return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
+
     try:
-        return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
+        return cached("config.json") and any(cached(name) for name in WEIGHT_FILES)
     except ValueError:  # an id huggingface_hub rejects: let from_pretrained report it in its own words
         return True
 
