@@ -452,7 +452,7 @@ def generate_item(
     distractors = tuple(
         Span(starts[s], starts[s] + lengths[s]) for s in range(num_evidence, num_evidence + num_distractors)
     )
-    anchors = tuple(Span(starts[-1], starts[-1] + lengths[-1]) for _ in range(relation is not None))
+    anchors = (Span(starts[-1], starts[-1] + lengths[-1]),) if relation is not None else ()
     # A distractor copies one informative query (or any query when none is informative: it then matches
     # something the question does not ask for, still pulling raw-similarity samplers).
     distractor_queries = tuple(
