@@ -190,13 +190,8 @@ register_variant(
     "held-out",
     "relation questions in hour-long videos: LVBench's span lengths, gaps up to 60 s, after or before alike",
     replace(
-        _BASE,
-        min_frames=1800,
-        max_frames=7200,
-        span_length_quantiles=LVBENCH_SPAN_QUANTILES,
-        max_span_frames=1200,
-        max_span_fraction=0.1,
-        max_distractors=3,
+        get_variant("lvbench").config,
+        max_span_fraction=0.1,  # from 0.15: the anchor and its gap must fit beside the other spans
         multi_hop_fraction=0.2,
         relation_fraction=0.75,
         relation_gap=(0, 60),
