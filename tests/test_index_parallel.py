@@ -114,6 +114,20 @@ def expected_key(clip: DualEncoder, video: Path) -> CacheKey:
     return CacheKey(fingerprint(video), clip.model_id, clip.revision, FPS, msjoe.video.DEFAULT_MAX_FRAMES)
 
 
+def assert_like_sequential(
+    cache: FeatureCache, clip: DualEncoder, video: Path, batch_size: int, store: FrameStore | None = None
+) -> None:
+    """``video``'s cache entry holds the embeddings sequential indexing gives (and its stored frames are the
+    candidates', when ``store`` is given)."""
+    expected = cache.put(expected_key(clip, video), index_video(video, clip, fps=FPS, batch_size=batch_size))
+    assert torch.equal(entry(cache, clip, video).embeddings, expected.embeddings)
+    if store is not None:
+        times = candidate_timestamps(probe(video), FPS)
+        assert [read_frame_index(f) for f in store.read(video, times, STORE_PIXELS, fps=FPS)] == [
+            int(t * 8.0) for t in times
+        ]
+
+
 def test_a_store_missing_from_cached_features_is_built_by_the_workers(
     long_video: Path, clip: DualEncoder, tmp_path: Path
 ) -> None:
@@ -237,11 +251,7 @@ def test_a_video_that_kills_its_worker_fails_alone(
     assert str(garbled) in failures[str(garbled)].message and "decoding failed" in failures[str(garbled)].message
     assert sorted(report.indexed) == sorted(str(v) for v in good)
     for video in good:  # decoded again from the start after the crash, yet equal to sequential indexing
-        expected = cache.put(expected_key(clip, video), index_video(video, clip, fps=FPS, batch_size=4))
-        assert torch.equal(entry(cache, clip, video).embeddings, expected.embeddings)
-        times = candidate_timestamps(probe(video), FPS)
-        frames = store.read(video, times, STORE_PIXELS, fps=FPS)
-        assert [read_frame_index(f) for f in frames] == [int(t * 8.0) for t in times]
+        assert_like_sequential(cache, clip, video, 4, store)
     for bad in (crash, truncated, garbled):
         assert entry(cache, clip, bad) is None and not store.has(bad, fps=FPS)
     assert [p.name for p in store.root.rglob("*") if p.is_file() and not p.name.endswith(".safetensors")] == []
@@ -277,12 +287,7 @@ def test_a_worker_killed_between_videos_fails_nothing(
     assert (tmp_path / "died").exists()
     assert len(rounds) == 2 and rounds[0] == 4  # the unfinished videos were decoded again by new workers
     for video in videos:  # equal to sequential indexing, as stored by the cache
-        expected = cache.put(expected_key(clip, video), index_video(video, clip, fps=FPS, batch_size=BATCH))
-        assert torch.equal(entry(cache, clip, video).embeddings, expected.embeddings)
-        times = candidate_timestamps(probe(video), FPS)
-        assert [read_frame_index(f) for f in store.read(video, times, STORE_PIXELS, fps=FPS)] == [
-            int(t * 8.0) for t in times
-        ]
+        assert_like_sequential(cache, clip, video, BATCH, store)
 
 
 def test_workers_dying_again_and_again_stop_the_indexing(
@@ -305,8 +310,7 @@ def test_workers_dying_again_and_again_stop_the_indexing(
     monkeypatch.undo()
     report = index_videos(videos, clip, cache, fps=FPS, batch_size=BATCH, frame_store=store, workers=2)
     assert (report.cached, report.indexed, report.failed) == ([str(videos[0])], [str(videos[1])], [])  # resumes
-    expected = cache.put(expected_key(clip, videos[1]), index_video(videos[1], clip, fps=FPS, batch_size=BATCH))
-    assert torch.equal(entry(cache, clip, videos[1]).embeddings, expected.embeddings)
+    assert_like_sequential(cache, clip, videos[1], BATCH)
 
 
 def test_a_worker_killed_while_writing_a_message_fails_its_video_alone(
@@ -327,5 +331,4 @@ def test_a_worker_killed_while_writing_a_message_fails_its_video_alone(
     assert [(f.path, f.error_type) for f in report.failed] == [(str(cut), "DecoderCrashedError")]
     assert sorted(report.indexed) == sorted(str(v) for v in good)
     for video in good:
-        expected = cache.put(expected_key(clip, video), index_video(video, clip, fps=FPS, batch_size=BATCH))
-        assert torch.equal(entry(cache, clip, video).embeddings, expected.embeddings)
+        assert_like_sequential(cache, clip, video, BATCH)
