@@ -24,7 +24,7 @@ SetOption = Annotated[
 
 
 def _run(stage: int, config_path: Path, overrides: list[str] | None) -> None:
-    from msjoe.cli_support import failure_exit, is_peer_failure
+    from msjoe.cli_support import fail
     from msjoe.distributed import launched_processes
     from msjoe.errors import MsjoeError
     from msjoe.train import run
@@ -42,9 +42,7 @@ def _run(stage: int, config_path: Path, overrides: list[str] | None) -> None:
         with launched_processes() as state:
             summary = run.train_stage1(config) if stage == 1 else run.train_stage2(config)
     except (MsjoeError, ValueError, FileNotFoundError) as error:
-        if not is_peer_failure(error):  # another process failed: it prints its own error
-            console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
-        raise failure_exit(error) from error
+        raise fail(error) from error  # another process's failure is not printed again: that process prints it
     if not state.is_main_process:  # one summary is enough
         return
     resumed = f" (resumed from {summary.resumed_from.name})" if summary.resumed_from else ""
